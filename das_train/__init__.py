@@ -1,0 +1,50 @@
+"""das_train: interventions on PyTorch models, and training for trainable interventions.
+
+The names below are the API of the pyvene seeds, so code written for it runs after
+``import das_train as pv``.
+"""
+
+from das_train.core.builtin_models import (
+    GRUClassifier,
+    GRUConfig,
+    MLPClassifier,
+    MLPConfig,
+    create_gru_classifier,
+    create_mlp_classifier,
+)
+from das_train.core.config import IntervenableConfig, RepresentationConfig
+from das_train.core.loaders import (
+    HubUnavailableError,
+    create_gpt2,
+    create_gpt2_lm,
+    create_gpt_neo,
+    create_gpt_neox,
+    create_llama,
+    embed_to_distrib,
+)
+from das_train.core.locations import LocationError
+from das_train.core.model import IntervenableModel, IntervenableOutput
+from das_train.interventions.base import (
+    INTERVENTION_REGISTRY,
+    BasisAgnosticIntervention,
+    ConstantSourceIntervention,
+    DistributedRepresentationIntervention,
+    Intervention,
+    LambdaIntervention,
+    LocalistRepresentationIntervention,
+    SourcelessIntervention,
+    TrainableIntervention,
+)
+from das_train.interventions.static import (
+    AdditionIntervention,
+    CollectIntervention,
+    NoiseIntervention,
+    SkipIntervention,
+    SubtractionIntervention,
+    VanillaIntervention,
+    ZeroIntervention,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [name for name in dir() if not name.startswith("_")]

@@ -1,0 +1,72 @@
+"""Thin loaders for Hugging Face models, named as in the seeds (``pv.create_gpt2()``...).
+
+Each returns ``(config, tokenizer, model)``. They need the Hub (or a local cache); when the
+Hub cannot be reached they fail at once with a message that says so and how to work offline,
+instead of hanging or printing a stack of connection errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class HubUnavailableError(OSError):
+    """A model or tokenizer could not be loaded from the Hugging Face Hub or the local cache."""
+
+
+def _load(model_cls_name: str, name: str, cache_dir: str | None, dtype: Any = None, **kwargs: Any):
+    import transformers
+
+    model_cls = getattr(transformers, model_cls_name)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name, cache_dir=cache_dir)
+        model = model_cls.from_pretrained(name, cache_dir=cache_dir, dtype=dtype, **kwargs)
+    except OSError as err:
+        raise HubUnavailableError(
+            f"cannot load {name!r} from the Hugging Face Hub or the local cache ({err}). "
+            "When offline, build a model from a config instead (e.g. GPT2LMHeadModel(GPT2Config(...))) "
+            "or run a recipe that trains a tiny model on the spot, such as recipe=gender_tiny."
+        ) from err
+    model.eval()
+    return model.config, tokenizer, model
+
+
+def create_gpt2(name: str = "gpt2", cache_dir: str | None = None, dtype: Any = None):
+    """GPT-2 *base* model (hidden states out), as the paper's snippets use it."""
+    return _load("GPT2Model", name, cache_dir, dtype)
+
+
+def create_gpt2_lm(name: str = "gpt2", cache_dir: str | None = None, dtype: Any = None):
+    return _load("GPT2LMHeadModel", name, cache_dir, dtype)
+
+
+def create_gpt_neox(name: str = "EleutherAI/pythia-70m", cache_dir: str | None = None, dtype: Any = None):
+    return _load("GPTNeoXForCausalLM", name, cache_dir, dtype)
+
+
+def create_gpt_neo(name: str = "roneneldan/TinyStories-33M", cache_dir: str | None = None, dtype: Any = None):
+    return _load("GPTNeoForCausalLM", name, cache_dir, dtype)
+
+
+def create_llama(name: str = "meta-llama/Llama-2-7b-hf", cache_dir: str | None = None, dtype: Any = torch.bfloat16):
+    return _load("LlamaForCausalLM", name, cache_dir, dtype)
+
+
+def embed_to_distrib(model, embed: torch.Tensor, log: bool = False, logits: bool = False) -> torch.Tensor:
+    """Maps final hidden states (e.g. a base model's ``last_hidden_state``, already through the
+    final layer norm) to next-token distributions with the model's unembedding matrix.
+
+    ``logits=True`` returns logits; otherwise probabilities (log-probabilities with ``log``).
+    """
+    out_embed = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if out_embed is None and hasattr(model, "get_input_embeddings"):
+        out_embed = model.get_input_embeddings()  # tied embeddings, as in GPT-2's base model
+    if out_embed is None:
+        raise ValueError(f"{type(model).__name__} has no input or output embeddings to unembed with")
+    weight = out_embed.weight  # (vocab, hidden)
+    vocab = torch.matmul(embed.to(weight.dtype), weight.t())  # (..., vocab)
+    if logits:
+        return vocab
+    return torch.log_softmax(vocab, dim=-1) if log else torch.softmax(vocab, dim=-1)

@@ -1,0 +1,164 @@
+"""Saving and loading an IntervenableModel's interventions: JSON config plus safetensors.
+
+Nothing loaded runs code: intervention types are looked up by class name in our registry,
+weights are safetensors (or, for artifacts pyvene published, ``intkey_*.bin`` files read with
+``torch.load(weights_only=True)``), and everything is loaded onto the CPU first, then moved to
+the model's device. Files are written under temporary names and renamed, so a failure leaves
+no half-written artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from das_train.core.config import IntervenableConfig, RepresentationConfig
+from das_train.interventions.base import INTERVENTION_REGISTRY, Intervention, LambdaIntervention
+
+FORMAT = "das_train.intervenable/1"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "interventions.safetensors"
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _model_identity(model: nn.Module) -> dict[str, Any]:
+    config = getattr(model, "config", None)
+    return {
+        "class": type(model).__name__,
+        "name_or_path": getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None),
+        "model_type": getattr(config, "model_type", None),
+    }
+
+
+def intervenable_state(intervenable) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The JSON document and the flat tensor dict that describe the interventions."""
+    records = []
+    tensors: dict[str, torch.Tensor] = {}
+    first_key_of: dict[int, str] = {}
+    for entry in intervenable._entries:
+        intervention = entry.intervention
+        if isinstance(intervention, LambdaIntervention):
+            raise ValueError(f"{entry.key} is a plain function; functions cannot be saved")
+        name = type(intervention).__name__
+        if INTERVENTION_REGISTRY.get(name) is not type(intervention):
+            raise ValueError(f"{entry.key}: {name} is not the registered class of that name")
+        link = first_key_of.get(id(intervention))
+        records.append(
+            {"key": entry.key, "type": name, "init_args": intervention.init_args(), "shares_weights_with": link}
+        )
+        if link is not None:
+            continue
+        first_key_of[id(intervention)] = entry.key
+        for param_name, tensor in intervention.state_dict().items():
+            tensors[f"{entry.key}.{param_name}"] = tensor.detach().to("cpu").contiguous()
+    config = intervenable.config.to_dict()
+    document = {
+        "format": FORMAT,
+        "config": config,
+        "interventions": records,
+        "model": _model_identity(intervenable.model),
+    }
+    return document, tensors
+
+
+def save_intervenable(intervenable, save_directory: str, save_to_hf_hub: bool = False,
+                      hf_repo_name: str | None = None) -> None:
+    directory = Path(save_directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    document, tensors = intervenable_state(intervenable)
+    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    _atomic_write(
+        directory / CONFIG_NAME,
+        lambda tmp: Path(tmp).write_text(json.dumps(document, indent=2, default=_json_default)),
+    )
+    if save_to_hf_hub:
+        if not hf_repo_name:
+            raise ValueError("save_to_hf_hub=True needs hf_repo_name='user/repo'")
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(hf_repo_name, exist_ok=True)
+        api.upload_folder(folder_path=str(directory), repo_id=hf_repo_name)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, type):
+        return value.__name__
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def _restore(intervention: Intervention, state: dict[str, torch.Tensor], key: str) -> None:
+    if "source_representation" in state and getattr(intervention, "source_representation", None) is None:
+        intervention.register_buffer("source_representation", state["source_representation"].clone())
+    missing, unexpected = intervention.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{key}: saved weights do not fit {type(intervention).__name__}: "
+                         f"missing {missing}, unexpected {unexpected}")
+
+
+def load_intervenable(load_directory: str, model: nn.Module, local_directory: str | None = None,
+                      from_huggingface_hub: bool = False):
+    from das_train.core.model import IntervenableModel
+
+    directory = Path(load_directory)
+    if from_huggingface_hub or not directory.exists():
+        from huggingface_hub import snapshot_download
+
+        try:
+            directory = Path(snapshot_download(repo_id=str(load_directory), local_dir=local_directory))
+        except Exception as err:  # offline, unknown repo, no token: say which
+            raise OSError(
+                f"{load_directory!r} is not a local directory and could not be fetched from the "
+                f"Hugging Face Hub ({type(err).__name__}: {err})"
+            ) from err
+    document = json.loads((directory / CONFIG_NAME).read_text())
+    if document.get("format") != FORMAT:
+        from das_train.core.pyvene_compat import load_pyvene_artifact
+
+        return load_pyvene_artifact(directory, document, model)
+
+    config = IntervenableConfig.from_dict(document["config"])
+    tensors = load_file(str(directory / WEIGHTS_NAME), device="cpu")
+    built: dict[str, Intervention] = {}
+    for rep, record in zip(config.representations, document["interventions"]):
+        if record["shares_weights_with"] is not None:
+            intervention = built[record["shares_weights_with"]]
+        else:
+            cls = INTERVENTION_REGISTRY.get(record["type"])
+            if cls is None:
+                raise ValueError(
+                    f"{record['key']}: intervention type {record['type']!r} is not registered; "
+                    "import the module that defines it before loading"
+                )
+            intervention = cls(**{k: v for k, v in record["init_args"].items() if v is not None})
+            prefix = record["key"] + "."
+            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            _restore(intervention, state, record["key"])
+        built[record["key"]] = intervention
+        rep.intervention = intervention
+        rep.intervention_type = None
+    config.intervention_types = None
+    return IntervenableModel(config, model)
+
+
+__all__ = ["load_intervenable", "save_intervenable", "RepresentationConfig"]

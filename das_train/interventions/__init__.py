@@ -1,0 +1,1 @@
+"""Interventions: tensor-in, tensor-out modules, one file per family."""
