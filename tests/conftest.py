@@ -1,0 +1,141 @@
+"""Seeded tiny models built from configs (no hub), shared inputs, and hand-hook helpers."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest
+import torch
+import transformers
+from transformers.utils import logging as hf_logging
+
+hf_logging.set_verbosity_error()
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+VOCAB = 64
+
+
+def _seeded(build):
+    torch.manual_seed(0)
+    model = build()
+    model.eval()
+    return model
+
+
+def make_gpt2():
+    return _seeded(lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=2, n_embd=16, n_head=4, vocab_size=VOCAB, n_positions=32,
+        bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)))
+
+
+def make_neox():
+    return _seeded(lambda: transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+        num_hidden_layers=2, hidden_size=16, num_attention_heads=4, intermediate_size=32,
+        vocab_size=VOCAB, max_position_embeddings=32, bos_token_id=0, eos_token_id=0)))
+
+
+def make_llama():
+    # Grouped-query attention: 4 query heads share 2 key/value heads.
+    return _seeded(lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        num_hidden_layers=2, hidden_size=16, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=32, vocab_size=VOCAB, max_position_embeddings=32,
+        bos_token_id=0, eos_token_id=0, pad_token_id=0)))
+
+
+def make_gpt_neo():
+    return _seeded(lambda: transformers.GPTNeoForCausalLM(transformers.GPTNeoConfig(
+        num_layers=2, hidden_size=16, num_heads=4, attention_types=[[["global", "local"], 1]],
+        vocab_size=VOCAB, max_position_embeddings=32, window_size=8,
+        bos_token_id=0, eos_token_id=0)))
+
+
+def make_bert():
+    return _seeded(lambda: transformers.BertModel(transformers.BertConfig(
+        num_hidden_layers=2, hidden_size=16, num_attention_heads=4, intermediate_size=32,
+        vocab_size=VOCAB, max_position_embeddings=32, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0)))
+
+
+MAKERS = {"gpt2": make_gpt2, "gpt_neox": make_neox, "llama": make_llama}
+ALL_MAKERS = {**MAKERS, "gpt_neo": make_gpt_neo, "bert": make_bert}
+
+
+@pytest.fixture(scope="session")
+def gpt2():
+    return make_gpt2()
+
+
+@pytest.fixture(scope="session")
+def neox():
+    return make_neox()
+
+
+@pytest.fixture(scope="session")
+def llama():
+    return make_llama()
+
+
+@pytest.fixture(params=sorted(MAKERS), scope="session")
+def family(request):
+    """(name, model) for each of the three main families."""
+    return request.param, MAKERS[request.param]()
+
+
+def ids(*rows):
+    return {"input_ids": torch.tensor(rows, dtype=torch.long)}
+
+
+@pytest.fixture
+def base_source():
+    """A batch of two bases and two sources of length 6."""
+    torch.manual_seed(1)
+    base = {"input_ids": torch.randint(1, VOCAB, (2, 6))}
+    source = {"input_ids": torch.randint(1, VOCAB, (2, 6))}
+    return base, source
+
+
+def capture(model, module, side, inputs):
+    """Runs ``model(**inputs)`` and returns the hooked tensor, with a plain hook."""
+    seen = {}
+    if side == "input":
+        def pre(mod, args, kwargs):
+            seen["x"] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+        handle = module.register_forward_pre_hook(pre, with_kwargs=True)
+    else:
+        def post(mod, args, out):
+            seen["x"] = (out[0] if isinstance(out, tuple) else out).detach().clone()
+        handle = module.register_forward_hook(post)
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        handle.remove()
+    return seen["x"]
+
+
+def patched_run(model, module, side, inputs, edit):
+    """Runs ``model(**inputs)`` with ``edit(x) -> x'`` applied by a plain hook."""
+    if side == "input":
+        def pre(mod, args, kwargs):
+            if args:
+                return (edit(args[0].clone()), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": edit(kwargs["hidden_states"].clone())}
+        handle = module.register_forward_pre_hook(pre, with_kwargs=True)
+    else:
+        def post(mod, args, out):
+            if isinstance(out, tuple):
+                return (edit(out[0].clone()), *out[1:])
+            return edit(out.clone())
+        handle = module.register_forward_hook(post)
+    try:
+        with torch.no_grad():
+            return model(**inputs)
+    finally:
+        handle.remove()
+
+
+def hook_count(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
