@@ -109,7 +109,7 @@ def _json_default(value: Any) -> Any:
 
 def _restore(intervention: Intervention, state: dict[str, torch.Tensor], key: str) -> None:
     if "source_representation" in state and getattr(intervention, "source_representation", None) is None:
-        intervention.register_buffer("source_representation", state["source_representation"].clone())
+        intervention.set_source_representation(state["source_representation"])
     missing, unexpected = intervention.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{key}: saved weights do not fit {type(intervention).__name__}: "

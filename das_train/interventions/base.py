@@ -63,10 +63,15 @@ class Intervention(nn.Module):
         self.subspace_partition = (
             None if subspace_partition is None else [list(map(int, p)) for p in subspace_partition]
         )
+        self.source_representation = None
         if source_representation is not None:
-            self.register_buffer("source_representation", torch.as_tensor(source_representation))
-        else:
-            self.source_representation = None
+            self.set_source_representation(source_representation)
+
+    def set_source_representation(self, value: torch.Tensor) -> None:
+        """Stores a constant source as a buffer, so it moves and saves with the module."""
+        if "source_representation" in self.__dict__:
+            del self.__dict__["source_representation"]
+        self.register_buffer("source_representation", torch.as_tensor(value).detach().clone())
 
     # -- the one signature -------------------------------------------------------------------
     def forward(
