@@ -1,0 +1,1 @@
+"""Counterfactual-pair tasks: each a causal model that generates seeded pairs."""
