@@ -35,6 +35,19 @@ from das_train.interventions.base import (
     SourcelessIntervention,
     TrainableIntervention,
 )
+from das_train.interventions.autoencoder import AutoencoderIntervention
+from das_train.interventions.lora import LoRAIntervention
+from das_train.interventions.masks import (
+    BoundlessRotatedSpaceIntervention,
+    SigmoidMaskIntervention,
+    SigmoidMaskRotatedSpaceIntervention,
+)
+from das_train.interventions.pca import PCARotatedSpaceIntervention
+from das_train.interventions.reft import LoreftIntervention, NoreftIntervention
+from das_train.interventions.rotated import (
+    LowRankRotatedSpaceIntervention,
+    RotatedSpaceIntervention,
+)
 from das_train.interventions.static import (
     AdditionIntervention,
     CollectIntervention,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -200,6 +200,7 @@ class IntervenableModel(nn.Module):
             else:
                 available = {
                     "embed_dim": site.width,
+                    "input_dim": site.input_width,
                     "low_rank_dimension": rep.low_rank_dimension,
                     "subspace_partition": rep.subspace_partition,
                     "latent_dim": rep.latent_dim,
@@ -564,11 +565,14 @@ class IntervenableModel(nn.Module):
         constant = plan.constants[i]
         kind = intervention.source_kind
         uses_run = plan.source_of[i] is not None
+        input_site = replace(site, columns=None, n_heads=None)
         calls = [0]
 
         def source_for(base_units: torch.Tensor, module_input: torch.Tensor | None, index) -> Any:
             if kind == "module_input":
-                return index.gather(H.as_3d(module_input))
+                # The module's input may be wider or narrower than its output (LoRA on an MLP).
+                inputs3 = H.as_3d(module_input)
+                return H.UnitIndex(input_site, loc, inputs3).gather(inputs3)
             if constant is not None and not uses_run:
                 c = constant.to(base_units.device, base_units.dtype)
                 if c.dim() == 2 and base_units.dim() == 3 and c.shape[0] == base_units.shape[0]:
@@ -765,6 +769,12 @@ class IntervenableModel(nn.Module):
         from das_train.core.serialization import save_intervenable
 
         save_intervenable(self, save_directory, save_to_hf_hub=save_to_hf_hub, hf_repo_name=hf_repo_name)
+
+    def save_intervention(self, save_directory: str, include_model: bool = False) -> None:
+        """pyvene's name for saving the interventions alone; the same files as :meth:`save`."""
+        if include_model:
+            raise ValueError("saving the wrapped model is not supported; save it with its own save_pretrained")
+        self.save(save_directory)
 
     @staticmethod
     def load(load_directory: str, model: nn.Module, **kwargs: Any) -> IntervenableModel:

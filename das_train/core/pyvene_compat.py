@@ -20,7 +20,7 @@ from das_train.interventions.base import INTERVENTION_REGISTRY, Intervention, bu
 
 _CLASS_NAME = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)'?>?\s*$")
 # pyvene stores these as buffers; ours are plain ints set from the config.
-_PYVENE_ONLY = ("embed_dim", "interchange_dim")
+_PYVENE_ONLY = ("embed_dim", "interchange_dim", "intervention_population")
 
 
 def _type_name(text: str) -> str:

@@ -90,13 +90,27 @@ def save_intervenable(intervenable, save_directory: str, save_to_hf_hub: bool = 
         lambda tmp: Path(tmp).write_text(json.dumps(document, indent=2, default=_json_default)),
     )
     if save_to_hf_hub:
-        if not hf_repo_name:
-            raise ValueError("save_to_hf_hub=True needs hf_repo_name='user/repo'")
-        from huggingface_hub import HfApi
+        push_folder(directory, hf_repo_name)
 
+
+def push_folder(directory: Path, repo_id: str | None) -> None:
+    """Uploads a saved folder; the local files stay whatever happens."""
+    if not repo_id:
+        raise ValueError(
+            f"the interventions are saved in {directory}; to upload them too, give "
+            "hf_repo_name='user/repo'"
+        )
+    from huggingface_hub import HfApi
+
+    try:
         api = HfApi()
-        api.create_repo(hf_repo_name, exist_ok=True)
-        api.upload_folder(folder_path=str(directory), repo_id=hf_repo_name)
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(folder_path=str(directory), repo_id=repo_id)
+    except Exception as err:  # offline, no token, no rights: the message says which
+        raise OSError(
+            f"could not upload {directory} to the Hugging Face Hub repo {repo_id!r} "
+            f"({type(err).__name__}: {err}); the local files are kept in {directory}"
+        ) from err
 
 
 def _json_default(value: Any) -> Any:

@@ -308,6 +308,8 @@ class Site:
     n_heads: int | None = None
     recurrent: bool = False
     description: str = ""
+    input_width: int | None = None
+    """Width of the module's input, for interventions that read it (LoRA, skip)."""
 
 
 _PATH_TOKEN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]|(\d+)")
@@ -388,7 +390,9 @@ def resolve_site(model: nn.Module, layer: int, component: str, unit: str) -> Sit
         elif component.endswith(".input"):
             path, hook = component[: -len(".input")], "input"
         module = get_submodule(model, path) if path else model
-        return Site(module, hook, unit, _infer_width(module, hook), description=component)
+        width = _infer_width(module, hook)
+        input_width = width if hook == "input" else _infer_width(module, "input")
+        return Site(module, hook, unit, width, description=component, input_width=input_width)
 
     table = table_for(model)
     if table is None:
@@ -427,4 +431,5 @@ def resolve_site(model: nn.Module, layer: int, component: str, unit: str) -> Sit
         n_heads=n_heads,
         recurrent=table.recurrent,
         description=f"{table.name}:{path}:{spec.hook}",
+        input_width=width if spec.hook == "input" else _infer_width(module, "input"),
     )

@@ -1,0 +1,117 @@
+"""Interchange in the latent space of a (sparse) autoencoder over one site.
+
+A learned dictionary of features (an SAE, or an autoencoder trained for the purpose, as in RAVEL)
+is another basis in which to look for a causal variable: encode base and source, take chosen
+latents from the source, decode. An autoencoder reconstructs imperfectly, though, and decoding
+the mixed latent alone would change the activation even when nothing is interchanged, mixing the
+reconstruction error into the intervention's effect. So the base's reconstruction error is added
+back (the "error term" of sparse feature circuits, Marks et al. 2024)::
+
+    z_b = encode(b),  z_s = encode(s),  z = where(mask, z_s, z_b)
+    output = decode(z) + (b - decode(z_b))
+           = b + (z - z_b) @ W_dec^T          (the decoder is affine, so its bias cancels)
+
+The second form is what is computed: with nothing interchanged (or ``s == b``) the output is the
+base, bit for bit. pyvene's ``AutoencoderIntervention`` returns ``decode(z)`` instead.
+
+The module layout (``autoencoder.encoder.0``, ``autoencoder.decoder.0``) and the encoder's
+convention of subtracting the decoder bias first are pyvene's, so its saved weights load here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from das_train.interventions.base import Subspaces, TrainableIntervention
+from das_train.interventions.rotated import require_dim, require_source
+
+
+class _Autoencoder(nn.Module):
+    """One ReLU encoder layer and one affine decoder layer."""
+
+    def __init__(self, input_dim: int, latent_dim: int) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(input_dim, latent_dim), nn.ReLU())
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, input_dim))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        # (..., d) -> (..., latent); centring on the decoder bias is the usual SAE convention.
+        return self.encoder(x - self.decoder[0].bias)
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        # (..., latent) -> (..., d)
+        return self.decoder(latent)
+
+
+class AutoencoderIntervention(TrainableIntervention):
+    """Interchanges latents of an autoencoder, keeping the base's reconstruction error.
+
+    ``subspaces`` name latent dimensions; without them every latent is interchanged (the
+    output is then ``b + decode(z_s) - decode(z_b)``).
+
+    Args:
+        embed_dim: width ``d`` of one unit; required.
+        latent_dim: number of latent features; required.
+        subspace_partition: ``[[start, end), ...]`` ranges of the latent dimensions.
+        source_representation: a constant source used in place of a source run.
+    """
+
+    config_fields: ClassVar[tuple[str, ...]] = ("embed_dim", "subspace_partition", "latent_dim")
+
+    def __init__(
+        self,
+        embed_dim: int | None = None,
+        latent_dim: int | None = None,
+        subspace_partition: Sequence[Sequence[int]] | None = None,
+        source_representation: torch.Tensor | None = None,
+    ) -> None:
+        owner = type(self).__name__
+        dim = require_dim(embed_dim, "embed_dim", owner, "the width of one unit")
+        latent = require_dim(latent_dim, "latent_dim", owner, "the number of latent features")
+        super().__init__(
+            embed_dim=dim,
+            subspace_partition=subspace_partition,
+            source_representation=source_representation,
+        )
+        self.latent_dim = latent
+        self.autoencoder = _Autoencoder(dim, latent)
+
+    def subspace_size(self) -> int:
+        return self.latent_dim
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent features of ``x`` (any leading dims), in the parameters' dtype."""
+        return self.autoencoder.encode(x.to(self.autoencoder.decoder[0].weight.dtype))
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.decode(latent)
+
+    def reconstruction_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean squared reconstruction error, for fitting the autoencoder to activations."""
+        x = x.to(self.autoencoder.decoder[0].weight.dtype)
+        return torch.mean((self.decode(self.encode(x)) - x) ** 2)
+
+    def forward(
+        self, base: torch.Tensor, source: torch.Tensor | None = None, subspaces: Subspaces = None
+    ) -> torch.Tensor:
+        source = require_source(type(self).__name__, source)
+        decoder_weight = self.autoencoder.decoder[0].weight  # (d, latent)
+        base_w = base.to(decoder_weight.dtype)  # (batch, units, d)
+        latent_base = self.encode(base_w)  # (batch, units, latent)
+        latent_source = self.encode(source)  # (batch, units, latent)
+        delta = latent_source - latent_base  # (batch, units, latent)
+        mask = self.subspace_mask(subspaces, delta)
+        if mask is not None:
+            delta = torch.where(mask, delta, torch.zeros((), dtype=delta.dtype, device=delta.device))
+        # decode(z) - decode(z_b) = (z - z_b) @ W_dec^T: the decoder bias cancels exactly.
+        return (base_w + delta @ decoder_weight.T).to(base.dtype)  # (batch, units, d)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, latent_dim={self.latent_dim}"
+
+
+__all__ = ["AutoencoderIntervention"]

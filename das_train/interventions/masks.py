@@ -1,0 +1,279 @@
+"""Interventions that learn *how much* of the representation to interchange, as a soft mask.
+
+DAS needs the size of the subspace chosen in advance. Boundless DAS (Wu et al., 2023) learns it
+instead: a boundary in a learned rotation, relaxed into a sigmoid mask whose temperature is
+annealed towards a hard step. The two sigmoid-mask interventions learn a free mask per
+coordinate, over neurons or over rotated coordinates.
+
+All three mix ``(1 - mask) * base + mask * source``. The temperature is a registered buffer,
+never a parameter: a schedule (the training callback, through :meth:`set_temperature`) anneals
+it, and the optimizer must not also move it (pyvene 0.1.8 made it a ``Parameter``, so
+``get_trainable_parameters()`` handed it to the optimizer as well). A buffer still moves with
+``.to(device)`` and is saved in the state dict.
+
+Each has ``sparsity_loss()``: a differentiable penalty in [0, 1], the fraction of coordinates
+interchanged, that training adds per intervention so the mask does not simply grow to everything.
+
+``subspaces``, when given, restrict the learned mask to those (rotated) coordinates: outside them
+the base is kept whatever the mask says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from das_train.interventions.base import (
+    DistributedRepresentationIntervention,
+    LocalistRepresentationIntervention,
+    Subspaces,
+    TrainableIntervention,
+)
+from das_train.interventions.rotated import orthogonal_layer, require_dim, require_source
+
+
+class _TemperatureMixin:
+    """``temperature`` buffer access shared by the three mask interventions."""
+
+    temperature: torch.Tensor
+
+    def _init_temperature(self, value: float) -> None:
+        if not value > 0:
+            raise ValueError(f"temperature must be > 0, got {value!r}")
+        # A buffer: annealed by a schedule, saved, moved with the module, never optimized.
+        self.register_buffer("temperature", torch.tensor(float(value), dtype=torch.float32))
+
+    def get_temperature(self) -> torch.Tensor:
+        return self.temperature
+
+    @torch.no_grad()
+    def set_temperature(self, value: float | torch.Tensor) -> None:
+        """Sets the temperature in place (keeps the buffer's device and dtype)."""
+        value = torch.as_tensor(value, dtype=self.temperature.dtype)
+        if not bool((value > 0).all()):
+            raise ValueError(f"temperature must be > 0, got {value!r}")
+        self.temperature.copy_(value.reshape(()))
+
+
+def _restrict(mask: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+    """Zeroes the soft ``mask`` outside the coordinates ``subspaces`` allow."""
+    if allowed is None:
+        return mask
+    return torch.where(allowed, mask, torch.zeros((), dtype=mask.dtype, device=mask.device))
+
+
+class BoundlessRotatedSpaceIntervention(
+    _TemperatureMixin, TrainableIntervention, DistributedRepresentationIntervention
+):
+    """Boundless DAS: a learned rotation and a learned boundary on how many coordinates to swap.
+
+    With ``R`` the rotation, ``beta = clamp(intervention_boundaries, 0, 1)``, ``T`` the
+    temperature and ``i = 0 .. d-1`` the rotated coordinate::
+
+        mask_i = sigmoid((beta * d - (i + 0.5)) / T)
+        output = ((1 - mask) * (b @ R) + mask * (s @ R)) @ R^T
+
+    The ``+ 0.5`` centres each coordinate on its cell, so as ``T -> 0`` the mask becomes exactly
+    the first ``round(beta * d)`` coordinates, and at any ``T`` no coordinate sits at 0.5 just
+    because ``beta * d`` is an integer. (pyvene multiplies in a second factor,
+    ``sigmoid(i / T)``, which half-masks coordinate 0 at every temperature; we leave it out.)
+
+    Args:
+        embed_dim: width ``d`` of one unit; required.
+        initial_boundary: starting value of ``intervention_boundaries`` (fraction of ``d``).
+        temperature: starting temperature, in units of coordinates (pyvene's default, 50, makes
+            the mask nearly flat at first; anneal it towards ~0.1).
+        subspace_partition: ``[[start, end), ...]`` ranges of the rotated coordinates.
+        source_representation: a constant source used in place of a source run.
+    """
+
+    config_fields: ClassVar[tuple[str, ...]] = ("embed_dim", "subspace_partition")
+
+    def __init__(
+        self,
+        embed_dim: int | None = None,
+        initial_boundary: float = 0.5,
+        temperature: float = 50.0,
+        subspace_partition: Sequence[Sequence[int]] | None = None,
+        source_representation: torch.Tensor | None = None,
+    ) -> None:
+        dim = require_dim(embed_dim, "embed_dim", type(self).__name__, "the width of one unit")
+        super().__init__(
+            embed_dim=dim,
+            subspace_partition=subspace_partition,
+            source_representation=source_representation,
+        )
+        self.rotate_layer = orthogonal_layer(dim, dim)
+        # Shape (1,), as in pyvene, so its saved boundaries load here.
+        self.intervention_boundaries = nn.Parameter(torch.tensor([float(initial_boundary)]))
+        self._init_temperature(temperature)
+
+    def get_boundary_parameters(self) -> nn.Parameter:
+        return self.intervention_boundaries
+
+    @torch.no_grad()
+    def set_intervention_boundaries(self, value: float) -> None:
+        """Sets the boundary in place, so an optimizer holding the parameter keeps tracking it."""
+        self.intervention_boundaries.fill_(float(value))
+
+    def boundary(self) -> torch.Tensor:
+        """The boundary as a fraction of ``d``, clamped to [0, 1]; shape ``()``."""
+        return self.intervention_boundaries.clamp(0.0, 1.0)[0]
+
+    def boundary_mask(self) -> torch.Tensor:
+        """The soft mask over rotated coordinates at the current temperature; shape ``(d,)``."""
+        dim = self.embed_dim
+        centres = torch.arange(dim, device=self.temperature.device, dtype=torch.float32) + 0.5
+        logits = (self.boundary() * dim - centres) / self.temperature  # (d,)
+        return torch.sigmoid(logits)
+
+    def intervention_size(self) -> int:
+        """How many rotated coordinates the boundary marks (the hard mask's size as ``T -> 0``)."""
+        return int(torch.round(self.boundary().detach() * self.embed_dim).item())
+
+    def boundary_sparsity_loss(self) -> torch.Tensor:
+        """Differentiable penalty: the clamped boundary, i.e. the fraction of coordinates swapped."""
+        return self.boundary()
+
+    def sparsity_loss(self) -> torch.Tensor:
+        return self.boundary_sparsity_loss()
+
+    def forward(
+        self, base: torch.Tensor, source: torch.Tensor | None = None, subspaces: Subspaces = None
+    ) -> torch.Tensor:
+        source = require_source(type(self).__name__, source)
+        rotation = self.rotate_layer.weight  # (d, d), read once
+        rotated_base = base.to(rotation.dtype) @ rotation  # (batch, units, d)
+        rotated_source = source.to(rotation.dtype) @ rotation  # (batch, units, d)
+        mask = self.boundary_mask().to(rotation.dtype)  # (d,)
+        mask = _restrict(mask, self.subspace_mask(subspaces, rotated_base))  # (d,) or (batch, 1, d)
+        # b + mask * (s - b) is (1 - mask) * b + mask * s with one fewer full-size product.
+        mixed = rotated_base + mask * (rotated_source - rotated_base)  # (batch, units, d)
+        return (mixed @ rotation.T).to(base.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, boundary={self.boundary().item():.3f}, "
+            f"temperature={self.temperature.item():.4g}"
+        )
+
+
+class SigmoidMaskIntervention(
+    _TemperatureMixin, TrainableIntervention, LocalistRepresentationIntervention
+):
+    """A learned soft mask over neurons: ``output = (1 - m) * b + m * s``.
+
+    ``m = sigmoid(mask / T)`` with ``mask`` a learned logit per dimension and ``T`` the
+    temperature buffer.
+
+    Args:
+        embed_dim: width ``d`` of one unit; required.
+        initial_logit: starting value of every ``mask`` logit (0 gives ``m = 0.5``).
+        temperature: starting temperature (pyvene's default, 0.01).
+        subspace_partition: ``[[start, end), ...]`` ranges of the dimensions.
+        source_representation: a constant source used in place of a source run.
+    """
+
+    config_fields: ClassVar[tuple[str, ...]] = ("embed_dim", "subspace_partition")
+
+    def __init__(
+        self,
+        embed_dim: int | None = None,
+        initial_logit: float = 0.0,
+        temperature: float = 0.01,
+        subspace_partition: Sequence[Sequence[int]] | None = None,
+        source_representation: torch.Tensor | None = None,
+    ) -> None:
+        dim = require_dim(embed_dim, "embed_dim", type(self).__name__, "the width of one unit")
+        super().__init__(
+            embed_dim=dim,
+            subspace_partition=subspace_partition,
+            source_representation=source_representation,
+        )
+        self.mask = nn.Parameter(torch.full((dim,), float(initial_logit)))
+        self._init_temperature(temperature)
+
+    def mask_values(self) -> torch.Tensor:
+        """The soft mask at the current temperature; shape ``(d,)``."""
+        return torch.sigmoid(self.mask / self.temperature)
+
+    def sparsity_loss(self) -> torch.Tensor:
+        """Differentiable penalty: the mean mask value (fraction of dimensions swapped)."""
+        return self.mask_values().mean()
+
+    def forward(
+        self, base: torch.Tensor, source: torch.Tensor | None = None, subspaces: Subspaces = None
+    ) -> torch.Tensor:
+        source = require_source(type(self).__name__, source)
+        dtype = self.mask.dtype
+        base_w = base.to(dtype)  # (batch, units, d)
+        mask = _restrict(self.mask_values(), self.subspace_mask(subspaces, base_w))  # (d,) or (batch, 1, d)
+        return (base_w + mask * (source.to(dtype) - base_w)).to(base.dtype)  # (batch, units, d)
+
+
+class SigmoidMaskRotatedSpaceIntervention(
+    _TemperatureMixin, TrainableIntervention, DistributedRepresentationIntervention
+):
+    """A learned rotation and a learned soft mask per rotated coordinate.
+
+    ``m = sigmoid(masks / T)``; ``output = ((1 - m) * (b @ R) + m * (s @ R)) @ R^T``. Unlike
+    Boundless DAS the mask need not be a prefix of the rotated coordinates.
+
+    Args:
+        embed_dim: width ``d`` of one unit; required.
+        initial_logit: starting value of every ``masks`` logit (pyvene's default, 100, gives
+            ``m = sigmoid(2) = 0.88`` at the default temperature).
+        temperature: starting temperature (pyvene's default, 50).
+        subspace_partition: ``[[start, end), ...]`` ranges of the rotated coordinates.
+        source_representation: a constant source used in place of a source run.
+    """
+
+    config_fields: ClassVar[tuple[str, ...]] = ("embed_dim", "subspace_partition")
+
+    def __init__(
+        self,
+        embed_dim: int | None = None,
+        initial_logit: float = 100.0,
+        temperature: float = 50.0,
+        subspace_partition: Sequence[Sequence[int]] | None = None,
+        source_representation: torch.Tensor | None = None,
+    ) -> None:
+        dim = require_dim(embed_dim, "embed_dim", type(self).__name__, "the width of one unit")
+        super().__init__(
+            embed_dim=dim,
+            subspace_partition=subspace_partition,
+            source_representation=source_representation,
+        )
+        self.rotate_layer = orthogonal_layer(dim, dim)
+        self.masks = nn.Parameter(torch.full((dim,), float(initial_logit)))
+        self._init_temperature(temperature)
+
+    def mask_values(self) -> torch.Tensor:
+        """The soft mask over rotated coordinates at the current temperature; shape ``(d,)``."""
+        return torch.sigmoid(self.masks / self.temperature)
+
+    def sparsity_loss(self) -> torch.Tensor:
+        """Differentiable penalty: the mean mask value (fraction of coordinates swapped)."""
+        return self.mask_values().mean()
+
+    def forward(
+        self, base: torch.Tensor, source: torch.Tensor | None = None, subspaces: Subspaces = None
+    ) -> torch.Tensor:
+        source = require_source(type(self).__name__, source)
+        rotation = self.rotate_layer.weight  # (d, d), read once
+        rotated_base = base.to(rotation.dtype) @ rotation  # (batch, units, d)
+        rotated_source = source.to(rotation.dtype) @ rotation  # (batch, units, d)
+        mask = self.mask_values().to(rotation.dtype)  # (d,)
+        mask = _restrict(mask, self.subspace_mask(subspaces, rotated_base))  # (d,) or (batch, 1, d)
+        mixed = rotated_base + mask * (rotated_source - rotated_base)  # (batch, units, d)
+        return (mixed @ rotation.T).to(base.dtype)
+
+
+__all__ = [
+    "BoundlessRotatedSpaceIntervention",
+    "SigmoidMaskIntervention",
+    "SigmoidMaskRotatedSpaceIntervention",
+]

@@ -1,0 +1,194 @@
+"""Representation finetuning (ReFT, Wu et al. 2024): a learned low-rank edit of the base alone.
+
+ReFT steers a frozen model by editing hidden states instead of weights. LoReFT edits the
+representation only inside a ``k``-dimensional subspace with orthonormal rows ``R`` (``k x d``),
+moving ``R h`` to a learned target ``W h + b``::
+
+    LoReFT(h) = h + R^T (act(W h + b) - R h)
+
+NoReFT drops the orthogonality (``R`` a plain linear map). There is no source: the edit is a
+function of the base (``source_kind = "none"``).
+
+``R`` is stored as pyreft stores it, ``rotate_layer.weight`` of shape ``(d, k)`` = ``R^T`` with
+orthonormal columns, applied as ``h @ weight``; the target map is ``learned_source`` (an
+``nn.Linear(d, k)``). ``subspaces``, when given, name which of the ``k`` coordinates are edited
+(pyreft uses this to give tasks separate slices of one intervention).
+
+Dropout is applied to the edit ``R^T(...)`` only, not to ``h``: dropping entries of the frozen
+model's own representation would perturb it in ways the intervention did not choose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from das_train.interventions.base import (
+    DistributedRepresentationIntervention,
+    Subspaces,
+    TrainableIntervention,
+)
+from das_train.interventions.rotated import orthogonal_layer, require_dim
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+# Named, not passed as callables, so the choice is a string the saved config can hold.
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "linear": _identity,
+    "relu": torch.relu,
+    "gelu": nn.functional.gelu,
+    "silu": nn.functional.silu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+}
+
+
+def _activation(name: str | None, owner: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if name is None:
+        return ACTIVATIONS["linear"]
+    if name not in ACTIVATIONS:
+        raise ValueError(f"{owner}: act_fn {name!r} is not one of {sorted(ACTIVATIONS)} (or None)")
+    return ACTIVATIONS[name]
+
+
+def _masked(edit: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return edit
+    return torch.where(mask, edit, torch.zeros((), dtype=edit.dtype, device=edit.device))
+
+
+class LoreftIntervention(TrainableIntervention, DistributedRepresentationIntervention):
+    """Low-rank linear subspace ReFT: ``h + R^T (act(W h + b) - R h)``, ``R R^T = I``.
+
+    Args:
+        embed_dim: width ``d`` of one unit; required.
+        low_rank_dimension: rank ``k <= d`` of the edited subspace; required.
+        dropout: dropout probability on the edit (training mode only).
+        act_fn: activation on ``W h + b``: one of ``linear``, ``relu``, ``gelu``, ``silu``,
+            ``tanh``, ``sigmoid``, or ``None`` (linear).
+        subspace_partition: ``[[start, end), ...]`` ranges of the ``k`` coordinates.
+    """
+
+    source_kind: ClassVar[str] = "none"
+    config_fields: ClassVar[tuple[str, ...]] = (
+        "embed_dim",
+        "subspace_partition",
+        "low_rank_dimension",
+        "dropout",
+        "act_fn",
+    )
+
+    def __init__(
+        self,
+        embed_dim: int | None = None,
+        low_rank_dimension: int | None = None,
+        dropout: float = 0.0,
+        act_fn: str | None = None,
+        subspace_partition: Sequence[Sequence[int]] | None = None,
+    ) -> None:
+        owner = type(self).__name__
+        dim = require_dim(embed_dim, "embed_dim", owner, "the width of one unit")
+        rank = require_dim(low_rank_dimension, "low_rank_dimension", owner, "the rank k")
+        if rank > dim:
+            raise ValueError(f"{owner}: low_rank_dimension={rank} exceeds embed_dim={dim}")
+        super().__init__(embed_dim=dim, subspace_partition=subspace_partition)
+        self.low_rank_dimension = rank
+        self.dropout = float(dropout)
+        self.act_fn = act_fn
+        self._act = _activation(act_fn, owner)
+        self.rotate_layer = orthogonal_layer(dim, rank)  # weight (d, k) = R^T
+        self.learned_source = nn.Linear(dim, rank)  # W h + b
+        self.dropout_layer = nn.Dropout(self.dropout)
+
+    def subspace_size(self) -> int:
+        return self.low_rank_dimension
+
+    def forward(
+        self, base: torch.Tensor, source: torch.Tensor | None = None, subspaces: Subspaces = None
+    ) -> torch.Tensor:
+        rotation = self.rotate_layer.weight  # (d, k) = R^T, read once
+        base_w = base.to(rotation.dtype)  # (batch, units, d)
+        target = self._act(self.learned_source(base_w))  # (batch, units, k)
+        edit = target - base_w @ rotation  # (batch, units, k)
+        edit = _masked(edit, self.subspace_mask(subspaces, edit))
+        return (base_w + self.dropout_layer(edit @ rotation.T)).to(base.dtype)  # (batch, units, d)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, low_rank_dimension={self.low_rank_dimension}, "
+            f"dropout={self.dropout}, act_fn={self.act_fn}"
+        )
+
+
+class NoreftIntervention(TrainableIntervention, DistributedRepresentationIntervention):
+    """ReFT without orthogonality: ``h + P^T (act(W h + b) - (P h + c))``, ``P`` a free ``k x d``.
+
+    ``P`` (with bias ``c`` when ``add_bias``) is ``proj_layer``, an ``nn.Linear(d, k)``.
+
+    Args:
+        embed_dim: width ``d`` of one unit; required.
+        low_rank_dimension: rank ``k``; required.
+        dropout: dropout probability on the edit (training mode only).
+        act_fn: activation on ``W h + b`` (see :class:`LoreftIntervention`).
+        add_bias: whether the projection ``P h`` has a bias ``c``.
+        subspace_partition: ``[[start, end), ...]`` ranges of the ``k`` coordinates.
+    """
+
+    source_kind: ClassVar[str] = "none"
+    config_fields: ClassVar[tuple[str, ...]] = (
+        "embed_dim",
+        "subspace_partition",
+        "low_rank_dimension",
+        "dropout",
+        "act_fn",
+        "add_bias",
+    )
+
+    def __init__(
+        self,
+        embed_dim: int | None = None,
+        low_rank_dimension: int | None = None,
+        dropout: float = 0.0,
+        act_fn: str | None = None,
+        add_bias: bool = False,
+        subspace_partition: Sequence[Sequence[int]] | None = None,
+    ) -> None:
+        owner = type(self).__name__
+        dim = require_dim(embed_dim, "embed_dim", owner, "the width of one unit")
+        rank = require_dim(low_rank_dimension, "low_rank_dimension", owner, "the rank k")
+        super().__init__(embed_dim=dim, subspace_partition=subspace_partition)
+        self.low_rank_dimension = rank
+        self.dropout = float(dropout)
+        self.act_fn = act_fn
+        self.add_bias = bool(add_bias)
+        self._act = _activation(act_fn, owner)
+        self.proj_layer = nn.Linear(dim, rank, bias=self.add_bias)  # P h + c
+        self.learned_source = nn.Linear(dim, rank)  # W h + b
+        self.dropout_layer = nn.Dropout(self.dropout)
+
+    def subspace_size(self) -> int:
+        return self.low_rank_dimension
+
+    def forward(
+        self, base: torch.Tensor, source: torch.Tensor | None = None, subspaces: Subspaces = None
+    ) -> torch.Tensor:
+        projection = self.proj_layer.weight  # (k, d)
+        base_w = base.to(projection.dtype)  # (batch, units, d)
+        edit = self._act(self.learned_source(base_w)) - self.proj_layer(base_w)  # (batch, units, k)
+        edit = _masked(edit, self.subspace_mask(subspaces, edit))
+        return (base_w + self.dropout_layer(edit @ projection)).to(base.dtype)  # (batch, units, d)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, low_rank_dimension={self.low_rank_dimension}, "
+            f"dropout={self.dropout}, act_fn={self.act_fn}, add_bias={self.add_bias}"
+        )
+
+
+__all__ = ["LoreftIntervention", "NoreftIntervention"]
