@@ -24,6 +24,7 @@ from das_train.core.loaders import (
 )
 from das_train.core.locations import LocationError
 from das_train.core.model import IntervenableModel, IntervenableOutput
+from das_train.interventions.autoencoder import AutoencoderIntervention
 from das_train.interventions.base import (
     INTERVENTION_REGISTRY,
     BasisAgnosticIntervention,
@@ -35,7 +36,6 @@ from das_train.interventions.base import (
     SourcelessIntervention,
     TrainableIntervention,
 )
-from das_train.interventions.autoencoder import AutoencoderIntervention
 from das_train.interventions.lora import LoRAIntervention
 from das_train.interventions.masks import (
     BoundlessRotatedSpaceIntervention,
