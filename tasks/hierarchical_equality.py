@@ -87,3 +87,123 @@ class EqualityTask:
             "base_label": (vb[:, 0] == vb[:, 1]).long(),
             "counterfactual_label": (mixed[:, 0] == mixed[:, 1]).long(),
         }
+
+
+# -- the DAS experiment of Geiger et al. (2023), reproduced at two sizes -----------------------
+
+
+@dataclass(frozen=True)
+class ExperimentSize:
+    """How much data and how many steps the experiment uses."""
+
+    train_examples: int = 40_000
+    model_epochs: int = 12
+    das_steps: int = 1_500
+    batch_size: int = 128
+    eval_pairs: int = 4_000
+
+
+FULL = ExperimentSize()
+SMALL = ExperimentSize(train_examples=20_000, model_epochs=10, das_steps=500, batch_size=128, eval_pairs=2_000)
+
+
+def train_model(task: EqualityTask, size: ExperimentSize, seed: int = 0):
+    """A 3-layer MLP trained on the task; returns (model, held-out accuracy)."""
+    import das_train as pv
+
+    width = 4 * task.embedding_dim
+    _, _, model = pv.create_mlp_classifier(
+        pv.MLPConfig(h_dim=width, n_layer=3, input_dim=width, num_classes=2), seed=seed
+    )
+    inputs, labels = task.factual(size.train_examples, seed=seed + 1)
+    test_inputs, test_labels = task.factual(2_000, seed=seed + 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(size.model_epochs):
+        order = torch.randperm(len(inputs), generator=gen)
+        for start in range(0, len(inputs), 64):
+            rows = order[start : start + 64]
+            loss = torch.nn.functional.cross_entropy(model(inputs_embeds=inputs[rows]).logits, labels[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        acc = (model(inputs_embeds=test_inputs).logits.argmax(-1) == test_labels).float().mean().item()
+    return model, acc
+
+
+def _run(intervenable, batch):
+    _, out = intervenable(
+        {"inputs_embeds": batch["base"]},
+        [{"inputs_embeds": batch["source"]}],
+        subspaces=batch.get("subspaces"),
+    )
+    return out.logits
+
+
+def _batches(task: EqualityTask, size: ExperimentSize, seed: int, variable: str | None, with_subspaces: bool):
+    def make(step: int):
+        pairs = task.counterfactual_pairs(size.batch_size, seed=seed * 1_000_003 + step, variable=variable)
+        if with_subspaces:
+            pairs["subspaces"] = [[int(v)] for v in pairs["variable"]]
+        return pairs
+
+    return make
+
+
+def _evaluate(intervenable, task, size, variable, with_subspaces, seed=99):
+    from das_train.training.das_loop import accuracy
+
+    pairs = task.counterfactual_pairs(size.eval_pairs, seed=seed, variable=variable)
+    if with_subspaces:
+        pairs["subspaces"] = [[int(v)] for v in pairs["variable"]]
+    return accuracy(intervenable, iter([pairs]), _run)
+
+
+def das_table(size: ExperimentSize = FULL, seed: int = 0, embedding_dim: int = 4) -> list[dict]:
+    """Rows of (method, variable(s), subspace size, IIA) at the first hidden layer."""
+    import das_train as pv
+    from das_train.training.das_loop import fit
+
+    task = EqualityTask(embedding_dim=embedding_dim, seed=seed)
+    model, model_acc = train_model(task, size, seed)
+    width = 4 * embedding_dim
+    half = width // 2
+    partition = [[0, half], [half, width]]
+    rows = [{"method": "model accuracy", "variables": "-", "size": "-", "iia": model_acc}]
+    site = {"layer": 0, "component": "block_output"}
+
+    rotated = pv.IntervenableModel(
+        {**site, "intervention_type": pv.RotatedSpaceIntervention, "subspace_partition": partition}, model
+    )
+    fit(rotated, _batches(task, size, seed, None, True), _run, size.das_steps, lr=1e-2, seed=seed)
+    neurons = pv.IntervenableModel({**site, "subspace_partition": partition}, model)
+    for variable in VARIABLES:
+        for name, im in (("DAS rotation", rotated), ("neuron-aligned", neurons)):
+            rows.append({"method": name, "variables": variable, "size": half,
+                         "iia": _evaluate(im, task, size, variable, True)})
+
+    fixed = pv.IntervenableModel(
+        {**site, "intervention": pv.RotatedSpaceIntervention(embed_dim=width, interchange_dim=half)}, model
+    )
+    fit(fixed, _batches(task, size, seed + 1, "WX", False), _run, size.das_steps, lr=1e-2, seed=seed)
+    rows.append({"method": "fixed-size rotation", "variables": "WX", "size": half,
+                 "iia": _evaluate(fixed, task, size, "WX", False)})
+
+    boundless = pv.IntervenableModel({**site, "intervention_type": pv.BoundlessRotatedSpaceIntervention}, model)
+    intervention = boundless.interventions[boundless.sorted_keys[0]]
+    start = intervention.intervention_size()
+    fit(boundless, _batches(task, size, seed + 1, "WX", False), _run, size.das_steps, lr=1e-2,
+        penalty_weight=0.5, temperature=(50.0, 0.1), seed=seed)
+    rows.append({"method": "boundless DAS", "variables": "WX",
+                 "size": f"{start} -> {intervention.intervention_size()}",
+                 "iia": _evaluate(boundless, task, size, "WX", False)})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| method | variable | subspace size | IIA |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['variables']} | {r['size']} | {r['iia']:.3f} |")
+    return "\n".join(lines)

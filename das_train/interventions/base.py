@@ -234,10 +234,12 @@ def dims_to_mask(dims: list[list[int]] | None, base: torch.Tensor) -> torch.Tens
         mask = torch.zeros(width, dtype=torch.bool, device=base.device)
         mask[torch.as_tensor(first, dtype=torch.long, device=base.device)] = True
         return mask
-    # (batch, 1, ..., 1, width)
+    # (batch, 1, ..., 1, width), filled with one scatter rather than a loop over examples
+    lengths = torch.tensor([len(chosen) for chosen in dims], device=base.device)
+    rows = torch.repeat_interleave(torch.arange(len(dims), device=base.device), lengths)
+    cols = torch.tensor([d for chosen in dims for d in chosen], dtype=torch.long, device=base.device)
     mask = torch.zeros(len(dims), width, dtype=torch.bool, device=base.device)
-    for row, chosen in enumerate(dims):
-        mask[row, torch.as_tensor(chosen, dtype=torch.long, device=base.device)] = True
+    mask[rows, cols] = True
     return mask.view(len(dims), *([1] * (base.dim() - 2)), width)
 
 

@@ -1,0 +1,1 @@
+"""Training for trainable interventions: fit loops, metrics, probes and sweeps."""
