@@ -94,12 +94,12 @@ def save_intervenable(intervenable, save_directory: str, save_to_hf_hub: bool = 
 
 
 def push_folder(directory: Path, repo_id: str | None) -> None:
-    """Uploads a saved folder; the local files stay whatever happens."""
-    if not repo_id:
-        raise ValueError(
-            f"the interventions are saved in {directory}; to upload them too, give "
-            "hf_repo_name='user/repo'"
-        )
+    """Uploads a saved folder; the local files stay whatever happens.
+
+    Without a repo id the folder's name is used (in the token owner's namespace), so the
+    paper's ``save("./tmp/", save_to_hf_hub=True)`` runs as written.
+    """
+    repo_id = repo_id or Path(directory).resolve().name
     from huggingface_hub import HfApi
 
     try:
