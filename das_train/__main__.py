@@ -1,11 +1,6 @@
-"""``python -m das_train``: the command-line entry point.
+"""``python -m das_train recipe=NAME key=value ...``: parses and calls ``run(cfg)``."""
 
-Until the training framework lands, it runs a short self-check of the hook core on a tiny
-model built on the spot (no hub, CPU): an interchange at every GPT-2 component, printed as a
-table of how much each changes the next-token distribution.
-"""
-
-from das_train.cli_demo import main
+from das_train.cli import main
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,187 @@
+"""The sweep's outputs: one table (CSV and Markdown) and heatmaps of IIA and probe accuracy.
+
+Rows are one per (site, seed); the table aggregates seeds into a mean and a spread so two sites
+can be told apart from noise. Every file is written under a temporary name and renamed, so an
+interrupted run never leaves a half-written table or image behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROW_FIELDS = (
+    "layer",
+    "component",
+    "position",
+    "position_name",
+    "seed",
+    "iia",
+    "probe_accuracy",
+    "control_accuracy",
+    "selectivity",
+    "intervention_size",
+    "train_seconds",
+)
+METRICS = ("iia", "probe_accuracy", "control_accuracy", "selectivity")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows already written by an earlier (possibly interrupted) run of the same sweep."""
+    if not path.exists():
+        return []
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for key in ("layer", "position", "seed"):
+            row[key] = int(row[key])
+        for key in ("iia", "probe_accuracy", "control_accuracy", "selectivity", "train_seconds"):
+            row[key] = float(row[key]) if row.get(key) not in (None, "") else math.nan
+    return rows
+
+
+def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var)
+
+
+def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per site with the mean and standard deviation of each metric over seeds."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["layer"], row["component"], row["position"], row["position_name"])].append(row)
+    out = []
+    for (layer, component, position, name), members in sorted(groups.items(), key=lambda kv: (kv[0][1] != "block_input", kv[0][0], kv[0][2])):
+        site = {"layer": layer, "component": component, "position": position, "position_name": name,
+                "seeds": len(members)}
+        for metric in METRICS:
+            mean, std = _mean_std([float(m[metric]) for m in members])
+            site[metric] = mean
+            site[f"{metric}_std"] = std
+        out.append(site)
+    return out
+
+
+def site_label(layer: int, component: str) -> str:
+    """Row label of a heatmap: the embedding row is layer 0's block input."""
+    return "emb" if component == "block_input" else f"L{layer}"
+
+
+def markdown_table(sites: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        "| site | position | IIA | probe acc. | control acc. | selectivity | seeds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def fmt(site, metric):
+        mean, std = site[metric], site[f"{metric}_std"]
+        if math.isnan(mean):
+            return "-"
+        return f"{mean:.3f}" + (f" ± {std:.3f}" if site["seeds"] > 1 else "")
+
+    for s in sites:
+        lines.append(
+            f"| {site_label(s['layer'], s['component'])} | {s['position_name']} ({s['position']}) | "
+            f"{fmt(s, 'iia')} | {fmt(s, 'probe_accuracy')} | {fmt(s, 'control_accuracy')} | "
+            f"{fmt(s, 'selectivity')} | {s['seeds']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(run_dir: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Writes table.csv (aggregated per site) and table.md; returns the aggregated sites."""
+    sites = aggregate(rows)
+    buffer = io.StringIO()
+    fields = ["layer", "component", "position", "position_name", "seeds"] + [
+        name for metric in METRICS for name in (metric, f"{metric}_std")
+    ]
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    for site in sites:
+        writer.writerow({k: site[k] for k in fields})
+    atomic_write_text(run_dir / "table.csv", buffer.getvalue())
+    atomic_write_text(run_dir / "table.md", markdown_table(sites))
+    return sites
+
+
+def write_heatmaps(run_dir: Path, sites: Sequence[dict[str, Any]], title: str) -> Path:
+    """IIA and probe accuracy side by side: positions (token labels) across, layers down."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = sorted({(s["component"] != "block_input", s["layer"], site_label(s["layer"], s["component"])) for s in sites})
+    row_labels = [r[2] for r in rows]
+    positions = sorted({(s["position"], s["position_name"]) for s in sites})
+    col_labels = [name for _, name in positions]
+    panels = (("iia", "IIA (DAS)"), ("probe_accuracy", "probe accuracy"))
+    fig, axes = plt.subplots(1, 2, figsize=(3 + 1.1 * len(col_labels) * 2, 1.5 + 0.45 * len(row_labels)),
+                             squeeze=False)
+    for ax, (metric, name) in zip(axes[0], panels):
+        grid = np.full((len(rows), len(positions)), np.nan)
+        for s in sites:
+            r = row_labels.index(site_label(s["layer"], s["component"]))
+            c = positions.index((s["position"], s["position_name"]))
+            grid[r, c] = s[metric]
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
+        ax.set_xticks(range(len(col_labels)), col_labels)
+        ax.set_yticks(range(len(row_labels)), row_labels)
+        ax.set_xlabel("position")
+        ax.set_ylabel("layer")
+        ax.set_title(name)
+        for r in range(grid.shape[0]):
+            for c in range(grid.shape[1]):
+                if not np.isnan(grid[r, c]):
+                    ax.text(c, r, f"{grid[r, c]:.2f}", ha="center", va="center",
+                            color="white" if grid[r, c] < 0.6 else "black", fontsize=8)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = run_dir / "heatmaps.png"
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".heatmaps.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

@@ -1,0 +1,242 @@
+"""The typed shape of a run's config, and the check that reports every problem at once.
+
+Recipes and config groups are YAML; these dataclasses say which keys exist, their types and
+allowed values, with a docstring per field. :func:`validate` compares a composed config with
+them and returns every unknown key, wrong type and bad value, so a run fails before any work
+with one message that names them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+MODEL_KINDS = ("tiny", "hub", "mlp")
+DTYPES = ("float32", "bfloat16", "float16")
+LOGGERS = ("csv", "wandb", "tensorboard", "none")
+PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "tiny"
+    """``tiny`` (a GPT-NeoX trained on the task on the spot), ``hub`` (from the Hub) or ``mlp``."""
+    name: str | None = None
+    """Hub model id (kind=hub)."""
+    revision: str = "main"
+    """Hub revision (kind=hub), recorded with the results."""
+    dtype: str = "float32"
+    """Weights' dtype: float32, bfloat16 or float16."""
+    n_layer: int = 4
+    """Layers of a model trained on the spot."""
+    hidden: int = 64
+    """Width of a model trained on the spot."""
+    heads: int = 4
+    """Attention heads of a tiny model."""
+    max_steps: int = 3000
+    """Upper bound on the steps that train a model on the spot (it stops once perfect)."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = "gender"
+    """A module of ``tasks/`` holding one CounterfactualTask."""
+    n_train: int = 2000
+    """Counterfactual pairs to train interventions on."""
+    n_val: int = 256
+    """Pairs for validation during training."""
+    n_test: int = 512
+    """Held-out pairs that IIA and probe accuracy are reported on."""
+    filter_pairs: bool = True
+    """Keep only pairs the frozen model gets right on base and source."""
+
+
+@dataclass
+class InterventionConfig:
+    type: str = "LowRankRotatedSpaceIntervention"
+    """A trainable intervention from das_train's registry."""
+    low_rank_dimension: int = 1
+    """k of a low-rank rotation; the interchanged size of a full rotation."""
+    lr: float = 0.01
+    """Adam's learning rate."""
+    boundary_penalty: float = 0.0
+    """Weight of the boundless boundary's sparsity penalty."""
+    temperature_start: float = 50.0
+    """Boundless temperature at step 0."""
+    temperature_end: float = 0.1
+    """Boundless temperature at the last step."""
+    iit: bool = False
+    """Interchange intervention training: update the model too."""
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    """Lightning accelerator: cpu, gpu, auto."""
+    devices: int = 1
+    """Devices per node."""
+    num_nodes: int = 1
+    """Nodes (SLURM or torchrun)."""
+    strategy: str = "auto"
+    """Lightning strategy: auto, ddp, fsdp, ..."""
+    precision: str = "32-true"
+    """Lightning precision."""
+    max_steps: int = 300
+    """Optimizer steps per site."""
+    batch_size: int = 64
+    """Pairs per step and per device."""
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "csv"
+    """csv, wandb, tensorboard or none."""
+    project: str = "das_train"
+    """Weights & Biases project."""
+
+
+@dataclass
+class ProbeConfig:
+    max_epochs: int = 40
+    """Epochs of linear-probe training."""
+    lr: float = 0.01
+    """The probe's learning rate."""
+    weight_decay: float = 0.0
+    """The probe's weight decay."""
+
+
+@dataclass
+class SweepConfig:
+    component: str = "block_output"
+    """The component swept over layers."""
+    layers: list[int] | None = None
+    """Layers to sweep; null means every layer."""
+    positions: list[str] | None = None
+    """Named positions to sweep; null means every position of the task."""
+    include_embeddings: bool = True
+    """Also sweep layer 0's block input (the embedding row)."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Seeds per site; the table reports mean and spread over them."""
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """Linear-probe settings."""
+
+
+@dataclass
+class RunConfig:
+    recipe: str = "gender_tiny"
+    """The recipe's name (a YAML file in recipes/)."""
+    run_dir: str = "runs/gender_tiny"
+    """Where the config, checkpoints, table and heatmaps go; re-running resumes."""
+    cache_dir: str = ".cache/das_train"
+    """Where generated pairs and models trained on the spot are cached."""
+    seed: int = 0
+    """Seed of data generation and of the tiny model."""
+    progress: bool = True
+    """Show progress bars."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    intervention: InterventionConfig = field(default_factory=InterventionConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+
+ALLOWED_VALUES = {
+    ("model", "kind"): MODEL_KINDS,
+    ("model", "dtype"): DTYPES,
+    ("logger", "kind"): LOGGERS,
+    ("trainer", "precision"): PRECISIONS,
+}
+POSITIVE = {
+    ("model", "n_layer"), ("model", "hidden"), ("model", "heads"), ("model", "max_steps"),
+    ("task", "n_train"), ("task", "n_val"), ("task", "n_test"), ("intervention", "low_rank_dimension"),
+    ("intervention", "lr"), ("trainer", "devices"), ("trainer", "num_nodes"), ("trainer", "max_steps"),
+    ("trainer", "batch_size"), ("sweep", "probe", "max_epochs"), ("intervention", "temperature_start"),
+    ("intervention", "temperature_end"),
+}
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return True
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_type_ok(value, a) for a in args)
+    if annotation is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, args[0]) for v in value)
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    return True
+
+
+def _walk(schema: type, data: Any, path: tuple[str, ...], errors: list[str]) -> None:
+    hints = typing.get_type_hints(schema)
+    names = {f.name for f in dataclasses.fields(schema)}
+    if not isinstance(data, dict):
+        errors.append(f"{'.'.join(path) or 'config'}: expected a mapping, got {data!r}")
+        return
+    for key in sorted(set(data) - names - {"hydra", "defaults"}):
+        where = ".".join(path + (key,))
+        errors.append(f"unknown key '{where}'; allowed under '{'.'.join(path) or '<top>'}': {sorted(names)}")
+    for f in dataclasses.fields(schema):
+        if f.name not in data:
+            continue
+        value, annotation = data[f.name], hints[f.name]
+        key_path = path + (f.name,)
+        where = ".".join(key_path)
+        if dataclasses.is_dataclass(annotation):
+            _walk(annotation, value, key_path, errors)
+            continue
+        if not _type_ok(value, annotation):
+            errors.append(f"'{where}' = {value!r} has the wrong type; expected {annotation}")
+            continue
+        allowed = ALLOWED_VALUES.get(key_path)
+        if allowed is not None and value not in allowed:
+            errors.append(f"'{where}' = {value!r} is not allowed; allowed: {list(allowed)}")
+        if key_path in POSITIVE and value is not None and value <= 0:
+            errors.append(f"'{where}' = {value!r} must be positive")
+
+
+def validate(data: dict[str, Any]) -> list[str]:
+    """Every problem of a composed config (as a plain dict), unknown keys included."""
+    errors: list[str] = []
+    _walk(RunConfig, data, (), errors)
+    model = data.get("model", {}) if isinstance(data.get("model"), dict) else {}
+    if model.get("kind") == "hub" and not model.get("name"):
+        errors.append("'model.name' is required when model.kind=hub (a Hugging Face Hub id)")
+    return errors
+
+
+def schema_keys() -> set[str]:
+    """Every dotted key the schema knows, for checking command-line overrides."""
+    keys: set[str] = set()
+
+    def visit(schema: type, prefix: str) -> None:
+        hints = typing.get_type_hints(schema)
+        for f in dataclasses.fields(schema):
+            name = f"{prefix}{f.name}"
+            keys.add(name)
+            if dataclasses.is_dataclass(hints[f.name]):
+                visit(hints[f.name], name + ".")
+
+    visit(RunConfig, "")
+    return keys
+
+
+class ConfigError(ValueError):
+    """A run's config has problems; the message lists all of them."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid config:\n  - " + "\n  - ".join(problems))
