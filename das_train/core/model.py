@@ -575,8 +575,9 @@ class IntervenableModel(nn.Module):
                 return H.UnitIndex(input_site, loc, inputs3).gather(inputs3)
             if constant is not None and not uses_run:
                 c = constant.to(base_units.device, base_units.dtype)
-                if c.dim() == 2 and base_units.dim() == 3 and c.shape[0] == base_units.shape[0]:
-                    c = c[:, None, :]  # one constant per example: (batch, 1, width)
+                if c.dim() == 2 and base_units.dim() > 2 and c.shape[0] == base_units.shape[0]:
+                    # one constant per example: (batch, 1, ..., 1, width)
+                    c = c.view(c.shape[0], *([1] * (base_units.dim() - 2)), c.shape[-1])
                 return c
             if uses_run:
                 return store[i]

@@ -1,0 +1,275 @@
+"""``DASModule``: distributed alignment search at one site, as a LightningModule.
+
+A sweep trains one intervention per (layer, position) site on counterfactual pairs and wants
+Lightning's devices, DDP, logging and checkpointing for each; this module is that one site.
+It wraps the model in an :class:`~das_train.core.model.IntervenableModel` with one trainable
+intervention (low-rank rotated, full rotation or boundless), trains it with
+:func:`~das_train.training.das_loop.counterfactual_loss`, and reports interchange intervention
+accuracy (IIA) with a metric that is exact under DDP.
+
+Two modes:
+
+- **DAS** (default): the model is frozen and is *not* a submodule, so checkpoints, DDP and
+  ``state_dict()`` hold only the intervention (pyvene 0.1.8 saved the frozen model with every
+  intervention). The model still follows the module across devices and stays in eval mode.
+- **IIT** (``iit=True``, interchange intervention training): the model is trained too, so it is
+  registered as the submodule ``model``; its weights are then in the optimizer, in the
+  checkpoint and synchronized by DDP. Its train/eval mode stays as its owner set it (Lightning
+  2.6 no longer switches modules to train mode; it warns about modules left in eval mode), so
+  call ``model.train()`` first to train it with dropout.
+
+Batches are dicts with the pair columns of :mod:`tasks.base` (``base_input_ids``,
+``base_attention_mask``, ``source_input_ids``, ... or ``base_inputs_embeds``, ... and
+``counterfactual_label``), as a ``datasets.Dataset`` in torch format yields them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import lightning
+import torch
+from torch import nn
+
+from das_train.core.model import IntervenableModel
+from das_train.interventions.base import INTERVENTION_REGISTRY, Intervention
+from das_train.training.das_loop import boundary_penalty as total_boundary_penalty
+from das_train.training.das_loop import counterfactual_loss
+from das_train.training.metrics import InterchangeInterventionAccuracy
+from tasks.base import (
+    BASE_EMBEDS,
+    BASE_IDS,
+    BASE_MASK,
+    COUNTERFACTUAL_LABEL,
+    SOURCE_EMBEDS,
+    SOURCE_IDS,
+    SOURCE_MASK,
+)
+
+Batch = Mapping[str, torch.Tensor]
+
+
+def model_inputs(batch: Batch, side: str, is_language_model_task: bool) -> dict[str, torch.Tensor]:
+    """The keyword inputs of one side (``"base"`` or ``"source"``) of a pair batch.
+
+    Language-model tasks give token ids (and an attention mask when the batch has one); vector
+    tasks give ``inputs_embeds``, which the built-in MLP and GRU models take.
+    """
+    if side not in ("base", "source"):
+        raise ValueError(f"side must be 'base' or 'source', got {side!r}")
+    ids, mask, embeds = (BASE_IDS, BASE_MASK, BASE_EMBEDS) if side == "base" else (
+        SOURCE_IDS, SOURCE_MASK, SOURCE_EMBEDS)
+    wanted = ids if is_language_model_task else embeds
+    if wanted not in batch:
+        raise KeyError(
+            f"the batch has no {wanted!r} column (is_language_model_task={is_language_model_task}); "
+            f"columns: {sorted(batch)}"
+        )
+    if not is_language_model_task:
+        return {"inputs_embeds": batch[embeds]}
+    inputs = {"input_ids": batch[ids]}
+    if mask in batch:
+        inputs["attention_mask"] = batch[mask]
+    return inputs
+
+
+def prediction_logits(outputs: Any) -> torch.Tensor:
+    """The logits the label is read from: the last position's, ``(batch, classes)``.
+
+    Tasks use fixed-length templates, so the prediction of a language model is at the last
+    position of every row; a classifier's ``(batch, classes)`` logits pass through unchanged.
+    """
+    if isinstance(outputs, torch.Tensor):
+        logits = outputs
+    elif hasattr(outputs, "logits"):
+        logits = outputs.logits
+    elif isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], torch.Tensor):
+        logits = outputs[0]
+    else:
+        raise TypeError(f"cannot find logits in a model output of type {type(outputs).__name__}")
+    # (batch, ..., classes) -> (batch, positions, classes) -> (batch, classes)
+    return logits.reshape(logits.shape[0], -1, logits.shape[-1])[:, -1]
+
+
+def _intervention_class(name: str, iit: bool) -> type[Intervention]:
+    """Looks ``name`` up in the registry and checks it can be trained in this mode."""
+    if name not in INTERVENTION_REGISTRY:
+        trainable = sorted(n for n, c in INTERVENTION_REGISTRY.items() if c.trainable)
+        raise ValueError(f"unknown intervention {name!r}; trainable ones: {trainable}")
+    cls = INTERVENTION_REGISTRY[name]
+    if cls.source_kind != "interchange":
+        raise ValueError(f"{name} takes no source, so it cannot be trained on counterfactual pairs")
+    if not cls.trainable and not iit:
+        raise ValueError(
+            f"{name} has no parameters, so DAS has nothing to train; pick a trainable intervention "
+            "(e.g. LowRankRotatedSpaceIntervention), or set iit=True to train the model through it"
+        )
+    return cls
+
+
+class DASModule(lightning.LightningModule):
+    """Trains one intervention at one site on counterfactual pairs (DAS), or the model too (IIT).
+
+    Args:
+        model: the model to intervene on (a Hugging Face LM, a built-in MLP/GRU, any module).
+            Not a hyperparameter; a submodule only when ``iit`` (see the module docstring).
+            Its ``requires_grad`` flags are set: off for DAS, on for IIT; for DAS it is also put
+            in eval mode.
+        layer: layer of the site.
+        component: component of the site (``block_output``, ``mlp_output``, ... or a module path).
+        position: token position of the site, the same in base and source; ``None`` intervenes
+            on the whole activation (vector tasks, where the activation has no positions).
+        intervention: registered name of the intervention class.
+        low_rank_dimension: size of the interchanged subspace: the rank ``k`` of a low-rank
+            rotation, or the number of leading rotated coordinates a full rotation interchanges.
+        lr: Adam's learning rate.
+        boundary_penalty: weight of the boundless intervention's boundary sparsity loss.
+        iit: also train the model (interchange intervention training).
+        is_language_model_task: token-id inputs (True) or ``inputs_embeds`` (False).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: int,
+        component: str = "block_output",
+        position: int | None = None,
+        intervention: str = "LowRankRotatedSpaceIntervention",
+        low_rank_dimension: int = 1,
+        lr: float = 1e-3,
+        boundary_penalty: float = 0.0,
+        iit: bool = False,
+        is_language_model_task: bool = True,
+    ) -> None:
+        super().__init__()
+        # Set first: `_apply` and `train` read them.
+        self.iit = iit
+        self.position = position
+        self.is_language_model_task = is_language_model_task
+        if low_rank_dimension < 1:
+            raise ValueError(f"low_rank_dimension must be >= 1, got {low_rank_dimension}")
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if boundary_penalty < 0:
+            raise ValueError(f"boundary_penalty must be >= 0, got {boundary_penalty}")
+        self.save_hyperparameters(ignore=["model"])
+        cls = _intervention_class(intervention, iit)
+        if iit:
+            # A submodule: its weights are trained, checkpointed and synchronized by DDP.
+            self.model = model
+        else:
+            # Held, not registered: the checkpoint and DDP see only the intervention.
+            object.__setattr__(self, "model", model)
+            model.eval()  # DAS asks what the trained model computes: no dropout
+        self.intervenable = IntervenableModel(
+            {
+                "layer": layer,
+                "component": component,
+                "unit": "pos",
+                "intervention_type": cls,
+                "low_rank_dimension": low_rank_dimension,
+            },
+            model,
+        )
+        set_interchange_dim: Callable[[int], None] | None = getattr(
+            self.intervention, "set_interchange_dim", None
+        )
+        if set_interchange_dim is not None:
+            # A full rotation interchanges all coordinates by default, which is a plain
+            # interchange with nothing to learn; DAS swaps a k-dimensional rotated subspace.
+            set_interchange_dim(low_rank_dimension)
+        if iit:
+            self.intervenable.enable_model_gradients()
+        self.val_iia = InterchangeInterventionAccuracy()
+        self.test_iia = InterchangeInterventionAccuracy()
+
+    @property
+    def intervention(self) -> Intervention:
+        """The trained intervention (a property, so the state dict holds it once)."""
+        return self.intervenable.interventions[self.intervenable.sorted_keys[0]]
+
+    # -- the frozen model follows the module ---------------------------------------------------
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> DASModule:
+        # `.to(device)`, `.cuda()`, `.half()` all end here. The frozen model is not a
+        # submodule (so it stays out of checkpoints), so it has to be moved along by hand.
+        super()._apply(fn, recurse)
+        if not self.iit:
+            self.model._apply(fn, recurse)
+        return self
+
+    def train(self, mode: bool = True) -> DASModule:
+        super().train(mode)
+        if not self.iit:
+            # IntervenableModel.train() reaches the frozen model; keep it in eval (no dropout).
+            self.model.eval()
+        return self
+
+    # -- forward ----------------------------------------------------------------------------------
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Intervened prediction logits on a pair batch, ``(batch, classes)``."""
+        base = model_inputs(batch, "base", self.is_language_model_task)
+        source = model_inputs(batch, "source", self.is_language_model_task)
+        locations = None if self.position is None else {"sources->base": self.position}
+        _, outputs = self.intervenable(base, [source], unit_locations=locations)
+        return prediction_logits(outputs)
+
+    # -- steps ------------------------------------------------------------------------------------
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        labels = batch[COUNTERFACTUAL_LABEL]  # (batch,)
+        loss = counterfactual_loss(self(batch), labels)
+        size = int(labels.shape[0])
+        penalty = total_boundary_penalty(self.intervenable)
+        if penalty is not None:
+            self.log("train/boundary", penalty.detach(), on_step=True, on_epoch=False, batch_size=size)
+            if self.hparams.boundary_penalty:
+                loss = loss + self.hparams.boundary_penalty * penalty
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
+        return loss
+
+    def _evaluate(self, batch: Batch, metric: InterchangeInterventionAccuracy, stage: str) -> None:
+        labels = batch[COUNTERFACTUAL_LABEL]  # (batch,)
+        logits = self(batch)  # (batch, classes)
+        size = int(labels.shape[0])
+        metric.update(logits, labels)
+        # Logging the metric object lets Lightning compute it once per epoch from the summed
+        # counts of every rank, then reset it.
+        self.log(f"{stage}/iia", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log(f"{stage}/loss", counterfactual_loss(logits, labels), on_step=False,
+                 on_epoch=True, sync_dist=True, batch_size=size)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_iia, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_iia, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # Intervention parameters, plus the model's when IIT enabled its gradients. Buffers
+        # (the boundless temperature) are never handed to the optimizer.
+        params = self.intervenable.get_trainable_parameters()
+        if not params:
+            raise ValueError("nothing to train: the intervention has no parameters and iit is off")
+        return torch.optim.Adam(params, lr=self.hparams.lr)
+
+    # -- outside a Trainer ------------------------------------------------------------------------
+    @torch.no_grad()
+    def iia(self, batches: Iterable[Batch]) -> float:
+        """IIA over ``batches`` (e.g. a DataLoader) without a Trainer, on this module's device."""
+        # Restore each module's own mode afterwards, as Lightning's loops do: a blanket
+        # train() would switch on dropout in an IIT model its owner had put in eval mode.
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()
+        metric = InterchangeInterventionAccuracy().to(self.device)
+        try:
+            for batch in batches:
+                batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v
+                         for k, v in batch.items()}
+                metric.update(self(batch), batch[COUNTERFACTUAL_LABEL])
+        finally:
+            for module, mode in modes:
+                module.training = mode
+        return float(metric.compute())
+
+
+__all__ = ["DASModule", "model_inputs", "prediction_logits"]

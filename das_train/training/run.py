@@ -1,0 +1,277 @@
+"""``run(cfg)``: the main job. Builds the model and the pairs, then sweeps DAS and probes.
+
+For every site of the sweep ((layer, position), plus the embedding row) and every seed it
+trains one intervention with a Lightning Trainer, measures IIA on held-out pairs, fits a
+linear probe and its control task on activations collected at the same site, and appends a
+row to ``results.csv``. Re-running the same run directory skips finished rows and resumes a
+cut-off fit from its last checkpoint. At the end it writes the table and the heatmaps.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from das_train.core.sites import table_for
+from das_train.training import reports
+from das_train.training.schema import ConfigError, validate
+from tasks.base import CounterfactualTask, TaskSpec
+
+log = logging.getLogger("das_train")
+
+OFFLINE_RECIPES = ("gender_tiny", "hierarchical_equality")
+
+
+@dataclass(frozen=True)
+class Site:
+    layer: int
+    component: str
+    position: int
+    position_name: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.component}-L{self.layer}-{self.position_name}"
+
+
+# -- building blocks ------------------------------------------------------------------------------
+
+
+def load_task(name: str) -> CounterfactualTask:
+    """The CounterfactualTask defined in ``tasks/<name>.py`` (found by name, no registry)."""
+    try:
+        module = importlib.import_module(f"tasks.{name}")
+    except ModuleNotFoundError as err:
+        available = sorted(p.stem for p in Path(__file__).resolve().parents[2].joinpath("tasks").glob("*.py")
+                           if not p.stem.startswith("_"))
+        raise ConfigError([f"task.name={name!r}: no module tasks/{name}.py; available: {available}"]) from err
+    classes = [
+        obj for obj in vars(module).values()
+        if inspect.isclass(obj) and issubclass(obj, CounterfactualTask) and not inspect.isabstract(obj)
+        and obj.__module__ == module.__name__
+    ]
+    if len(classes) != 1:
+        raise ConfigError([f"tasks/{name}.py must define exactly one CounterfactualTask, found {len(classes)}"])
+    return classes[0]()
+
+
+def _hub_model(cfg: DictConfig):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from das_train.core.loaders import HubUnavailableError
+
+    dtype = getattr(torch, cfg.model.dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model.name, revision=cfg.model.revision)
+        model = AutoModelForCausalLM.from_pretrained(cfg.model.name, revision=cfg.model.revision, dtype=dtype)
+    except OSError as err:
+        raise HubUnavailableError(
+            f"recipe {cfg.recipe!r} needs {cfg.model.name!r} from the Hugging Face Hub, which cannot be "
+            f"reached or is not cached ({type(err).__name__}). Recipes that work offline: "
+            f"{', '.join(OFFLINE_RECIPES)}; or add model=tiny to train a small model on this task."
+        ) from err
+    model.eval()
+    return model, tokenizer
+
+
+def build_model(cfg: DictConfig, task: CounterfactualTask):
+    """(model, tokenizer) for the configured model kind; tokenizer is None for vector tasks."""
+    cache = str(Path(cfg.cache_dir) / "models")
+    if cfg.model.kind == "hub":
+        return _hub_model(cfg)
+    if cfg.model.kind == "tiny":
+        from tasks.tiny_model import train_tiny_lm
+
+        if not hasattr(task, "build_tokenizer"):
+            raise ConfigError([f"model.kind=tiny needs a text task; {task.name} has no sentences"])
+        tokenizer = task.build_tokenizer()
+        model = train_tiny_lm(task, tokenizer, n_layer=cfg.model.n_layer, hidden=cfg.model.hidden,
+                              heads=cfg.model.heads, max_steps=cfg.model.max_steps, seed=cfg.seed,
+                              cache_dir=cache)
+        return model.eval(), tokenizer
+    from tasks.hierarchical_equality import ExperimentSize, train_model
+
+    equality = getattr(task, "equality", None)
+    if equality is None:
+        raise ConfigError([f"model.kind=mlp needs a vector task such as hierarchical_equality, not {task.name}"])
+    size = ExperimentSize(hidden=cfg.model.hidden)
+    model, accuracy = train_model(equality, size, seed=cfg.seed)
+    log.info("trained the %d-layer MLP: held-out accuracy %.3f", cfg.model.n_layer, accuracy)
+    return model, None
+
+
+def number_of_layers(model: torch.nn.Module) -> int:
+    table = table_for(model)
+    if table is None:
+        raise ConfigError([f"{type(model).__name__} has no architecture table; sweeps need one"])
+    return table.num_layers(model.config)
+
+
+def build_sites(cfg: DictConfig, spec: TaskSpec, n_layers: int) -> list[Site]:
+    problems = []
+    layers = list(cfg.sweep.layers) if cfg.sweep.layers is not None else list(range(n_layers))
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        problems.append(f"sweep.layers {bad} out of range; the model has layers 0..{n_layers - 1}")
+    names = list(cfg.sweep.positions) if cfg.sweep.positions is not None else list(spec.positions)
+    unknown = [n for n in names if n not in spec.positions]
+    if unknown:
+        problems.append(f"sweep.positions {unknown} unknown; the task's positions: {list(spec.positions)}")
+    if problems:
+        raise ConfigError(problems)
+    sites = []
+    if cfg.sweep.include_embeddings and spec.is_language_model_task:
+        sites += [Site(0, "block_input", spec.positions[n], n) for n in names]
+    sites += [Site(layer, cfg.sweep.component, spec.positions[n], n) for layer in layers for n in names]
+    return sites
+
+
+def make_logger(cfg: DictConfig, run_dir: Path, version: str):
+    kind = cfg.logger.kind
+    if kind == "none":
+        return False
+    if kind == "csv":
+        return lightning.pytorch.loggers.CSVLogger(str(run_dir), name="logs", version=version)
+    if kind == "tensorboard":
+        return lightning.pytorch.loggers.TensorBoardLogger(str(run_dir), name="tensorboard", version=version)
+    from lightning.pytorch.loggers import WandbLogger
+
+    return WandbLogger(project=cfg.logger.project, name=f"{cfg.recipe}-{version}", save_dir=str(run_dir),
+                       group=cfg.recipe, config=OmegaConf.to_container(cfg, resolve=True))
+
+
+# -- one site ---------------------------------------------------------------------------------------
+
+
+def fit_site(cfg: DictConfig, model, datamodule, spec: TaskSpec, site: Site, seed: int, run_dir: Path) -> dict[str, Any]:
+    """Trains and evaluates DAS at one site, then the probe; returns the result row."""
+    from das_train.training.callbacks import TemperatureAnnealing
+    from das_train.training.das_module import DASModule
+    from das_train.training.probe import collect_activations, probe_with_control
+
+    start = time.perf_counter()
+    version = f"{site.key}-s{seed}"
+    ckpt_dir = run_dir / "checkpoints" / version
+    lightning.seed_everything(seed, workers=True, verbose=False)
+    module = DASModule(
+        model, layer=site.layer, component=site.component, position=site.position,
+        intervention=cfg.intervention.type, low_rank_dimension=cfg.intervention.low_rank_dimension,
+        lr=cfg.intervention.lr, boundary_penalty=cfg.intervention.boundary_penalty,
+        iit=cfg.intervention.iit, is_language_model_task=spec.is_language_model_task,
+    )
+    callbacks: list[lightning.Callback] = [
+        lightning.pytorch.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0,
+                                                    every_n_train_steps=max(cfg.trainer.max_steps // 4, 1)),
+    ]
+    if "Boundless" in cfg.intervention.type:
+        callbacks.append(TemperatureAnnealing(cfg.intervention.temperature_start, cfg.intervention.temperature_end))
+    trainer = lightning.Trainer(
+        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
+        strategy=cfg.trainer.strategy, precision=cfg.trainer.precision, max_steps=cfg.trainer.max_steps,
+        logger=make_logger(cfg, run_dir, version), callbacks=callbacks, enable_progress_bar=cfg.progress,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=10,
+    )
+    last = ckpt_dir / "last.ckpt"
+    if last.exists():
+        log.info("%s: resuming from %s", version, last)
+    trainer.fit(module, train_dataloaders=datamodule.train_dataloader(), ckpt_path=str(last) if last.exists() else None)
+    tested = trainer.test(module, dataloaders=datamodule.test_dataloader(), verbose=False)
+    iia = float(tested[0]["test/iia"]) if tested else math.nan
+    size = getattr(module.intervention, "intervention_size", None)
+    if trainer.is_global_zero:
+        module.intervenable.save(str(run_dir / "interventions" / version))
+    activations, variables, controls = collect_activations(
+        model, site.layer, site.component, site.position, datamodule.train_dataloader(),
+        spec.is_language_model_task,
+    )
+    probe = probe_with_control(
+        activations, variables, controls, n_classes=spec.variable_values,
+        lr=cfg.sweep.probe.lr, weight_decay=cfg.sweep.probe.weight_decay,
+        max_epochs=cfg.sweep.probe.max_epochs, seed=seed,
+    )
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the row is about to be written
+    return {
+        "layer": site.layer, "component": site.component, "position": site.position,
+        "position_name": site.position_name, "seed": seed, "iia": iia,
+        "probe_accuracy": probe.accuracy, "control_accuracy": probe.control_accuracy,
+        "selectivity": probe.selectivity, "intervention_size": size() if callable(size) else "",
+        "train_seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+# -- the whole run -------------------------------------------------------------------------------
+
+
+def _as_config(cfg: Any) -> DictConfig:
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data.pop("hydra", None)
+    problems = validate(data)
+    if problems:
+        raise ConfigError(problems)
+    return OmegaConf.create(data)
+
+
+def run(cfg: Any) -> Path:
+    """Runs the sweep described by ``cfg`` (a composed recipe); returns the run directory."""
+    cfg = _as_config(cfg)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
+    for noisy in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+                  "lightning.fabric.utilities.seed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    text = OmegaConf.to_yaml(cfg)
+    print(f"das_train: recipe {cfg.recipe}, run directory {run_dir}\n{text}", flush=True)
+    reports.atomic_write_text(run_dir / "config.yaml", text)
+
+    lightning.seed_everything(cfg.seed, verbose=False)
+    task = load_task(cfg.task.name)
+    model, tokenizer = build_model(cfg, task)
+    from tasks.datamodule import PairDataModule
+
+    datamodule = PairDataModule(
+        task, tokenizer, n_train=cfg.task.n_train, n_val=cfg.task.n_val, n_test=cfg.task.n_test,
+        batch_size=cfg.trainer.batch_size, seed=cfg.seed, cache_dir=str(Path(cfg.cache_dir) / "pairs"),
+        filter_pairs=cfg.task.filter_pairs,
+    )
+    datamodule.prepare_data()
+    datamodule.setup()
+    dropped = datamodule.filter_with(model)
+    kept = {split: len(ds) for split, ds in datamodule.datasets.items()}
+    print(f"pairs kept {kept}, dropped by the frozen-model filter {dropped}", flush=True)
+    spec = datamodule.spec()
+    n_layers = number_of_layers(model)
+    sites = build_sites(cfg, spec, n_layers)
+
+    results_path = run_dir / "results.csv"
+    rows = reports.read_rows(results_path)
+    done = {(r["layer"], r["component"], r["position"], r["seed"]) for r in rows}
+    todo = [(s, seed) for s in sites for seed in cfg.sweep.seeds if (s.layer, s.component, s.position, seed) not in done]
+    if done:
+        print(f"resuming: {len(done)} finished site runs found in {results_path}, {len(todo)} to go", flush=True)
+    bar = tqdm(todo, desc="sweep", unit="site", disable=not cfg.progress)
+    for site, seed in bar:
+        bar.set_postfix_str(f"{site.key} seed {seed}")
+        row = fit_site(cfg, model, datamodule, spec, site, seed, run_dir)
+        rows.append(row)
+        reports.write_rows(results_path, rows)
+        log.info("%s seed %d: IIA %.3f, probe %.3f (control %.3f)", site.key, seed, row["iia"],
+                 row["probe_accuracy"], row["control_accuracy"])
+    sites_table = reports.write_tables(run_dir, rows)
+    image = reports.write_heatmaps(run_dir, sites_table, f"{cfg.recipe}: {spec.variable} (DAS vs probe)")
+    print("\n" + reports.markdown_table(sites_table), flush=True)
+    print(f"wrote {run_dir / 'table.csv'}, {run_dir / 'table.md'} and {image}", flush=True)
+    return run_dir
