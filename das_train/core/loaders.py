@@ -16,10 +16,44 @@ class HubUnavailableError(OSError):
     """A model or tokenizer could not be loaded from the Hugging Face Hub or the local cache."""
 
 
+def hub_unreachable_reason(repo_id: str, revision: str | None = None, timeout: float = 3.0) -> str | None:
+    """Why ``repo_id`` cannot be loaded right now, or ``None`` when it can be tried.
+
+    A model in the local cache is always loadable. Otherwise the Hub must answer within
+    ``timeout`` seconds: without this check, transformers retries a closed network for most of a
+    minute before it gives up.
+    """
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    if isinstance(cached, str):
+        return None
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return "HF_HUB_OFFLINE is set and the model is not in the local cache"
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
+            return None
+    except OSError as err:
+        return f"the Hub at {constants.ENDPOINT} cannot be reached ({err.__class__.__name__}) and the model is not cached"
+
+
 def _load(model_cls_name: str, name: str, cache_dir: str | None, dtype: Any = None, **kwargs: Any):
     import transformers
 
     model_cls = getattr(transformers, model_cls_name)
+    reason = hub_unreachable_reason(name)
+    if reason is not None:
+        raise HubUnavailableError(
+            f"cannot load {name!r}: {reason}. When offline, build a model from a config instead "
+            "(e.g. GPT2LMHeadModel(GPT2Config(...))) or run a recipe that trains a tiny model on "
+            "the spot, such as recipe=gender_tiny."
+        )
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(name, cache_dir=cache_dir)
         model = model_cls.from_pretrained(name, cache_dir=cache_dir, dtype=dtype, **kwargs)

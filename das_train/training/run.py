@@ -70,17 +70,21 @@ def load_task(name: str) -> CounterfactualTask:
 def _hub_model(cfg: DictConfig):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from das_train.core.loaders import HubUnavailableError
+    from das_train.core.loaders import HubUnavailableError, hub_unreachable_reason
 
     dtype = getattr(torch, cfg.model.dtype)
+    offline_hint = (f"Recipes that work offline: {', '.join(OFFLINE_RECIPES)}; or add model=tiny to "
+                    "train a small model on this task.")
+    reason = hub_unreachable_reason(cfg.model.name, cfg.model.revision)
+    if reason is not None:
+        raise HubUnavailableError(f"recipe {cfg.recipe!r} needs {cfg.model.name!r}: {reason}. {offline_hint}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.name, revision=cfg.model.revision)
         model = AutoModelForCausalLM.from_pretrained(cfg.model.name, revision=cfg.model.revision, dtype=dtype)
     except OSError as err:
         raise HubUnavailableError(
             f"recipe {cfg.recipe!r} needs {cfg.model.name!r} from the Hugging Face Hub, which cannot be "
-            f"reached or is not cached ({type(err).__name__}). Recipes that work offline: "
-            f"{', '.join(OFFLINE_RECIPES)}; or add model=tiny to train a small model on this task."
+            f"reached or is not cached ({type(err).__name__}: {err}). {offline_hint}"
         ) from err
     model.eval()
     return model, tokenizer
@@ -214,7 +218,8 @@ def fit_site(cfg: DictConfig, model, datamodule, spec: TaskSpec, site: Site, see
 # -- the whole run -------------------------------------------------------------------------------
 
 
-def _as_config(cfg: Any) -> DictConfig:
+def as_run_config(cfg: Any) -> DictConfig:
+    """A plain, validated copy of a composed config (Hydra's own settings dropped)."""
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     data = OmegaConf.to_container(cfg, resolve=True)
     data.pop("hydra", None)
@@ -226,7 +231,7 @@ def _as_config(cfg: Any) -> DictConfig:
 
 def run(cfg: Any) -> Path:
     """Runs the sweep described by ``cfg`` (a composed recipe); returns the run directory."""
-    cfg = _as_config(cfg)
+    cfg = as_run_config(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")

@@ -1,0 +1,186 @@
+"""The main job: recipes compose, bad configs are refused with every problem named, a small
+sweep runs end to end and writes its table and heatmaps, and a re-run resumes."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import lightning
+import pytest
+import torch
+
+from das_train import cli
+from das_train.training import run as run_module
+from das_train.training.schema import ConfigError
+from tasks.datamodule import PairDataModule
+
+RECIPES = cli.available_recipes()
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*LeafSpec.*", "ignore:.*does not have many workers.*", "ignore:.*val_dataloader.*"
+)
+
+
+def small_overrides(run_dir, *extra):
+    return [f"run_dir={run_dir}", f"cache_dir={run_dir}/cache", "progress=false", "logger=none",
+            "trainer.max_steps=20", "task.n_train=128", "task.n_val=32", "task.n_test=64",
+            "sweep.probe.max_epochs=3", *extra]
+
+
+def test_every_recipe_is_documented_and_composes():
+    assert set(RECIPES) >= {"gender_tiny", "gender_pythia", "capitals_gpt2", "hierarchical_equality"}
+    for recipe in RECIPES:
+        text = (cli.recipes_dir() / f"{recipe}.yaml").read_text()
+        assert text.startswith("#") and f"recipe={recipe}" in text.split("defaults:")[0]
+        cfg = cli.check(recipe, [])
+        assert cfg.recipe == recipe
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_instantiates_against_a_tiny_model(recipe, tmp_path):
+    """Hub recipes swap their model for a tiny one of the same task; the rest is as shipped."""
+    overrides = small_overrides(tmp_path)
+    cfg = cli.check(recipe, overrides)
+    if cfg.model.kind == "hub":
+        cfg = cli.check(recipe, overrides + ["model=tiny"])
+    cfg = run_module.as_run_config(cfg)
+    task = run_module.load_task(cfg.task.name)
+    model, tokenizer = run_module.build_model(cfg, task) if cfg.model.kind != "mlp" else _small_mlp(task)
+    datamodule = PairDataModule(task, tokenizer, n_train=64, n_val=16, n_test=32, batch_size=16, seed=0)
+    datamodule.setup()
+    spec = datamodule.spec()
+    sites = run_module.build_sites(cfg, spec, run_module.number_of_layers(model))
+    assert sites
+    from das_train.training.das_module import DASModule
+
+    site = sites[-1]
+    module = DASModule(model, layer=site.layer, component=site.component, position=site.position,
+                       intervention=cfg.intervention.type, low_rank_dimension=min(cfg.intervention.low_rank_dimension, 8),
+                       lr=cfg.intervention.lr, is_language_model_task=spec.is_language_model_task)
+    batch = next(iter(datamodule.train_dataloader()))
+    assert module(batch).shape[0] == batch["counterfactual_label"].shape[0]
+
+
+def _small_mlp(task):
+    import das_train as pv
+
+    _, _, model = pv.create_mlp_classifier(pv.MLPConfig(h_dim=16, n_layer=3, input_dim=16), seed=0)
+    return model.eval(), None
+
+
+def test_bad_overrides_are_all_reported_before_any_work(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        cli.check("gender_tiny", ["trainer.max_step=3", "model=huge", "trainer.batch_size=lots",
+                                  "logger.kind=slack", "task.n_train=-5"])
+    message = str(err.value)
+    for expected in (
+        "unknown key 'trainer.max_step'; allowed under 'trainer': [",
+        "model=huge: no such model config; available: ['gpt2', 'mlp', 'pythia_6_9b', 'tiny']",
+        "'trainer.batch_size' = 'lots' has the wrong type",
+        "'logger.kind' = 'slack' is not allowed; allowed: ['csv', 'wandb', 'tensorboard', 'none']",
+        "'task.n_train' = -5 must be positive",
+    ):
+        assert expected in message
+    assert not (tmp_path / "runs").exists()
+
+
+def test_command_line_refuses_an_unknown_recipe_with_exit_code_2(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "das_train", "recipe=nope", f"run_dir={tmp_path}/r"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "unknown recipe 'nope'; available: [" in result.stderr and "'gender_tiny'" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_hub_recipe_offline_fails_fast_naming_offline_recipes(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = cli.check("gender_pythia", small_overrides(tmp_path))
+    from das_train.core.loaders import HubUnavailableError
+
+    with pytest.raises(HubUnavailableError, match="Recipes that work offline: gender_tiny"):
+        run_module.run(cfg)
+
+
+def test_small_sweep_end_to_end_and_resume(tmp_path, monkeypatch):
+    overrides = small_overrides(tmp_path, "sweep.layers=[0,1]", "sweep.positions=[name,last]")
+    cfg = cli.check("gender_tiny", overrides)
+    run_dir = run_module.run(cfg)
+    for name in ("config.yaml", "results.csv", "table.csv", "table.md", "heatmaps.png"):
+        assert (run_dir / name).exists(), name
+    with (run_dir / "table.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    # 2 embedding sites + 2 layers x 2 positions
+    assert len(table) == 6
+    assert all(0.0 <= float(row["iia"]) <= 1.0 and 0.0 <= float(row["probe_accuracy"]) <= 1.0 for row in table)
+    assert "| emb | name (1) |" in (run_dir / "table.md").read_text()
+    assert (run_dir / "interventions").is_dir()
+
+    # Interrupted after some rows: a re-run trains only the missing ones.
+    with (run_dir / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    with (run_dir / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows[:4])
+    trained = []
+    original = run_module.fit_site
+    monkeypatch.setattr(run_module, "fit_site", lambda *a, **k: trained.append(a[4]) or original(*a, **k))
+    run_module.run(cfg)
+    assert [(s.layer, s.component, s.position) for s in trained] == [
+        (int(r["layer"]), r["component"], int(r["position"])) for r in rows[4:]
+    ]
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _StopAt(lightning.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step >= self.step:
+            raise _Interrupt
+
+
+def test_a_cut_off_fit_resumes_from_its_checkpoint(tmp_path, monkeypatch, caplog):
+    cfg = run_module.as_run_config(cli.check("gender_tiny", small_overrides(tmp_path, "trainer.max_steps=40")))
+    task = run_module.load_task("gender")
+    model, tokenizer = run_module.build_model(cfg, task)
+    datamodule = PairDataModule(task, tokenizer, n_train=128, n_val=16, n_test=64, batch_size=16, seed=0)
+    datamodule.setup()
+    spec = datamodule.spec()
+    site = run_module.Site(1, "block_output", 3, "last")
+    real_trainer = lightning.Trainer
+
+    def interrupted(*args, **kwargs):
+        kwargs["callbacks"] = [*kwargs["callbacks"], _StopAt(25)]
+        return real_trainer(*args, **kwargs)
+
+    monkeypatch.setattr(run_module.lightning, "Trainer", interrupted)
+    with pytest.raises(_Interrupt):
+        run_module.fit_site(cfg, model, datamodule, spec, site, 0, tmp_path)
+    checkpoint = tmp_path / "checkpoints" / f"{site.key}-s0" / "last.ckpt"
+    assert checkpoint.exists()
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 20
+    monkeypatch.setattr(run_module.lightning, "Trainer", real_trainer)
+    with caplog.at_level("INFO", logger="das_train"):
+        row = run_module.fit_site(cfg, model, datamodule, spec, site, 0, tmp_path)
+    assert "resuming from" in caplog.text
+    assert 0.0 <= row["iia"] <= 1.0
+    assert not checkpoint.exists()  # cleaned once the row exists
+
+
+def test_wandb_logger_works_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    overrides = small_overrides(tmp_path, "sweep.layers=[0]", "sweep.positions=[last]",
+                                "sweep.include_embeddings=false")
+    overrides = [o for o in overrides if not o.startswith("logger=")] + ["logger=wandb"]
+    run_dir = run_module.run(cli.check("gender_tiny", overrides))
+    assert list((run_dir / "wandb").glob("offline-run-*")), "no offline W&B run was written"
+    assert (run_dir / "table.csv").exists()
