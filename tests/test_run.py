@@ -184,3 +184,22 @@ def test_wandb_logger_works_offline(tmp_path, monkeypatch):
     run_dir = run_module.run(cli.check("gender_tiny", overrides))
     assert list((run_dir / "wandb").glob("offline-run-*")), "no offline W&B run was written"
     assert (run_dir / "table.csv").exists()
+
+
+def test_same_seed_same_results(tmp_path):
+    """Seeded end to end: two runs of one config in two directories give the same rows."""
+    extra = ("sweep.layers=[1]", "sweep.positions=[last]", "sweep.include_embeddings=false")
+    results = []
+    for name in ("a", "b"):
+        run_dir = run_module.run(cli.check("gender_tiny", small_overrides(tmp_path / name, *extra)))
+        with (run_dir / "results.csv").open() as handle:
+            results.append([{k: v for k, v in row.items() if k != "train_seconds"} for row in csv.DictReader(handle)])
+    assert results[0] == results[1]
+
+
+def test_boundless_variant_by_override(tmp_path):
+    extra = ("intervention=boundless", "sweep.layers=[1]", "sweep.positions=[last]", "sweep.include_embeddings=false")
+    run_dir = run_module.run(cli.check("gender_tiny", small_overrides(tmp_path, *extra)))
+    with (run_dir / "results.csv").open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["intervention_size"] != ""  # the boundless boundary's size is reported

@@ -215,6 +215,13 @@ def validate(data: dict[str, Any]) -> list[str]:
     model = data.get("model", {}) if isinstance(data.get("model"), dict) else {}
     if model.get("kind") == "hub" and not model.get("name"):
         errors.append("'model.name' is required when model.kind=hub (a Hugging Face Hub id)")
+    logger = data.get("logger", {}) if isinstance(data.get("logger"), dict) else {}
+    package = {"wandb": "wandb", "tensorboard": "tensorboard"}.get(logger.get("kind"))
+    if package is not None:
+        import importlib.util
+
+        if importlib.util.find_spec(package) is None:
+            errors.append(f"logger={logger['kind']} needs the {package} package: pip install 'das_train[{package}]'")
     return errors
 
 
