@@ -152,21 +152,14 @@ class NoiseIntervention(SourcelessIntervention, LocalistRepresentationInterventi
         return f"{super().extra_repr()}, scale={self.scale}, seed={self.seed}"
 
 
-class SkipIntervention(BasisAgnosticIntervention, LocalistRepresentationIntervention):
+class SkipIntervention(VanillaIntervention, BasisAgnosticIntervention):
     """Skips the hooked module: its output at the chosen units becomes its input there.
 
-    The hook core hands the module's own input as ``source``; the module's input and output
-    must have the same width (an attention or MLP sub-layer, a whole block).
+    An interchange whose source is the module's own input (the hook core hands it over); the
+    module's input and output must have the same width (an attention or MLP sub-layer, a block).
     """
 
     source_kind: ClassVar[str] = "module_input"
-
-    def forward(self, base, source=None, subspaces: Subspaces = None):
-        source = _require_source(type(self).__name__, source).to(base.dtype)
-        mask = self.subspace_mask(subspaces, base)
-        if mask is None:
-            return source.expand_as(base)
-        return torch.where(mask, source, base)
 
 
 __all__ = [

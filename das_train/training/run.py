@@ -15,6 +15,7 @@ import logging
 import math
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,11 @@ def run(cfg: Any) -> Path:
     for noisy in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
                   "lightning.fabric.utilities.seed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Validation is skipped on purpose (IIA is measured once, on the test split), and the
+    # LeafSpec notice is Lightning's own deprecation under torch 2.13: neither helps a reader.
+    warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     text = OmegaConf.to_yaml(cfg)
     print(f"das_train: recipe {cfg.recipe}, run directory {run_dir}\n{text}", flush=True)
     reports.atomic_write_text(run_dir / "config.yaml", text)
