@@ -203,3 +203,29 @@ def test_boundless_variant_by_override(tmp_path):
     with (run_dir / "results.csv").open() as handle:
         (row,) = list(csv.DictReader(handle))
     assert row["intervention_size"] != ""  # the boundless boundary's size is reported
+
+
+def test_sharded_sweep_merges_into_the_unsharded_table(tmp_path):
+    """Two shards of one sweep write their rows apart; the merged table equals the unsharded one."""
+    extra = ("sweep.layers=[0,1]", "sweep.positions=[name,last]", "sweep.include_embeddings=false")
+    whole = run_module.run(cli.check("gender_tiny", small_overrides(tmp_path / "whole", *extra)))
+    sharded = tmp_path / "sharded"
+    for shard in (0, 1):
+        overrides = small_overrides(sharded, *extra, f"sweep.shard={shard}", "sweep.num_shards=2")
+        overrides = [o if not o.startswith("cache_dir=") else f"cache_dir={tmp_path}/whole/cache" for o in overrides]
+        run_module.run(cli.check("gender_tiny", overrides))
+    assert (sharded / "results.shard-0-of-2.csv").exists() and (sharded / "results.shard-1-of-2.csv").exists()
+
+    def table(run_dir):
+        with (run_dir / "table.csv").open() as handle:
+            return list(csv.DictReader(handle))
+
+    assert table(sharded) == table(whole)
+    (sharded / "table.csv").unlink()
+    run_module.run(cli.check("gender_tiny", small_overrides(sharded, *extra, "sweep.merge=true")))
+    assert table(sharded) == table(whole)
+
+
+def test_shard_index_is_checked():
+    with pytest.raises(ConfigError, match=r"'sweep.shard' = 2 must be in 0..1"):
+        cli.check("gender_tiny", ["sweep.shard=2", "sweep.num_shards=2"])

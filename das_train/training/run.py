@@ -13,6 +13,7 @@ import importlib
 import inspect
 import logging
 import math
+import os
 import shutil
 import time
 import warnings
@@ -230,11 +231,39 @@ def as_run_config(cfg: Any) -> DictConfig:
     return OmegaConf.create(data)
 
 
-def run(cfg: Any) -> Path:
-    """Runs the sweep described by ``cfg`` (a composed recipe); returns the run directory."""
-    cfg = as_run_config(cfg)
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def is_global_zero() -> bool:
+    """Rank 0 of a multi-process job (DDP, SLURM, torchrun): the one process that writes files.
+
+    Read from the environment the launchers set, since files are written outside any Trainer.
+    """
+    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID")
+    if rank is not None:
+        return int(rank) == 0
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
+def results_path(run_dir: Path, cfg: DictConfig) -> Path:
+    if cfg.sweep.num_shards == 1:
+        return run_dir / "results.csv"
+    return run_dir / f"results.shard-{cfg.sweep.shard}-of-{cfg.sweep.num_shards}.csv"
+
+
+def all_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """Every finished row in run_dir, from an unsharded run and from every shard."""
+    rows = reports.read_rows(run_dir / "results.csv")
+    for path in sorted(run_dir.glob("results.shard-*-of-*.csv")):
+        rows += reports.read_rows(path)
+    return rows
+
+
+def write_outputs(cfg: DictConfig, run_dir: Path, rows: list[dict[str, Any]], variable: str) -> None:
+    sites_table = reports.write_tables(run_dir, rows)
+    image = reports.write_heatmaps(run_dir, sites_table, f"{cfg.recipe}: {variable} (DAS vs probe)")
+    print("\n" + reports.markdown_table(sites_table), flush=True)
+    print(f"wrote {run_dir / 'table.csv'}, {run_dir / 'table.md'} and {image}", flush=True)
+
+
+def _setup_output(cfg: DictConfig, run_dir: Path) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
     for noisy in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
                   "lightning.fabric.utilities.seed"):
@@ -244,9 +273,25 @@ def run(cfg: Any) -> Path:
     warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    text = OmegaConf.to_yaml(cfg)
-    print(f"das_train: recipe {cfg.recipe}, run directory {run_dir}\n{text}", flush=True)
-    reports.atomic_write_text(run_dir / "config.yaml", text)
+    if is_global_zero():
+        text = OmegaConf.to_yaml(cfg)
+        print(f"das_train: recipe {cfg.recipe}, run directory {run_dir}\n{text}", flush=True)
+        name = "config.yaml" if cfg.sweep.num_shards == 1 else f"config.shard-{cfg.sweep.shard}.yaml"
+        reports.atomic_write_text(run_dir / name, text)
+
+
+def run(cfg: Any) -> Path:
+    """Runs the sweep described by ``cfg`` (a composed recipe); returns the run directory."""
+    cfg = as_run_config(cfg)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _setup_output(cfg, run_dir)
+    if cfg.sweep.merge:
+        rows = all_rows(run_dir)
+        if not rows:
+            raise ConfigError([f"sweep.merge=true but {run_dir} holds no results.csv or results.shard-*.csv"])
+        write_outputs(cfg, run_dir, rows, cfg.task.name)
+        return run_dir
 
     lightning.seed_everything(cfg.seed, verbose=False)
     task = load_task(cfg.task.name)
@@ -264,25 +309,34 @@ def run(cfg: Any) -> Path:
     kept = {split: len(ds) for split, ds in datamodule.datasets.items()}
     print(f"pairs kept {kept}, dropped by the frozen-model filter {dropped}", flush=True)
     spec = datamodule.spec()
-    n_layers = number_of_layers(model)
-    sites = build_sites(cfg, spec, n_layers)
+    sites = build_sites(cfg, spec, number_of_layers(model))
 
-    results_path = run_dir / "results.csv"
-    rows = reports.read_rows(results_path)
+    # Every (site, seed) in a fixed order; shard i of n takes every n-th one from i.
+    jobs = [(s, seed) for s in sites for seed in cfg.sweep.seeds][cfg.sweep.shard :: cfg.sweep.num_shards]
+    path = results_path(run_dir, cfg)
+    rows = reports.read_rows(path)
     done = {(r["layer"], r["component"], r["position"], r["seed"]) for r in rows}
-    todo = [(s, seed) for s in sites for seed in cfg.sweep.seeds if (s.layer, s.component, s.position, seed) not in done]
+    todo = [(s, seed) for s, seed in jobs if (s.layer, s.component, s.position, seed) not in done]
     if done:
-        print(f"resuming: {len(done)} finished site runs found in {results_path}, {len(todo)} to go", flush=True)
-    bar = tqdm(todo, desc="sweep", unit="site", disable=not cfg.progress)
+        print(f"resuming: {len(done)} finished site runs found in {path}, {len(todo)} to go", flush=True)
+    bar = tqdm(todo, desc="sweep", unit="site", disable=not cfg.progress or not is_global_zero())
     for site, seed in bar:
         bar.set_postfix_str(f"{site.key} seed {seed}")
         row = fit_site(cfg, model, datamodule, spec, site, seed, run_dir)
         rows.append(row)
-        reports.write_rows(results_path, rows)
+        if is_global_zero():
+            reports.write_rows(path, rows)
         log.info("%s seed %d: IIA %.3f, probe %.3f (control %.3f)", site.key, seed, row["iia"],
                  row["probe_accuracy"], row["control_accuracy"])
-    sites_table = reports.write_tables(run_dir, rows)
-    image = reports.write_heatmaps(run_dir, sites_table, f"{cfg.recipe}: {spec.variable} (DAS vs probe)")
-    print("\n" + reports.markdown_table(sites_table), flush=True)
-    print(f"wrote {run_dir / 'table.csv'}, {run_dir / 'table.md'} and {image}", flush=True)
+    if not is_global_zero():
+        return run_dir
+    everything = all_rows(run_dir)
+    finished = {(r["layer"], r["component"], r["position"], r["seed"]) for r in everything}
+    missing = [(s, seed) for s in sites for seed in cfg.sweep.seeds if (s.layer, s.component, s.position, seed) not in finished]
+    if missing:
+        print(f"shard {cfg.sweep.shard} of {cfg.sweep.num_shards} is done; {len(missing)} site runs belong to "
+              "shards still running. The last shard to finish writes the table, or run again with "
+              "sweep.merge=true.", flush=True)
+        return run_dir
+    write_outputs(cfg, run_dir, everything, spec.variable)
     return run_dir

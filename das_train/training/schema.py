@@ -121,6 +121,13 @@ class SweepConfig:
     """Seeds per site; the table reports mean and spread over them."""
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     """Linear-probe settings."""
+    shard: int = 0
+    """Which share of the sites this job runs (0 .. num_shards-1); e.g. with Hydra's
+    ``-m sweep.shard=0,1,2,3 sweep.num_shards=4`` or one SLURM array task each."""
+    num_shards: int = 1
+    """How many jobs share the sweep; each writes results.shard-<i>-of-<n>.csv."""
+    merge: bool = False
+    """Only build the table and heatmaps from the shards' results already in run_dir."""
 
 
 @dataclass
@@ -153,7 +160,7 @@ POSITIVE = {
     ("model", "n_layer"), ("model", "hidden"), ("model", "heads"), ("model", "max_steps"),
     ("task", "n_train"), ("task", "n_val"), ("task", "n_test"), ("intervention", "low_rank_dimension"),
     ("intervention", "lr"), ("trainer", "devices"), ("trainer", "num_nodes"), ("trainer", "max_steps"),
-    ("trainer", "batch_size"), ("sweep", "probe", "max_epochs"), ("intervention", "temperature_start"),
+    ("trainer", "batch_size"), ("sweep", "probe", "max_epochs"), ("sweep", "num_shards"), ("intervention", "temperature_start"),
     ("intervention", "temperature_end"),
 }
 
@@ -215,6 +222,10 @@ def validate(data: dict[str, Any]) -> list[str]:
     model = data.get("model", {}) if isinstance(data.get("model"), dict) else {}
     if model.get("kind") == "hub" and not model.get("name"):
         errors.append("'model.name' is required when model.kind=hub (a Hugging Face Hub id)")
+    sweep = data.get("sweep", {}) if isinstance(data.get("sweep"), dict) else {}
+    shard, shards = sweep.get("shard", 0), sweep.get("num_shards", 1)
+    if isinstance(shard, int) and isinstance(shards, int) and not 0 <= shard < max(shards, 1):
+        errors.append(f"'sweep.shard' = {shard} must be in 0..{shards - 1} (sweep.num_shards = {shards})")
     logger = data.get("logger", {}) if isinstance(data.get("logger"), dict) else {}
     package = {"wandb": "wandb", "tensorboard": "tensorboard"}.get(logger.get("kind"))
     if package is not None:
