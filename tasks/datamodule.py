@@ -94,6 +94,8 @@ class PairDataModule(lightning.LightningDataModule):
         cache_dir: where generated pairs are saved and found again; None keeps them in memory.
         filter_pairs: whether :meth:`filter_with` drops pairs the model gets wrong.
         num_workers: dataloader worker processes.
+        shuffle: shuffle the training pairs; without it, a DDP run's batches hold exactly the
+            rows of a single process's batches (DistributedSampler deals rows round-robin).
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class PairDataModule(lightning.LightningDataModule):
         cache_dir: str | None = None,
         filter_pairs: bool = True,
         num_workers: int = 0,
+        shuffle: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["task", "tokenizer"])
@@ -119,6 +122,7 @@ class PairDataModule(lightning.LightningDataModule):
         self.cache_dir = cache_dir
         self.filter_pairs = filter_pairs
         self.num_workers = num_workers
+        self.shuffle = shuffle
         self.datasets: dict[str, Dataset] = {}
         self.dropped: dict[str, int] = {}
         """Pairs :meth:`filter_with` dropped per split (empty before filtering)."""
@@ -256,7 +260,7 @@ class PairDataModule(lightning.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train", shuffle=self.shuffle)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -229,3 +229,54 @@ def test_sharded_sweep_merges_into_the_unsharded_table(tmp_path):
 def test_shard_index_is_checked():
     with pytest.raises(ConfigError, match=r"'sweep.shard' = 2 must be in 0..1"):
         cli.check("gender_tiny", ["sweep.shard=2", "sweep.num_shards=2"])
+
+
+def _cli(run_dir, cache, *extra):
+    command = [sys.executable, "-m", "das_train", "recipe=gender_tiny", f"run_dir={run_dir}", f"cache_dir={cache}",
+               "progress=false", "logger=none", "trainer.max_steps=12", "trainer.shuffle=false",
+               "task.n_train=192", "task.n_val=32", "task.n_test=64", "sweep.probe.max_epochs=2",
+               "sweep.layers=[1]", "sweep.positions=[last]", "sweep.include_embeddings=false",
+               "trainer.accelerator=cpu", *extra]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
+    """Two gloo processes with 8 pairs each per step see the rows one process sees in 16.
+
+    Tolerance: learned weights within 1e-5 (only the all-reduce's summation order differs),
+    IIA equal (the test split, 64 pairs, divides evenly over the two processes).
+    """
+    from safetensors.torch import load_file
+
+    cache = tmp_path / "cache"
+    _cli(tmp_path / "one", cache, "trainer.devices=1", "trainer.batch_size=16")
+    _cli(tmp_path / "two", cache, "trainer.devices=2", "trainer.strategy=ddp", "trainer.batch_size=8")
+
+    def outcome(name):
+        run_dir = tmp_path / name
+        with (run_dir / "results.csv").open() as handle:
+            (row,) = list(csv.DictReader(handle))
+        (saved,) = list((run_dir / "interventions").iterdir())
+        return float(row["iia"]), load_file(str(saved / "interventions.safetensors"))
+
+    iia_one, weights_one = outcome("one")
+    iia_two, weights_two = outcome("two")
+    assert iia_one == iia_two
+    assert weights_one.keys() == weights_two.keys()
+    for key in weights_one:
+        torch.testing.assert_close(weights_two[key], weights_one[key], atol=1e-5, rtol=0)
+    assert not list((tmp_path / "two").glob("results.shard*"))  # one run directory, written once
+
+
+def test_publish_at_the_end_of_a_run(tmp_path, monkeypatch):
+    """publish.repo_id hands the finished run directory to das_train.hub.publish_run."""
+    import das_train.hub as hub
+
+    calls = []
+    monkeypatch.setattr(hub, "publish_run", lambda run_dir, repo_id, private=False: calls.append((run_dir, repo_id, private)) or "url")
+    extra = ("sweep.layers=[0]", "sweep.positions=[last]", "sweep.include_embeddings=false", "publish.repo_id=me/gender")
+    run_dir = run_module.run(cli.check("gender_tiny", small_overrides(tmp_path, *extra)))
+    assert calls == [(run_dir, "me/gender", False)]
+    info = (run_dir / "run_info.json").read_text()
+    assert '"fingerprint"' in info and '"task": "gender"' in info

@@ -771,6 +771,26 @@ class IntervenableModel(nn.Module):
 
         save_intervenable(self, save_directory, save_to_hf_hub=save_to_hf_hub, hf_repo_name=hf_repo_name)
 
+    def save_pretrained(self, save_directory: str, card=None):
+        """Saves the interventions with a model card (see :mod:`das_train.hub`)."""
+        from das_train.hub import save_pretrained
+
+        return save_pretrained(self, save_directory, card=card)
+
+    def push_to_hub(self, repo_id: str, card=None, token: str | None = None, private: bool = False) -> str:
+        """Uploads the interventions and their card to the Hugging Face Hub."""
+        from das_train.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, card=card, token=token, private=private)
+
+    @staticmethod
+    def from_pretrained(repo_or_dir: str, model: nn.Module, revision: str | None = None,
+                        subfolder: str | None = None) -> IntervenableModel:
+        """Loads interventions from a directory or a Hub repo, onto the CPU first."""
+        from das_train.hub import from_pretrained
+
+        return from_pretrained(repo_or_dir, model, revision=revision, subfolder=subfolder)
+
     def save_intervention(self, save_directory: str, include_model: bool = False) -> None:
         """pyvene's name for saving the interventions alone; the same files as :meth:`save`."""
         if include_model:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import logging
 import math
 import os
@@ -144,6 +145,41 @@ def build_sites(cfg: DictConfig, spec: TaskSpec, n_layers: int) -> list[Site]:
     return sites
 
 
+class RankSliceSampler(torch.utils.data.Sampler[int]):
+    """Rows ``rank, rank + world, ...`` in order: with ``trainer.shuffle=false`` a DDP step then
+    sees exactly the rows one process sees in a batch ``world`` times larger.
+
+    Lightning replaces a training sampler with a *shuffled* DistributedSampler; this one reads
+    the rank when iterated, once the process group exists, and is passed with
+    ``use_distributed_sampler=False``.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    @staticmethod
+    def _world() -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def __iter__(self):
+        rank, world = self._world()
+        return iter(range(rank, self.size - self.size % world, world))
+
+    def __len__(self) -> int:
+        rank, world = self._world()
+        return self.size // world
+
+
+def train_loader(cfg: DictConfig, datamodule) -> torch.utils.data.DataLoader:
+    loader = datamodule.train_dataloader()
+    if cfg.trainer.shuffle or cfg.trainer.devices * cfg.trainer.num_nodes == 1:
+        return loader
+    return torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn,
+                                       sampler=RankSliceSampler(len(loader.dataset)), num_workers=loader.num_workers)
+
+
 def make_logger(cfg: DictConfig, run_dir: Path, version: str):
     kind = cfg.logger.kind
     if kind == "none":
@@ -188,11 +224,12 @@ def fit_site(cfg: DictConfig, model, datamodule, spec: TaskSpec, site: Site, see
         strategy=cfg.trainer.strategy, precision=cfg.trainer.precision, max_steps=cfg.trainer.max_steps,
         logger=make_logger(cfg, run_dir, version), callbacks=callbacks, enable_progress_bar=cfg.progress,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=10,
+        use_distributed_sampler=cfg.trainer.shuffle,
     )
     last = ckpt_dir / "last.ckpt"
     if last.exists():
         log.info("%s: resuming from %s", version, last)
-    trainer.fit(module, train_dataloaders=datamodule.train_dataloader(), ckpt_path=str(last) if last.exists() else None)
+    trainer.fit(module, train_dataloaders=train_loader(cfg, datamodule), ckpt_path=str(last) if last.exists() else None)
     tested = trainer.test(module, dataloaders=datamodule.test_dataloader(), verbose=False)
     iia = float(tested[0]["test/iia"]) if tested else math.nan
     size = getattr(module.intervention, "intervention_size", None)
@@ -291,6 +328,7 @@ def run(cfg: Any) -> Path:
         if not rows:
             raise ConfigError([f"sweep.merge=true but {run_dir} holds no results.csv or results.shard-*.csv"])
         write_outputs(cfg, run_dir, rows, cfg.task.name)
+        publish(cfg, run_dir)
         return run_dir
 
     lightning.seed_everything(cfg.seed, verbose=False)
@@ -301,13 +339,21 @@ def run(cfg: Any) -> Path:
     datamodule = PairDataModule(
         task, tokenizer, n_train=cfg.task.n_train, n_val=cfg.task.n_val, n_test=cfg.task.n_test,
         batch_size=cfg.trainer.batch_size, seed=cfg.seed, cache_dir=str(Path(cfg.cache_dir) / "pairs"),
-        filter_pairs=cfg.task.filter_pairs,
+        filter_pairs=cfg.task.filter_pairs, shuffle=cfg.trainer.shuffle,
     )
     datamodule.prepare_data()
     datamodule.setup()
     dropped = datamodule.filter_with(model)
     kept = {split: len(ds) for split, ds in datamodule.datasets.items()}
     print(f"pairs kept {kept}, dropped by the frozen-model filter {dropped}", flush=True)
+    if is_global_zero():
+        from das_train import __version__
+
+        reports.atomic_write_text(run_dir / "run_info.json", json.dumps({
+            "das_train_version": __version__,
+            "dataset": {"task": task.name, "seed": cfg.seed, "fingerprint": datamodule.fingerprint(),
+                        "kept": kept, "dropped": dropped},
+        }, indent=2))
     spec = datamodule.spec()
     sites = build_sites(cfg, spec, number_of_layers(model))
 
@@ -339,4 +385,19 @@ def run(cfg: Any) -> Path:
               "sweep.merge=true.", flush=True)
         return run_dir
     write_outputs(cfg, run_dir, everything, spec.variable)
+    publish(cfg, run_dir)
     return run_dir
+
+
+def publish(cfg: DictConfig, run_dir: Path) -> None:
+    """Uploads the finished sweep when ``publish.repo_id`` is set (token from HF_TOKEN).
+
+    A failed upload raises with the reason and where the local files are; the results are on
+    disk already, so nothing is lost.
+    """
+    if not cfg.publish.repo_id or not is_global_zero():
+        return
+    from das_train.hub import publish_run
+
+    url = publish_run(run_dir, cfg.publish.repo_id, private=cfg.publish.private)
+    print(f"published {run_dir} to {url}", flush=True)

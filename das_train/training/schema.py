@@ -87,6 +87,8 @@ class TrainerConfig:
     """Optimizer steps per site."""
     batch_size: int = 64
     """Pairs per step and per device."""
+    shuffle: bool = True
+    """Shuffle training pairs; off, N devices with batch_size/N see one device's batches."""
 
 
 @dataclass
@@ -131,6 +133,15 @@ class SweepConfig:
 
 
 @dataclass
+class PublishConfig:
+    repo_id: str | None = None
+    """Hub repo to publish the finished sweep to (the token comes from HF_TOKEN, never the
+    config, which is uploaded with the run)."""
+    private: bool = False
+    """Create the repo private."""
+
+
+@dataclass
 class RunConfig:
     recipe: str = "gender_tiny"
     """The recipe's name (a YAML file in recipes/)."""
@@ -148,6 +159,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
 
 
 ALLOWED_VALUES = {
