@@ -289,3 +289,17 @@ def test_collect_activations_match_a_plain_forward_hook():
     rows = pair_rows(20, 0)
     assert torch.equal(variables, torch.stack([r["base_variable"] for r in rows]))
     assert torch.equal(controls, torch.stack([r["base_control"] for r in rows]))
+
+
+def test_device_mapped_models_stay_where_accelerate_put_them():
+    """A model spread by device_map is not moved when the module moves (a dtype change stands
+    in for a device move here; the cross-device path itself needs two devices)."""
+    from das_train.training.das_module import DASModule
+
+    model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64, vocab_size=50)).eval()
+    model.hf_device_map = {"": "cpu"}
+    module = DASModule(model, layer=0, position=1)
+    module.to(torch.float64)
+    assert next(model.parameters()).dtype == torch.float32  # not moved along
+    assert next(module.intervention.parameters()).dtype == torch.float64

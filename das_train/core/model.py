@@ -587,6 +587,13 @@ class IntervenableModel(nn.Module):
             if isinstance(intervention, CollectIntervention):
                 collected[i] = intervention.collect(base_units, subspaces)
                 return None
+            weight = next(intervention.parameters(), None)
+            if weight is not None and weight.device != base_units.device:
+                # A model spread over devices (device_map): the units go to the intervention
+                # and the result comes back, so one intervention serves any layer's device.
+                home = base_units.device
+                moved = None if not torch.is_tensor(source) else source.to(weight.device)
+                return intervention(base_units.to(weight.device), moved, subspaces).to(home)
             new = intervention(base_units, source, subspaces)
             if new.shape != base_units.shape:
                 raise ValueError(

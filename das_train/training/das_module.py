@@ -194,7 +194,9 @@ class DASModule(lightning.LightningModule):
         # `.to(device)`, `.cuda()`, `.half()` all end here. The frozen model is not a
         # submodule (so it stays out of checkpoints), so it has to be moved along by hand.
         super()._apply(fn, recurse)
-        if not self.iit:
+        # A model spread over devices by `device_map` stays where accelerate put it; the hook
+        # core moves units to the intervention's device and back.
+        if not self.iit and getattr(self.model, "hf_device_map", None) is None:
             self.model._apply(fn, recurse)
         return self
 

@@ -83,7 +83,8 @@ def _hub_model(cfg: DictConfig):
         raise HubUnavailableError(f"recipe {cfg.recipe!r} needs {cfg.model.name!r}: {reason}. {offline_hint}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.name, revision=cfg.model.revision)
-        model = AutoModelForCausalLM.from_pretrained(cfg.model.name, revision=cfg.model.revision, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(cfg.model.name, revision=cfg.model.revision, dtype=dtype,
+                                                     device_map=cfg.model.device_map)
     except OSError as err:
         raise HubUnavailableError(
             f"recipe {cfg.recipe!r} needs {cfg.model.name!r} from the Hugging Face Hub, which cannot be "

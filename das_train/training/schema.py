@@ -29,6 +29,9 @@ class ModelConfig:
     """Hub revision (kind=hub), recorded with the results."""
     dtype: str = "float32"
     """Weights' dtype: float32, bfloat16 or float16."""
+    device_map: str | None = None
+    """For a frozen model larger than one device (kind=hub): ``auto`` spreads its layers over
+    the visible GPUs (and CPU) with accelerate; the intervention trains on one device in fp32."""
     n_layer: int = 4
     """Layers of a model trained on the spot."""
     hidden: int = 64
@@ -238,6 +241,13 @@ def validate(data: dict[str, Any]) -> list[str]:
     shard, shards = sweep.get("shard", 0), sweep.get("num_shards", 1)
     if isinstance(shard, int) and isinstance(shards, int) and not 0 <= shard < max(shards, 1):
         errors.append(f"'sweep.shard' = {shard} must be in 0..{shards - 1} (sweep.num_shards = {shards})")
+    if model.get("device_map") is not None:
+        import importlib.util
+
+        if model.get("kind") != "hub":
+            errors.append("'model.device_map' applies to model.kind=hub only")
+        if importlib.util.find_spec("accelerate") is None:
+            errors.append("model.device_map needs the accelerate package: pip install 'das_train[big]'")
     logger = data.get("logger", {}) if isinstance(data.get("logger"), dict) else {}
     package = {"wandb": "wandb", "tensorboard": "tensorboard"}.get(logger.get("kind"))
     if package is not None:
