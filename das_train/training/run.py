@@ -115,7 +115,7 @@ def build_model(cfg: DictConfig, task: CounterfactualTask):
         raise ConfigError([f"model.kind=mlp needs a vector task such as hierarchical_equality, not {task.name}"])
     size = ExperimentSize(hidden=cfg.model.hidden)
     model, accuracy = train_model(equality, size, seed=cfg.seed)
-    log.info("trained the %d-layer MLP: held-out accuracy %.3f", cfg.model.n_layer, accuracy)
+    log.info("trained the %d-layer MLP: held-out accuracy %.3f", model.config.n_layer, accuracy)
     return model, None
 
 
