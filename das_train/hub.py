@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from torch import nn
 
+from das_train.core.files import atomic_write_text
 from das_train.core.loaders import HubUnavailableError
 from das_train.core.serialization import CONFIG_NAME, WEIGHTS_NAME, save_intervenable
 
@@ -348,18 +349,6 @@ def _site_of(folder: str) -> str:
 # -- files ------------------------------------------------------------------------------------------
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _atomic_copy(source: Path, path: Path) -> None:
     if source.resolve() == path.resolve():
         return
@@ -381,7 +370,7 @@ def _write_card(directory: Path, card: ModelCard, repo_id: str | None) -> None:
         if not image.is_file():
             raise FileNotFoundError(f"the card's heatmap {image} does not exist")
         _atomic_copy(image, directory / HEATMAP_NAME)
-    _atomic_write_text(directory / CARD_NAME, card.render(repo_id))
+    atomic_write_text(directory / CARD_NAME, card.render(repo_id))
 
 
 def _save(intervenable: IntervenableModel, save_directory: Path, card: ModelCard | None,
@@ -666,7 +655,7 @@ def publish_run(run_dir: str | os.PathLike[str], repo_id: str, token: str | None
     """
     run_dir = Path(run_dir)
     card = run_card(run_dir)
-    _atomic_write_text(run_dir / CARD_NAME, card.render(repo_id))
+    atomic_write_text(run_dir / CARD_NAME, card.render(repo_id))
     allow = [CARD_NAME, *RUN_FILES, "interventions/*"]
     return _upload(run_dir, repo_id, token, private, commit_message, allow,
                    f"das_train.hub.publish_run({str(run_dir)!r}, {repo_id!r})")

@@ -10,8 +10,6 @@ no half-written artifact.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +18,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from das_train.core.config import IntervenableConfig, RepresentationConfig
+from das_train.core.files import atomic_write
 from das_train.interventions.base import INTERVENTION_REGISTRY, Intervention, LambdaIntervention
 
 FORMAT = "das_train.intervenable/1"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "interventions.safetensors"
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _model_identity(model: nn.Module) -> dict[str, Any]:
@@ -84,8 +71,8 @@ def save_intervenable(intervenable, save_directory: str, save_to_hf_hub: bool = 
     directory = Path(save_directory)
     directory.mkdir(parents=True, exist_ok=True)
     document, tensors = intervenable_state(intervenable)
-    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
-    _atomic_write(
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    atomic_write(
         directory / CONFIG_NAME,
         lambda tmp: Path(tmp).write_text(json.dumps(document, indent=2, default=_json_default)),
     )

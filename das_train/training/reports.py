@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from das_train.core.files import atomic_write_text
+
 ROW_FIELDS = (
     "layer",
     "component",
@@ -31,19 +33,6 @@ ROW_FIELDS = (
     "train_seconds",
 )
 METRICS = ("iia", "probe_accuracy", "control_accuracy", "selectivity")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
