@@ -771,6 +771,39 @@ class IntervenableModel(nn.Module):
         outputs, _ = self._run_hooks(base, previous, [], plan, store, collected, extra)
         return outputs
 
+    def generate(
+        self,
+        base: Any,
+        sources: Any = None,
+        unit_locations: dict[str, Any] | None = None,
+        source_representations: Any = None,
+        intervene_on_prompt: bool = False,
+        timestep_selector: Any = None,
+        output_original_output: bool = False,
+        subspaces: Any = None,
+        **generate_kwargs: Any,
+    ):
+        """Runs the wrapped model's ``generate`` with the interventions applied.
+
+        ``intervene_on_prompt``: apply the interventions at the base locations of the prompt
+        pass, as :meth:`forward` does. Decoding steps are intervened (at the newest position)
+        when ``intervene_on_prompt=False`` (every step) or ``timestep_selector`` is given (a
+        list of step indices, a callable ``step -> bool``, or a dict of those by intervention
+        key; step 0 is the first call after the prompt pass). ``generate_kwargs`` go to the
+        model's ``generate`` (Hugging Face's own keyword set). Returns ``(original_sequences or None, sequences)``. Positions in
+        ``unit_locations`` index the base as passed, left pads included. Semantics in
+        :mod:`das_train.core.generation`.
+        """
+        from das_train.core.generation import generate
+
+        return generate(
+            self, base, sources=sources, unit_locations=unit_locations,
+            source_representations=source_representations,
+            intervene_on_prompt=intervene_on_prompt, timestep_selector=timestep_selector,
+            output_original_output=output_original_output, subspaces=subspaces,
+            generate_kwargs=generate_kwargs,
+        )
+
     # -- saving ---------------------------------------------------------------------------------
     def save(self, save_directory: str, save_to_hf_hub: bool = False, hf_repo_name: str | None = None) -> None:
         """Writes ``config.json`` and ``interventions.safetensors`` (see ``das_train.core.serialization``)."""
