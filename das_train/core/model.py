@@ -838,8 +838,14 @@ class IntervenableModel(nn.Module):
         self.save(save_directory)
 
     @staticmethod
-    def load(load_directory: str, model: nn.Module, **kwargs: Any) -> IntervenableModel:
-        """Rebuilds a saved IntervenableModel around ``model`` (on CPU, whatever it was saved on)."""
+    def load(load_directory: str, model: nn.Module, local_directory: str | None = None,
+             from_huggingface_hub: bool = False) -> IntervenableModel:
+        """Rebuilds a saved IntervenableModel around ``model`` (on CPU, whatever it was saved on).
+
+        ``load_directory`` is a directory, or a Hub repo id when no such directory exists (or
+        with ``from_huggingface_hub=True``); ``local_directory`` is where a download goes.
+        """
         from das_train.core.serialization import load_intervenable
 
-        return load_intervenable(load_directory, model, **kwargs)
+        return load_intervenable(load_directory, model, local_directory=local_directory,
+                                 from_huggingface_hub=from_huggingface_hub)
