@@ -34,7 +34,7 @@ from tasks.base import CounterfactualTask, TaskSpec
 
 log = logging.getLogger("das_train")
 
-OFFLINE_RECIPES = ("gender_tiny", "hierarchical_equality")
+OFFLINE_RECIPES = ("gender_tiny", "hierarchical_equality", "causal_tracing")
 
 
 @dataclass(frozen=True)
@@ -323,6 +323,10 @@ def run(cfg: Any) -> Path:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _setup_output(cfg, run_dir)
+    if cfg.job == "causal_tracing":
+        from das_train.training.tracing import run_tracing
+
+        return run_tracing(cfg, run_dir)
     if cfg.sweep.merge:
         rows = all_rows(run_dir)
         if not rows:

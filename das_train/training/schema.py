@@ -136,6 +136,20 @@ class SweepConfig:
 
 
 @dataclass
+class TracingConfig:
+    components: list[str] = field(default_factory=lambda: ["block_output", "mlp_activation", "attention_output"])
+    """Components restored one (layer, position) at a time (Meng et al.'s three streams)."""
+    window: int = 10
+    """Layers restored together around each layer for every component but block_output."""
+    noise_scale: float = 3.0
+    """Noise on the subject's embeddings, in multiples of the embeddings' standard deviation."""
+    samples: int = 10
+    """Noise samples per fact; the restored probability is their mean."""
+    facts: int = 20
+    """How many facts are traced (the heatmaps average them)."""
+
+
+@dataclass
 class PublishConfig:
     repo_id: str | None = None
     """Hub repo to publish the finished sweep to (the token comes from HF_TOKEN, never the
@@ -148,6 +162,8 @@ class PublishConfig:
 class RunConfig:
     recipe: str = "gender_tiny"
     """The recipe's name (a YAML file in recipes/)."""
+    job: str = "das_sweep"
+    """``das_sweep`` (DAS and probes over sites) or ``causal_tracing`` (Meng et al. 2022)."""
     run_dir: str = "runs/gender_tiny"
     """Where the config, checkpoints, table and heatmaps go; re-running resumes."""
     cache_dir: str = ".cache/das_train"
@@ -163,9 +179,11 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
 
 ALLOWED_VALUES = {
+    ("job",): ("das_sweep", "causal_tracing"),
     ("model", "kind"): MODEL_KINDS,
     ("model", "dtype"): DTYPES,
     ("logger", "kind"): LOGGERS,
@@ -176,7 +194,8 @@ POSITIVE = {
     ("task", "n_train"), ("task", "n_val"), ("task", "n_test"), ("intervention", "low_rank_dimension"),
     ("intervention", "lr"), ("trainer", "devices"), ("trainer", "num_nodes"), ("trainer", "max_steps"),
     ("trainer", "batch_size"), ("sweep", "probe", "max_epochs"), ("sweep", "num_shards"), ("intervention", "temperature_start"),
-    ("intervention", "temperature_end"),
+    ("intervention", "temperature_end"), ("tracing", "window"), ("tracing", "samples"), ("tracing", "facts"),
+    ("tracing", "noise_scale"),
 }
 
 
