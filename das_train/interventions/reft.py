@@ -63,17 +63,9 @@ def _masked(edit: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return torch.where(mask, edit, torch.zeros((), dtype=edit.dtype, device=edit.device))
 
 
-class LoreftIntervention(TrainableIntervention, DistributedRepresentationIntervention):
-    """Low-rank linear subspace ReFT: ``h + R^T (act(W h + b) - R h)``, ``R R^T = I``.
-
-    Args:
-        embed_dim: width ``d`` of one unit; required.
-        low_rank_dimension: rank ``k <= d`` of the edited subspace; required.
-        dropout: dropout probability on the edit (training mode only).
-        act_fn: activation on ``W h + b``: one of ``linear``, ``relu``, ``gelu``, ``silu``,
-            ``tanh``, ``sigmoid``, or ``None`` (linear).
-        subspace_partition: ``[[start, end), ...]`` ranges of the ``k`` coordinates.
-    """
+class _ReftBase(TrainableIntervention, DistributedRepresentationIntervention):
+    """What both ReFT variants share: the rank, the learned target ``act(W h + b)``, dropout
+    on the edit, and ``subspaces`` naming some of the ``k`` coordinates."""
 
     source_kind: ClassVar[str] = "none"
     config_fields: ClassVar[tuple[str, ...]] = (
@@ -86,38 +78,31 @@ class LoreftIntervention(TrainableIntervention, DistributedRepresentationInterve
 
     def __init__(
         self,
-        embed_dim: int | None = None,
-        low_rank_dimension: int | None = None,
-        dropout: float = 0.0,
-        act_fn: str | None = None,
-        subspace_partition: Sequence[Sequence[int]] | None = None,
+        embed_dim: int | None,
+        low_rank_dimension: int | None,
+        dropout: float,
+        act_fn: str | None,
+        subspace_partition: Sequence[Sequence[int]] | None,
     ) -> None:
         owner = type(self).__name__
         dim = require_dim(embed_dim, "embed_dim", owner, "the width of one unit")
         rank = require_dim(low_rank_dimension, "low_rank_dimension", owner, "the rank k")
-        if rank > dim:
-            raise ValueError(f"{owner}: low_rank_dimension={rank} exceeds embed_dim={dim}")
         super().__init__(embed_dim=dim, subspace_partition=subspace_partition)
         self.low_rank_dimension = rank
         self.dropout = float(dropout)
         self.act_fn = act_fn
         self._act = _activation(act_fn, owner)
-        self.rotate_layer = orthogonal_layer(dim, rank)  # weight (d, k) = R^T
         self.learned_source = nn.Linear(dim, rank)  # W h + b
         self.dropout_layer = nn.Dropout(self.dropout)
 
     def subspace_size(self) -> int:
         return self.low_rank_dimension
 
-    def forward(
-        self, base: torch.Tensor, source: torch.Tensor | None = None, subspaces: Subspaces = None
-    ) -> torch.Tensor:
-        rotation = self.rotate_layer.weight  # (d, k) = R^T, read once
-        base_w = base.to(rotation.dtype)  # (batch, units, d)
-        target = self._act(self.learned_source(base_w))  # (batch, units, k)
-        edit = target - base_w @ rotation  # (batch, units, k)
-        edit = _masked(edit, self.subspace_mask(subspaces, edit))
-        return (base_w + self.dropout_layer(edit @ rotation.T)).to(base.dtype)  # (batch, units, d)
+    def _apply_edit(self, base_w: torch.Tensor, edit: torch.Tensor, back: torch.Tensor,
+                    subspaces: Subspaces) -> torch.Tensor:
+        """``base + dropout(edit @ back)`` with the edit limited to ``subspaces``."""
+        edit = _masked(edit, self.subspace_mask(subspaces, edit))  # (batch, units, k)
+        return base_w + self.dropout_layer(edit @ back)  # (batch, units, d)
 
     def extra_repr(self) -> str:
         return (
@@ -126,7 +111,44 @@ class LoreftIntervention(TrainableIntervention, DistributedRepresentationInterve
         )
 
 
-class NoreftIntervention(TrainableIntervention, DistributedRepresentationIntervention):
+class LoreftIntervention(_ReftBase):
+    """Low-rank linear subspace ReFT: ``h + R^T (act(W h + b) - R h)``, ``R R^T = I``.
+
+    Args:
+        embed_dim: width ``d`` of one unit; required.
+        low_rank_dimension: rank ``k <= d`` of the edited subspace; required.
+        dropout: dropout probability on the edit (training mode only).
+        act_fn: activation on ``W h + b``: one of ``linear``, ``relu``, ``gelu``, ``silu``,
+            ``tanh``, ``sigmoid``, or ``None`` (linear).
+        subspace_partition: ``[[start, end), ...]`` ranges of the ``k`` coordinates.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int | None = None,
+        low_rank_dimension: int | None = None,
+        dropout: float = 0.0,
+        act_fn: str | None = None,
+        subspace_partition: Sequence[Sequence[int]] | None = None,
+    ) -> None:
+        super().__init__(embed_dim, low_rank_dimension, dropout, act_fn, subspace_partition)
+        if self.low_rank_dimension > self.embed_dim:
+            raise ValueError(
+                f"{type(self).__name__}: low_rank_dimension={self.low_rank_dimension} exceeds "
+                f"embed_dim={self.embed_dim}"
+            )
+        self.rotate_layer = orthogonal_layer(self.embed_dim, self.low_rank_dimension)  # (d, k) = R^T
+
+    def forward(
+        self, base: torch.Tensor, source: torch.Tensor | None = None, subspaces: Subspaces = None
+    ) -> torch.Tensor:
+        rotation = self.rotate_layer.weight  # (d, k) = R^T, read once
+        base_w = base.to(rotation.dtype)  # (batch, units, d)
+        edit = self._act(self.learned_source(base_w)) - base_w @ rotation  # (batch, units, k)
+        return self._apply_edit(base_w, edit, rotation.T, subspaces).to(base.dtype)
+
+
+class NoreftIntervention(_ReftBase):
     """ReFT without orthogonality: ``h + P^T (act(W h + b) - (P h + c))``, ``P`` a free ``k x d``.
 
     ``P`` (with bias ``c`` when ``add_bias``) is ``proj_layer``, an ``nn.Linear(d, k)``.
@@ -140,15 +162,7 @@ class NoreftIntervention(TrainableIntervention, DistributedRepresentationInterve
         subspace_partition: ``[[start, end), ...]`` ranges of the ``k`` coordinates.
     """
 
-    source_kind: ClassVar[str] = "none"
-    config_fields: ClassVar[tuple[str, ...]] = (
-        "embed_dim",
-        "subspace_partition",
-        "low_rank_dimension",
-        "dropout",
-        "act_fn",
-        "add_bias",
-    )
+    config_fields: ClassVar[tuple[str, ...]] = (*_ReftBase.config_fields, "add_bias")
 
     def __init__(
         self,
@@ -159,21 +173,9 @@ class NoreftIntervention(TrainableIntervention, DistributedRepresentationInterve
         add_bias: bool = False,
         subspace_partition: Sequence[Sequence[int]] | None = None,
     ) -> None:
-        owner = type(self).__name__
-        dim = require_dim(embed_dim, "embed_dim", owner, "the width of one unit")
-        rank = require_dim(low_rank_dimension, "low_rank_dimension", owner, "the rank k")
-        super().__init__(embed_dim=dim, subspace_partition=subspace_partition)
-        self.low_rank_dimension = rank
-        self.dropout = float(dropout)
-        self.act_fn = act_fn
+        super().__init__(embed_dim, low_rank_dimension, dropout, act_fn, subspace_partition)
         self.add_bias = bool(add_bias)
-        self._act = _activation(act_fn, owner)
-        self.proj_layer = nn.Linear(dim, rank, bias=self.add_bias)  # P h + c
-        self.learned_source = nn.Linear(dim, rank)  # W h + b
-        self.dropout_layer = nn.Dropout(self.dropout)
-
-    def subspace_size(self) -> int:
-        return self.low_rank_dimension
+        self.proj_layer = nn.Linear(self.embed_dim, self.low_rank_dimension, bias=self.add_bias)  # P h + c
 
     def forward(
         self, base: torch.Tensor, source: torch.Tensor | None = None, subspaces: Subspaces = None
@@ -181,14 +183,10 @@ class NoreftIntervention(TrainableIntervention, DistributedRepresentationInterve
         projection = self.proj_layer.weight  # (k, d)
         base_w = base.to(projection.dtype)  # (batch, units, d)
         edit = self._act(self.learned_source(base_w)) - self.proj_layer(base_w)  # (batch, units, k)
-        edit = _masked(edit, self.subspace_mask(subspaces, edit))
-        return (base_w + self.dropout_layer(edit @ projection)).to(base.dtype)  # (batch, units, d)
+        return self._apply_edit(base_w, edit, projection, subspaces).to(base.dtype)
 
     def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, low_rank_dimension={self.low_rank_dimension}, "
-            f"dropout={self.dropout}, act_fn={self.act_fn}, add_bias={self.add_bias}"
-        )
+        return f"{super().extra_repr()}, add_bias={self.add_bias}"
 
 
 __all__ = ["LoreftIntervention", "NoreftIntervention"]
