@@ -82,58 +82,77 @@ def collect_activations(
     return torch.cat(activations), torch.cat(variables), torch.cat(controls)
 
 
-class LinearProbe(lightning.LightningModule):
-    """``Linear(D, n_classes)`` on standardized activations, trained with Adam.
+class LinearProbes(lightning.LightningModule):
+    """``S`` independent ``Linear(D, n_classes)`` probes on standardized activations, trained
+    together with Adam.
 
-    Standardizing (with the training split's mean and std, kept as buffers) makes one learning
-    rate work at every layer, whose activation scales differ by orders of magnitude in the
-    residual stream; it does not change what a linear probe can express.
+    A sweep fits one probe per site; stacking them makes that one training loop instead of one
+    per site. The loss is the sum of each probe's mean cross-entropy, so each probe's gradient,
+    and (Adam being per-parameter) each probe's whole trajectory, is what it would be alone.
+
+    Standardizing (with the training split's mean and std per probe, kept as buffers) makes one
+    learning rate work at every layer, whose activation scales differ by orders of magnitude in
+    the residual stream; it does not change what a linear probe can express.
 
     Args:
+        n_probes: number ``S`` of probes.
         input_dim: width ``D`` of one activation row.
         n_classes: number of label values.
         lr: Adam's learning rate.
-        weight_decay: L2 penalty (Adam's ``weight_decay``); more of it makes the probe less able
+        weight_decay: L2 penalty (Adam's ``weight_decay``); more of it makes a probe less able
             to memorise, which the control task measures.
     """
 
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, input_dim: int, n_classes: int, lr: float = 1e-2, weight_decay: float = 0.0) -> None:
+    def __init__(self, n_probes: int, input_dim: int, n_classes: int, lr: float = 1e-2,
+                 weight_decay: float = 0.0) -> None:
         super().__init__()
         if n_classes < 2:
             raise ValueError(f"a probe needs n_classes >= 2, got {n_classes}")
+        if n_probes < 1:
+            raise ValueError(f"n_probes must be >= 1, got {n_probes}")
         self.save_hyperparameters()
-        self.linear = nn.Linear(input_dim, n_classes)
-        self.register_buffer("mean", torch.zeros(input_dim))
-        self.register_buffer("std", torch.ones(input_dim))
-        self.train_accuracy = CountingAccuracy()
+        # Every probe starts from the same draw of nn.Linear's initialization, as S separate
+        # probes seeded alike would.
+        first = nn.Linear(input_dim, n_classes)
+        self.weight = nn.Parameter(first.weight.detach().T.repeat(n_probes, 1, 1))  # (S, D, C)
+        self.bias = nn.Parameter(first.bias.detach().repeat(n_probes, 1))  # (S, C)
+        self.register_buffer("mean", torch.zeros(n_probes, input_dim))
+        self.register_buffer("std", torch.ones(n_probes, input_dim))
         self.val_accuracy = CountingAccuracy()
 
     @torch.no_grad()
     def set_normalization(self, activations: torch.Tensor) -> None:
-        """Standardizes with the statistics of ``activations`` ``(N, D)`` (the training split)."""
-        self.mean.copy_(activations.mean(0))
+        """Standardizes with the statistics of ``activations`` ``(S, N, D)`` (the training split)."""
+        self.mean.copy_(activations.mean(1))
         # Constant features (std 0) are left unscaled rather than divided by zero.
-        std = activations.std(0) if activations.shape[0] > 1 else torch.ones_like(self.std)
+        std = activations.std(1) if activations.shape[1] > 1 else torch.ones_like(self.std)
         self.std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear((x - self.mean) / self.std)  # (batch, n_classes)
+        """``(S, B, D)`` activations -> ``(S, B, n_classes)`` logits."""
+        x = (x - self.mean[:, None]) / self.std[:, None]
+        return torch.baddbmm(self.bias[:, None], x, self.weight)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # Sum over probes of each probe's mean cross-entropy (see the class docstring).
+        n_probes, batch, classes = logits.shape
+        per_row = nn.functional.cross_entropy(logits.reshape(-1, classes), labels.repeat(n_probes),
+                                              reduction="none")
+        return per_row.view(n_probes, batch).mean(1).sum()
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        logits = self(x)
-        loss = nn.functional.cross_entropy(logits, y)
-        self.train_accuracy.update(logits, y)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=y.shape[0])
-        self.log("train/accuracy", self.train_accuracy, on_step=False, on_epoch=True, batch_size=y.shape[0])
+        x, y = batch  # (B, S, D), (B,)
+        loss = self._loss(self(x.transpose(0, 1)), y)
+        self.log("train/loss", loss / self.hparams.n_probes, on_step=False, on_epoch=True, batch_size=y.shape[0])
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        self.val_accuracy.update(self(x), y)
+        logits = self(x.transpose(0, 1))  # (S, B, C)
+        self.val_accuracy.update(logits, y.expand(logits.shape[0], -1))
         self.log("val/accuracy", self.val_accuracy, on_step=False, on_epoch=True,
                  prog_bar=True, batch_size=y.shape[0])
 
@@ -142,10 +161,10 @@ class LinearProbe(lightning.LightningModule):
                                 weight_decay=self.hparams.weight_decay)
 
     @torch.no_grad()
-    def accuracy(self, activations: torch.Tensor, labels: torch.Tensor) -> float:
-        metric = CountingAccuracy()
-        metric.update(self(activations.to(self.device)).cpu(), labels.cpu())
-        return float(metric.compute())
+    def accuracies(self, activations: torch.Tensor, labels: torch.Tensor) -> list[float]:
+        """Each probe's accuracy on ``activations`` ``(S, N, D)`` with ``labels`` ``(N,)``."""
+        predicted = self(activations.to(self.device)).argmax(-1).cpu()  # (S, N)
+        return (predicted == labels.cpu()[None]).float().mean(1).tolist()
 
 
 def split_indices(n: int, holdout_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,7 +178,7 @@ def split_indices(n: int, holdout_fraction: float, seed: int) -> tuple[torch.Ten
     return order[n_test:], order[:n_test]
 
 
-def fit_probe(
+def fit_probes(
     activations: torch.Tensor,
     labels: torch.Tensor,
     n_classes: int,
@@ -172,32 +191,37 @@ def fit_probe(
     accelerator: str = "cpu",
     enable_progress_bar: bool = False,
     logger: Logger | bool = False,
-) -> float:
-    """Trains a :class:`LinearProbe` on a seeded split and returns its held-out accuracy.
+) -> list[float]:
+    """Trains one probe per site on ``activations`` ``(S, N, D)`` with shared ``labels`` ``(N,)``
+    and returns each probe's held-out accuracy.
 
-    The same ``seed`` gives the same split, initialization and batch order, whatever ran before
-    (torch's global RNG is forked, not reseeded). ``accelerator="cpu"`` by default: a probe is
-    a few thousand multiply-adds per example, cheaper on CPU than a device round trip.
+    All probes share the seeded split, initialization and batch order, so each result equals
+    fitting that site's probe alone with the same seed (:func:`fit_probe`). The same ``seed``
+    gives the same result whatever ran before (torch's global RNG is forked, not reseeded).
+    ``accelerator="cpu"`` by default: a probe is a few thousand multiply-adds per example,
+    cheaper on CPU than a device round trip.
     """
-    activations = activations.float()  # (N, D)
+    activations = activations.float()  # (S, N, D)
     labels = labels.long()  # (N,)
-    if activations.dim() != 2 or labels.shape != activations.shape[:1]:
+    if activations.dim() != 3 or labels.shape != activations.shape[1:2]:
         raise ValueError(
-            f"need activations (N, D) and labels (N,), got {tuple(activations.shape)} and "
+            f"need activations (S, N, D) and labels (N,), got {tuple(activations.shape)} and "
             f"{tuple(labels.shape)}"
         )
     if int(labels.min()) < 0 or int(labels.max()) >= n_classes:
         raise ValueError(f"labels must be in 0..{n_classes - 1}, got {int(labels.min())}..{int(labels.max())}")
-    train_idx, test_idx = split_indices(activations.shape[0], holdout_fraction, seed)
+    n_probes, n, width = activations.shape
+    train_idx, test_idx = split_indices(n, holdout_fraction, seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        probe = LinearProbe(activations.shape[1], n_classes, lr=lr, weight_decay=weight_decay)
-    probe.set_normalization(activations[train_idx])
+        probes = LinearProbes(n_probes, width, n_classes, lr=lr, weight_decay=weight_decay)
+    probes.set_normalization(activations[:, train_idx])
+    rows = activations.transpose(0, 1)  # (N, S, D): a batch of rows carries every probe's input
     train = DataLoader(
-        TensorDataset(activations[train_idx], labels[train_idx]), batch_size=batch_size,
+        TensorDataset(rows[train_idx], labels[train_idx]), batch_size=batch_size,
         shuffle=True, generator=torch.Generator().manual_seed(seed),
     )
-    held_out = DataLoader(TensorDataset(activations[test_idx], labels[test_idx]), batch_size=4096)
+    held_out = DataLoader(TensorDataset(rows[test_idx], labels[test_idx]), batch_size=4096)
     trainer = lightning.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -209,9 +233,16 @@ def fit_probe(
         num_sanity_val_steps=0,
     )
     # Validating every epoch only feeds the logger; without one it is wasted work.
-    trainer.fit(probe, train, held_out if logger else None)
-    probe.eval()
-    return probe.accuracy(activations[test_idx], labels[test_idx])
+    trainer.fit(probes, train, held_out if logger else None)
+    probes.eval()
+    return probes.accuracies(activations[:, test_idx], labels[test_idx])
+
+
+def fit_probe(activations: torch.Tensor, labels: torch.Tensor, n_classes: int, **options) -> float:
+    """One probe on ``activations`` ``(N, D)``; :func:`fit_probes` with ``S = 1`` (same options)."""
+    if activations.dim() != 2:
+        raise ValueError(f"need activations (N, D), got {tuple(activations.shape)}")
+    return fit_probes(activations[None], labels, n_classes, **options)[0]
 
 
 @dataclass(frozen=True)
@@ -229,45 +260,42 @@ class ProbeResult:
         return self.accuracy - self.control_accuracy
 
 
-def probe_with_control(
+def probes_with_control(
     activations: torch.Tensor,
     variables: torch.Tensor,
     controls: torch.Tensor,
     n_classes: int,
     n_control_classes: int | None = None,
-    lr: float = 1e-2,
-    weight_decay: float = 0.0,
-    batch_size: int = 256,
-    max_epochs: int = 30,
-    holdout_fraction: float = 0.2,
-    seed: int = 0,
-    accelerator: str = "cpu",
-    enable_progress_bar: bool = False,
-    logger: Logger | bool = False,
-) -> ProbeResult:
-    """Fits the probe on ``variables`` and, with identical settings, on ``controls``.
+    **options,
+) -> list[ProbeResult]:
+    """Fits each site's probe on ``variables`` and, with identical settings, on ``controls``.
 
+    ``activations`` is ``(S, N, D)``, one slice per site; ``options`` are :func:`fit_probes`'s.
     ``n_control_classes`` defaults to ``controls.max() + 1``.
     """
     if n_control_classes is None:
         n_control_classes = max(int(controls.max()) + 1, 2)
+    accuracy = fit_probes(activations, variables, n_classes, **options)
+    control = fit_probes(activations, controls, n_control_classes, **options)
+    return [ProbeResult(a, c) for a, c in zip(accuracy, control)]
 
-    def fit(labels: torch.Tensor, classes: int) -> float:
-        return fit_probe(
-            activations, labels, classes, lr=lr, weight_decay=weight_decay,
-            batch_size=batch_size, max_epochs=max_epochs, holdout_fraction=holdout_fraction,
-            seed=seed, accelerator=accelerator, enable_progress_bar=enable_progress_bar,
-            logger=logger,
-        )
 
-    return ProbeResult(fit(variables, n_classes), fit(controls, n_control_classes))
+def probe_with_control(activations: torch.Tensor, variables: torch.Tensor, controls: torch.Tensor,
+                       n_classes: int, n_control_classes: int | None = None, **options) -> ProbeResult:
+    """:func:`probes_with_control` for one site's activations ``(N, D)``."""
+    if activations.dim() != 2:
+        raise ValueError(f"need activations (N, D), got {tuple(activations.shape)}")
+    return probes_with_control(activations[None], variables, controls, n_classes, n_control_classes,
+                               **options)[0]
 
 
 __all__ = [
-    "LinearProbe",
+    "LinearProbes",
     "ProbeResult",
     "collect_activations",
     "fit_probe",
+    "fit_probes",
     "probe_with_control",
+    "probes_with_control",
     "split_indices",
 ]

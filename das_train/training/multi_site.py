@@ -1,0 +1,174 @@
+"""``MultiSiteDASModule``: DAS at several positions of one (layer, component), in one pass.
+
+A per-site sweep trains each site on its own: every step runs the source and the base through
+the whole frozen model, for each of the P positions of a layer. Here the P sites of a layer
+train together on cached activations (:mod:`das_train.training.site_cache`):
+
+- the sources' activations at the site come from the cache (no source forward at all);
+- the base batch is repeated P times, one copy per site, and the model runs from the site's
+  block upward on the cached input of that block (the frozen prefix is not recomputed);
+- one hook gives copy ``k`` of the batch site ``k``'s intervention at site ``k``'s position.
+
+The loss is the sum of each site's mean counterfactual loss, so each intervention's gradient is
+the one it would get alone, and Adam, being per-parameter, takes the same steps: the trained
+interventions and their IIA equal the per-site path's (tests/test_batched_sweep.py checks it).
+
+The sites are given as :class:`~das_train.training.das_module.DASModule` instances, built exactly
+as the per-site path builds them (same seeds, so the same initial rotations); their
+interventions are registered here, and each one's ``intervenable`` saves it as the per-site path
+would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import lightning
+import torch
+from torch import nn
+
+from das_train.core.hooks import HookSet, as_3d, from_3d, read_hooked, write_hooked
+from das_train.core.sites import resolve_site
+from das_train.training.das_module import DASModule, model_inputs, prediction_logits
+from das_train.training.metrics import InterchangeInterventionAccuracy
+from das_train.training.site_cache import PrefixSkip
+from tasks.base import COUNTERFACTUAL_LABEL
+
+Batch = Mapping[str, torch.Tensor]
+
+CACHED_PREFIX = "cached_prefix"
+"""Batch column: ``(batch, seq, d)`` the base's input to the sites' block."""
+CACHED_SOURCES = "cached_sources"
+"""Batch column: ``(batch, sites, w)`` the source's activation at each site's position."""
+
+
+class MultiSiteDASModule(lightning.LightningModule):
+    """Trains the interventions of several :class:`DASModule` sites of one (layer, component).
+
+    Args:
+        model: the frozen model the sites' modules were built on; held, not registered.
+        sites: one DASModule per position, all at the same layer and component, in DAS mode.
+        prefix_skip: runs the model from the sites' block on the cached prefix; ``None`` runs
+            the whole model (the cached sources are used either way).
+    """
+
+    def __init__(self, model: nn.Module, sites: Sequence[DASModule], prefix_skip: PrefixSkip | None) -> None:
+        super().__init__()
+        if not sites:
+            raise ValueError("MultiSiteDASModule needs at least one site")
+        first = sites[0].hparams
+        for site in sites:
+            h = site.hparams
+            if (h.layer, h.component) != (first.layer, first.component) or h.iit:
+                raise ValueError("all sites must share one layer and component, in DAS mode (iit=False): "
+                                 f"got layer {h.layer} {h.component} iit={h.iit} next to layer "
+                                 f"{first.layer} {first.component}")
+        object.__setattr__(self, "model", model)  # frozen and unregistered, as in DASModule
+        object.__setattr__(self, "sites", list(sites))
+        self.interventions = nn.ModuleList(site.intervention for site in sites)
+        self.site = resolve_site(model, first.layer, first.component, "pos")
+        self.positions = [site.position for site in sites]
+        self.prefix_skip = prefix_skip
+        self.lr = first.lr
+        self.boundary_weight = first.boundary_penalty
+        self.is_language_model_task = first.is_language_model_task
+        self.test_iia = nn.ModuleList(InterchangeInterventionAccuracy() for _ in sites)
+
+    # -- the frozen model: placed once on the module's device, never moved back ----------------
+    def _place_model(self) -> None:
+        if getattr(self.model, "hf_device_map", None) is not None:
+            return  # accelerate placed it; units travel to the interventions' device
+        parameter = next(self.model.parameters(), None)
+        if parameter is not None and parameter.device != self.device:
+            self.model.to(self.device)
+
+    def on_fit_start(self) -> None:
+        self._place_model()
+
+    def on_test_start(self) -> None:
+        self._place_model()
+
+    def train(self, mode: bool = True) -> MultiSiteDASModule:
+        super().train(mode)
+        self.model.eval()  # DAS asks what the trained model computes: no dropout
+        return self
+
+    # -- forward ----------------------------------------------------------------------------------
+    def _edit(self, sources: torch.Tensor, batch_size: int) -> Callable[..., Any]:
+        """The hook that gives copy k of the repeated batch site k's intervention."""
+        n_sites = len(self.positions)
+
+        def edit(module, args, kwargs, output):
+            value = read_hooked(args, kwargs, output)
+            x3 = as_3d(value)  # (sites * batch, seq, w)
+            per_site = x3.view(n_sites, batch_size, *x3.shape[1:])  # (sites, batch, seq, w)
+            index = torch.tensor([0 if p is None else p for p in self.positions], device=x3.device)
+            edited = []
+            for k, intervention in enumerate(self.interventions):
+                base = per_site[k, :, index[k]].unsqueeze(1)  # (batch, 1, w)
+                source = sources[:, k].unsqueeze(1).to(base.device)  # (batch, 1, w)
+                edited.append(intervention(base, source).squeeze(1))  # (batch, w)
+            rows = (torch.arange(n_sites, device=x3.device)[:, None],
+                    torch.arange(batch_size, device=x3.device)[None, :], index[:, None])
+            new = per_site.index_put(rows, torch.stack(edited).to(x3.dtype))  # out of place: autograd
+            return write_hooked(args, kwargs, output, from_3d(new.view(x3.shape), value))
+
+        return edit
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Intervened prediction logits, ``(sites, batch, classes)``."""
+        base = model_inputs(batch, "base", self.is_language_model_task)
+        batch_size = next(iter(base.values())).shape[0]
+        n_sites = len(self.positions)
+        repeated = {k: v.repeat(n_sites, *([1] * (v.dim() - 1))) for k, v in base.items()}
+        if self.prefix_skip is not None:
+            prefix = batch[CACHED_PREFIX]
+            skipping = self.prefix_skip.active(prefix.repeat(n_sites, *([1] * (prefix.dim() - 1))))
+        else:
+            skipping = nullcontext()
+        with HookSet() as hooks, skipping:
+            hooks.add(self.site.module, self.site.hook, self._edit(batch[CACHED_SOURCES], batch_size))
+            outputs = self.model(**repeated)
+        logits = prediction_logits(outputs)  # (sites * batch, classes)
+        return logits.view(n_sites, batch_size, -1)
+
+    # -- steps ------------------------------------------------------------------------------------
+    def site_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``(sites,)`` each site's mean counterfactual loss (the per-site path's loss)."""
+        n_sites, batch_size, classes = logits.shape
+        per_row = nn.functional.cross_entropy(logits.reshape(-1, classes), labels.repeat(n_sites),
+                                              reduction="none")
+        return per_row.view(n_sites, batch_size).mean(1)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        labels = batch[COUNTERFACTUAL_LABEL]  # (batch,)
+        losses = self.site_losses(self(batch), labels)
+        loss = losses.sum()
+        size = int(labels.shape[0])
+        penalties = [i.boundary_sparsity_loss().reshape(()) for i in self.interventions
+                     if hasattr(i, "boundary_sparsity_loss")]
+        if penalties:
+            penalty = torch.stack(penalties).sum()
+            self.log("train/boundary", penalty.detach() / len(penalties), on_step=True, on_epoch=False,
+                     batch_size=size)
+            if self.boundary_weight:
+                loss = loss + self.boundary_weight * penalty
+        self.log("train/loss", losses.detach().mean(), on_step=True, on_epoch=False, prog_bar=True,
+                 batch_size=size)
+        return loss
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        labels = batch[COUNTERFACTUAL_LABEL]
+        logits = self(batch)  # (sites, batch, classes)
+        for k, metric in enumerate(self.test_iia):
+            metric.update(logits[k], labels)
+            self.log(f"test/iia/{k}", metric, on_step=False, on_epoch=True, batch_size=int(labels.shape[0]))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for site in self.sites for p in site.intervenable.get_trainable_parameters()]
+        return torch.optim.Adam(params, lr=self.lr)
+
+
+__all__ = ["CACHED_PREFIX", "CACHED_SOURCES", "MultiSiteDASModule"]

@@ -1,0 +1,257 @@
+"""The cached and batched sweep path against the plain per-site path.
+
+The batched path (das_train/training/site_cache.py, multi_site.py, batched_sweep.py) must give
+the numbers the per-site path gives: the same logits for the same interventions, the same
+trained parameters and IIA, the same probe accuracies. These tests check each piece against
+the plain computation, then a whole small sweep both ways.
+"""
+
+from __future__ import annotations
+
+import lightning
+import pytest
+import torch
+import transformers
+from torch.utils.data import DataLoader
+
+from das_train.training.das_module import DASModule
+from das_train.training.multi_site import CACHED_PREFIX, CACHED_SOURCES, MultiSiteDASModule
+from das_train.training.probe import fit_probe, fit_probes
+from das_train.training.site_cache import (
+    PrefixSkip,
+    batched_sites_supported,
+    block_modules,
+    collect_layer,
+)
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),
+    pytest.mark.filterwarnings("ignore:.*but have no `val_dataloader`.*"),
+    pytest.mark.filterwarnings("ignore:.*isinstance\\(treespec, LeafSpec\\).*"),
+]
+
+VOCAB, LENGTH, HIDDEN, LAYERS = 40, 5, 32, 3
+
+
+def neox():
+    torch.manual_seed(0)
+    return transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+        num_hidden_layers=LAYERS, hidden_size=HIDDEN, num_attention_heads=4, intermediate_size=64,
+        vocab_size=VOCAB, max_position_embeddings=16, bos_token_id=0, eos_token_id=0)).eval()
+
+
+def gpt2():
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=LAYERS, n_embd=HIDDEN, n_head=4, vocab_size=VOCAB, n_positions=16,
+        bos_token_id=0, eos_token_id=0)).eval()
+
+
+def llama():
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        num_hidden_layers=LAYERS, hidden_size=HIDDEN, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, vocab_size=VOCAB, max_position_embeddings=16, bos_token_id=0,
+        eos_token_id=0)).eval()
+
+
+MAKERS = {"neox": neox, "gpt2": gpt2, "llama": llama}
+
+
+def pair_rows(n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [{
+        "base_input_ids": torch.randint(1, VOCAB, (LENGTH,), generator=gen),
+        "base_attention_mask": torch.ones(LENGTH, dtype=torch.long),
+        "source_input_ids": torch.randint(1, VOCAB, (LENGTH,), generator=gen),
+        "source_attention_mask": torch.ones(LENGTH, dtype=torch.long),
+        "counterfactual_label": torch.randint(1, VOCAB, (), generator=gen),
+        "base_variable": torch.randint(0, 2, (), generator=gen),
+        "base_control": torch.randint(0, 3, (), generator=gen),
+    } for _ in range(n)]
+
+
+def batches(n: int = 24, batch_size: int = 8) -> DataLoader:
+    return DataLoader(pair_rows(n), batch_size=batch_size, shuffle=False)
+
+
+def with_cache(batch, acts, rows: slice):
+    return {**batch, CACHED_PREFIX: acts.prefix[rows], CACHED_SOURCES: acts.source[rows]}
+
+
+# -- the frozen prefix --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", sorted(MAKERS))
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_running_from_a_cached_block_input_gives_the_full_forward_and_skips_the_blocks_below(family, layer):
+    model = MAKERS[family]()
+    batch = next(iter(batches()))
+    inputs = {"input_ids": batch["base_input_ids"], "attention_mask": batch["base_attention_mask"]}
+    acts = collect_layer(model, layer, "block_output", [1, 3], [batch])
+    with torch.no_grad():
+        full = model(**inputs).logits
+    template = PrefixSkip.output_template(model, inputs)
+    assert template is not None
+    calls = []
+    counters = [b.register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i, b in
+                enumerate(block_modules(model, LAYERS - 1))]
+    # The blocks below `layer` must not compute: poison their weights for the skipped call.
+    skip = PrefixSkip(model, layer, template)
+    try:
+        with torch.no_grad(), skip.active(acts.prefix):
+            skipped = model(**inputs).logits
+    finally:
+        for handle in counters:
+            handle.remove()
+    torch.testing.assert_close(skipped, full, atol=1e-5, rtol=1e-5)
+    assert calls == list(range(LAYERS))  # the skipped blocks are called, but as pass-throughs
+    # After the context every block computes again: a different prefix changes nothing now.
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, full)
+
+
+def test_skipped_blocks_do_not_compute():
+    model = neox()
+    batch = next(iter(batches()))
+    inputs = {"input_ids": batch["base_input_ids"], "attention_mask": batch["base_attention_mask"]}
+    acts = collect_layer(model, 2, "block_output", [0], [batch])
+    with torch.no_grad():
+        full = model(**inputs).logits
+    skip = PrefixSkip(model, 2, PrefixSkip.output_template(model, inputs))
+    with torch.no_grad():
+        for block in block_modules(model, 1):
+            for p in block.parameters():
+                p.mul_(float("nan"))  # any use of a skipped block's weights would show up
+        with skip.active(acts.prefix):
+            skipped = model(**inputs).logits
+    torch.testing.assert_close(skipped, full, atol=1e-5, rtol=1e-5)
+
+
+def test_collected_activations_are_what_plain_hooks_see():
+    model = neox()
+    loader = batches()
+    acts = collect_layer(model, 1, "mlp_output", [1, 4], loader)
+    seen = {"prefix": [], "base": [], "source": []}
+    block, mlp = model.gpt_neox.layers[1], model.gpt_neox.layers[1].mlp
+    out: dict[str, torch.Tensor] = {}
+
+    def read_block_input(module, args, kwargs):
+        out["prefix"] = (args[0] if args else kwargs["hidden_states"]).clone()
+
+    def read_mlp_output(module, args, output):
+        out["site"] = output.clone()
+
+    for batch in loader:
+        for side in ("base", "source"):
+            h1 = block.register_forward_pre_hook(read_block_input, with_kwargs=True)
+            h2 = mlp.register_forward_hook(read_mlp_output)
+            with torch.no_grad():
+                model(input_ids=batch[f"{side}_input_ids"], attention_mask=batch[f"{side}_attention_mask"])
+            h1.remove()
+            h2.remove()
+            seen[side].append(out["site"][:, [1, 4]])
+            if side == "base":
+                seen["prefix"].append(out["prefix"])
+    assert torch.equal(acts.prefix, torch.cat(seen["prefix"]))
+    assert torch.equal(acts.base, torch.cat(seen["base"]))
+    assert torch.equal(acts.source, torch.cat(seen["source"]))
+
+
+# -- several sites in one pass ------------------------------------------------------------------
+
+def site_modules(model, layer, component, positions, seed=0, **options):
+    sites = []
+    for position in positions:
+        lightning.seed_everything(seed, verbose=False)
+        sites.append(DASModule(model, layer=layer, component=component, position=position, **options))
+    return sites
+
+
+@pytest.mark.parametrize("family", sorted(MAKERS))
+@pytest.mark.parametrize("layer,component", [(0, "block_input"), (1, "block_output"), (2, "mlp_output"),
+                                             (1, "attention_output")])
+def test_batched_sites_give_each_site_its_own_intervened_logits(family, layer, component):
+    model = MAKERS[family]()
+    positions = [0, 2, 4]
+    sites = site_modules(model, layer, component, positions, intervention="RotatedSpaceIntervention",
+                         low_rank_dimension=4)
+    with torch.no_grad():  # random rotations, so every site's edit shows in its logits
+        for site in sites:
+            site.intervention.rotate_layer.weight = torch.linalg.qr(torch.randn(HIDDEN, HIDDEN))[0]
+    loader = batches()
+    acts = collect_layer(model, layer, component, positions, loader)
+    first = next(iter(loader))
+    inputs = {"input_ids": first["base_input_ids"], "attention_mask": first["base_attention_mask"]}
+    multi = MultiSiteDASModule(model, sites, PrefixSkip(model, layer, PrefixSkip.output_template(model, inputs)))
+    start = 0
+    for batch in loader:
+        rows = slice(start, start + len(batch["base_input_ids"]))
+        start = rows.stop
+        with torch.no_grad():
+            together = multi(with_cache(batch, acts, rows))  # (sites, batch, vocab)
+            for k, site in enumerate(sites):
+                alone = site(batch)
+                torch.testing.assert_close(together[k], alone, atol=1e-5, rtol=1e-5)
+            # The last position's edit always reaches the logits: the comparison is not vacuous.
+            clean = model(input_ids=batch["base_input_ids"], attention_mask=batch["base_attention_mask"]).logits
+            assert not torch.allclose(together[-1], clean[:, -1], atol=1e-4)
+
+
+def test_batched_training_takes_the_per_site_steps():
+    """Summed per-site losses + Adam = each site trained alone: parameters and IIA agree."""
+    model = neox()
+    positions = [1, 2, 3]
+    loader = batches(n=32)
+    options = dict(intervention="LowRankRotatedSpaceIntervention", low_rank_dimension=2, lr=0.05)
+
+    def trainer():
+        return lightning.Trainer(accelerator="cpu", devices=1, max_steps=8, logger=False,
+                                 enable_checkpointing=False, enable_progress_bar=False,
+                                 enable_model_summary=False, num_sanity_val_steps=0)
+
+    alone = site_modules(model, 1, "block_output", positions, **options)
+    for site in alone:
+        trainer().fit(site, loader)
+    iia_alone = [site.iia(loader) for site in alone]
+
+    together = site_modules(model, 1, "block_output", positions, **options)
+    acts = collect_layer(model, 1, "block_output", positions, loader)
+    first = next(iter(loader))
+    template = PrefixSkip.output_template(model, {"input_ids": first["base_input_ids"]})
+    multi = MultiSiteDASModule(model, together, PrefixSkip(model, 1, template))
+    # batch_size=None: the list already holds whole batches.
+    cached = DataLoader([with_cache(b, acts, slice(i * 8, i * 8 + 8)) for i, b in enumerate(loader)], batch_size=None)
+    trainer().fit(multi, cached)
+    for a, t in zip(alone, together):
+        torch.testing.assert_close(t.intervention.rotate_layer.weight, a.intervention.rotate_layer.weight,
+                                   atol=1e-5, rtol=1e-4)
+    tested = trainer().test(multi, cached, verbose=False)[0]
+    assert [tested[f"test/iia/{k}"] for k in range(3)] == pytest.approx(iia_alone, abs=1e-9)
+    # Training moved the weights away from their start (the comparison is not vacuous).
+    fresh = site_modules(model, 1, "block_output", positions, **options)
+    assert not torch.allclose(fresh[0].intervention.rotate_layer.weight,
+                              together[0].intervention.rotate_layer.weight, atol=1e-3)
+
+
+def test_unsupported_sites_say_why():
+    model = neox()
+    assert batched_sites_supported(model, 1, "block_output") is None
+    reason = batched_sites_supported(model, 1, "head_attention_value_output")
+    assert reason is not None and "slice" in reason
+
+
+# -- stacked probes -----------------------------------------------------------------------------
+
+def test_stacked_probes_equal_probes_fitted_one_by_one():
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 3, (120,), generator=gen)
+    # Three sites: informative, weakly informative, noise.
+    signal = torch.nn.functional.one_hot(labels, 8).float()
+    acts = torch.stack([signal * 3 + torch.randn(120, 8, generator=gen),
+                        signal * 0.5 + torch.randn(120, 8, generator=gen),
+                        torch.randn(120, 8, generator=gen) * 4 + 1])
+    options = {"max_epochs": 5, "batch_size": 32, "lr": 0.05, "seed": 3}
+    together = fit_probes(acts, labels, 3, **options)
+    alone = [fit_probe(a, labels, 3, **options) for a in acts]
+    assert together == pytest.approx(alone, abs=1e-9)
+    assert together[0] > 0.9 and together[2] < 0.6
