@@ -21,6 +21,7 @@ would.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -29,6 +30,7 @@ import lightning
 import torch
 from torch import nn
 
+from das_train.core.devices import is_dispatched
 from das_train.core.hooks import HookSet, as_3d, from_3d, read_hooked, write_hooked
 from das_train.core.sites import resolve_site
 from das_train.training.das_module import DASModule, model_inputs, prediction_logits
@@ -78,11 +80,13 @@ class MultiSiteDASModule(lightning.LightningModule):
 
     # -- the frozen model: placed once on the module's device, never moved back ----------------
     def _place_model(self) -> None:
-        if getattr(self.model, "hf_device_map", None) is not None:
-            return  # accelerate placed it; units travel to the interventions' device
-        parameter = next(self.model.parameters(), None)
-        if parameter is not None and parameter.device != self.device:
-            self.model.to(self.device)
+        # As DASModule.place_frozen_model: moved once, left in place at teardown; a model
+        # accelerate placed stays put and units travel to the interventions' device.
+        if is_dispatched(self.model):
+            return
+        device = self.device
+        if any(t.device != device for t in itertools.chain(self.model.parameters(), self.model.buffers())):
+            self.model.to(device)
 
     def on_fit_start(self) -> None:
         self._place_model()

@@ -133,6 +133,9 @@ class SweepConfig:
     """How many jobs share the sweep; each writes results.shard-<i>-of-<n>.csv."""
     merge: bool = False
     """Only build the table and heatmaps from the shards' results already in run_dir."""
+    batched: bool = True
+    """Train the sites of a layer together on cached activations (same results as one site at
+    a time, several times faster); false trains and probes each site on its own."""
 
 
 @dataclass

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from das_train.core.devices import input_device
 from das_train.core.hooks import HookSet, StopForward, as_3d, read_hooked, write_hooked
 from das_train.core.sites import resolve_site, table_for
 from das_train.training.das_module import model_inputs
@@ -85,7 +86,7 @@ def collect_layer(
     """Runs base and source of every pair up to the site once; see the module docstring."""
     block = resolve_site(model, layer, "block_input", "pos")
     site = resolve_site(model, layer, component, "pos")
-    device = next(model.parameters()).device
+    device = input_device(model)
     found: dict[str, torch.Tensor] = {}
 
     def read_prefix(module, args, kwargs, output):

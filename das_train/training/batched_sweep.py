@@ -1,0 +1,200 @@
+"""The sweep's fast path: the sites of one (layer, component, seed) trained together on cached
+activations, and their probes fitted together.
+
+The per-site path (:func:`das_train.training.run.fit_site`) trains each site alone: 300 steps of
+a source forward, a base forward and a backward through the whole frozen model, then a probe
+and a control probe, each its own Lightning fit. Here, for each group of sites sharing a layer,
+component and seed:
+
+1. :func:`~das_train.training.site_cache.collect_layer` runs each pair once up to the site and
+   keeps the frozen prefix and the site activations (train and test splits);
+2. :class:`~das_train.training.multi_site.MultiSiteDASModule` trains all the group's
+   interventions in one Lightning fit, each step one forward from the site's block upward on
+   the batch repeated once per site;
+3. :func:`~das_train.training.probe.probes_with_control` fits the group's probes in two
+   stacked fits (variable and control) on the collected base activations.
+
+Every site is built and seeded as the per-site path builds it, and sees the same batches in the
+same order, so the results agree with the per-site path's to float rounding
+(tests/test_batched_sweep.py). Rows are written per group; ``train_seconds`` is the group's
+time divided among its sites.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+import lightning
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+from das_train.core.devices import input_device
+from das_train.training.das_module import DASModule, model_inputs
+from das_train.training.multi_site import CACHED_PREFIX, CACHED_SOURCES, MultiSiteDASModule
+from das_train.training.probe import probes_with_control
+from das_train.training.site_cache import (
+    LayerActivations,
+    PrefixSkip,
+    batched_sites_supported,
+    collect_layer,
+)
+from tasks.base import (
+    BASE_CONTROL,
+    BASE_EMBEDS,
+    BASE_IDS,
+    BASE_MASK,
+    BASE_VARIABLE,
+    COUNTERFACTUAL_LABEL,
+    TaskSpec,
+)
+
+log = logging.getLogger("das_train")
+
+
+class CachedPairs(Dataset):
+    """A split's pair columns next to one layer's cached activations, fetched a batch at a time.
+
+    ``__getitems__`` lets the DataLoader index every column once per batch instead of stacking
+    rows; the row order is the split's, so samplers pick the same pairs as for the split itself.
+    """
+
+    def __init__(self, columns: dict[str, torch.Tensor]) -> None:
+        sizes = {name: len(value) for name, value in columns.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"columns of different lengths: {sizes}")
+        self.columns = columns
+        self.size = next(iter(sizes.values()))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {name: value[index] for name, value in self.columns.items()}
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        rows = torch.as_tensor(indices, dtype=torch.long)
+        return {name: value[rows] for name, value in self.columns.items()}
+
+
+def whole_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The collate function of :class:`CachedPairs` loaders: the batch is already stacked."""
+    return batch
+
+
+def cached_pairs(split, activations: LayerActivations, is_language_model_task: bool) -> CachedPairs:
+    """The columns training and testing read, from a ``datasets.Dataset`` in torch format."""
+    wanted = [BASE_IDS, BASE_MASK] if is_language_model_task else [BASE_EMBEDS]
+    table = split.select_columns([c for c in wanted + [COUNTERFACTUAL_LABEL] if c in split.column_names])[:]
+    return CachedPairs({**table, CACHED_PREFIX: activations.prefix, CACHED_SOURCES: activations.source})
+
+
+def group_jobs(jobs: Sequence[tuple[Any, int]]) -> list[list[tuple[Any, int]]]:
+    """Consecutive (site, seed) jobs sharing a layer, component and seed, as groups."""
+    return [list(g) for _, g in groupby(jobs, key=lambda job: (job[0].layer, job[0].component, job[1]))]
+
+
+def fallback_reason(cfg: DictConfig, model: torch.nn.Module, site: Any) -> str | None:
+    """Why a group must take the per-site path, or ``None`` when it can be batched."""
+    if not cfg.sweep.batched:
+        return "sweep.batched=false"
+    if cfg.intervention.iit:
+        return "intervention.iit=true trains the shared model, which sites cannot share"
+    return batched_sites_supported(model, site.layer, site.component)
+
+
+def _template(model: torch.nn.Module, pairs: CachedPairs, is_language_model_task: bool):
+    # One row read from the dataset, not the loader: iterating a shuffled loader would draw
+    # from its generator and change the order of the training batches.
+    row = pairs.__getitems__([0])
+    device = input_device(model)
+    inputs = {k: v.to(device) for k, v in model_inputs(row, "base", is_language_model_task).items()}
+    return PrefixSkip.output_template(model, inputs)
+
+
+def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Sequence[Any], seed: int,
+                   run_dir: Path) -> list[dict[str, Any]]:
+    """Trains, tests and probes a group of sites of one (layer, component) and seed; returns
+    their result rows in the order of ``sites``."""
+    from das_train.training.run import (
+        distributed_eval_loader,
+        distributed_train_loader,
+        is_global_zero,
+        make_trainer,
+    )
+
+    start = time.perf_counter()
+    layer, component = sites[0].layer, sites[0].component
+    lm = spec.is_language_model_task
+    positions = [site.position for site in sites]
+    train_split, test_split = datamodule.datasets["train"], datamodule.datasets["test"]
+    train_acts = collect_layer(model, layer, component, positions, datamodule.ordered_dataloader("train"), lm)
+    test_acts = collect_layer(model, layer, component, positions, datamodule.ordered_dataloader("test"), lm)
+
+    members = []
+    for site in sites:
+        # Seeded per site exactly as fit_site seeds, so each starts from the same rotation.
+        lightning.seed_everything(seed, workers=True, verbose=False)
+        members.append(DASModule(
+            model, layer=layer, component=component, position=site.position,
+            intervention=cfg.intervention.type, low_rank_dimension=cfg.intervention.low_rank_dimension,
+            lr=cfg.intervention.lr, boundary_penalty=cfg.intervention.boundary_penalty,
+            iit=False, is_language_model_task=lm,
+        ))
+    train = DataLoader(
+        cached_pairs(train_split, train_acts, lm), batch_size=cfg.trainer.batch_size,
+        shuffle=datamodule.shuffle, collate_fn=whole_batch,
+        # The same sampler and generator as the datamodule's, so the batches are fit_site's.
+        generator=torch.Generator().manual_seed(datamodule.seed) if datamodule.shuffle else None,
+    )
+    test = DataLoader(cached_pairs(test_split, test_acts, lm), batch_size=cfg.trainer.batch_size,
+                      collate_fn=whole_batch)
+    template = _template(model, train.dataset, lm)
+    if template is None:
+        log.info("layer %d: blocks return caches or attentions, so the prefix is recomputed", layer)
+    module = MultiSiteDASModule(model, members, PrefixSkip(model, layer, template) if template else None)
+
+    version = f"{component}-L{layer}-{'+'.join(s.position_name for s in sites)}-s{seed}"
+    ckpt_dir = run_dir / "checkpoints" / version
+    trainer = make_trainer(cfg, run_dir, version, ckpt_dir)
+    last = ckpt_dir / "last.ckpt"
+    if last.exists():
+        log.info("%s: resuming from %s", version, last)
+    trainer.fit(module, train_dataloaders=distributed_train_loader(cfg, train),
+                ckpt_path=str(last) if last.exists() else None)
+    tested = trainer.test(module, dataloaders=distributed_eval_loader(test), verbose=False)
+    iias = [float(tested[0][f"test/iia/{k}"]) if tested else math.nan for k in range(len(sites))]
+    if is_global_zero():
+        for site, member in zip(sites, members):
+            member.intervenable.save(str(run_dir / "interventions" / f"{site.key}-s{seed}"))
+
+    labels = train_split.select_columns([BASE_VARIABLE, BASE_CONTROL])[:]  # in row order, like the activations
+    probes = probes_with_control(
+        train_acts.base.transpose(0, 1),  # (sites, N, w)
+        labels[BASE_VARIABLE].long(), labels[BASE_CONTROL].long(),
+        n_classes=spec.variable_values, lr=cfg.sweep.probe.lr, weight_decay=cfg.sweep.probe.weight_decay,
+        max_epochs=cfg.sweep.probe.max_epochs, seed=seed,
+    )
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the rows are about to be written
+    seconds = round((time.perf_counter() - start) / len(sites), 2)
+    rows = []
+    for site, member, iia, probe in zip(sites, members, iias, probes):
+        size = getattr(member.intervention, "intervention_size", None)
+        rows.append({
+            "layer": site.layer, "component": site.component, "position": site.position,
+            "position_name": site.position_name, "seed": seed, "iia": iia,
+            "probe_accuracy": probe.accuracy, "control_accuracy": probe.control_accuracy,
+            "selectivity": probe.selectivity, "intervention_size": size() if callable(size) else "",
+            "train_seconds": seconds,
+        })
+    return rows
+
+
+__all__ = ["CachedPairs", "cached_pairs", "fallback_reason", "fit_site_group", "group_jobs"]
