@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from das_train.core.devices import input_device
 from tasks.base import (
     BASE_EMBEDS,
     BASE_IDS,
@@ -216,7 +217,7 @@ class PairDataModule(lightning.LightningDataModule):
         if not self.filter_pairs:
             logger.info("pair filtering is off; keeping every pair")
             return {split: 0 for split in SPLITS}
-        device = next(model.parameters()).device
+        device = input_device(model)  # a model offloaded by accelerate has weights on `meta`
         was_training = model.training
         model.eval()
         dropped: dict[str, int] = {}

@@ -232,41 +232,84 @@ def test_shard_index_is_checked():
 
 
 def _cli(run_dir, cache, *extra):
+    # 63 test pairs: an odd split, which two processes cannot share evenly.
     command = [sys.executable, "-m", "das_train", "recipe=gender_tiny", f"run_dir={run_dir}", f"cache_dir={cache}",
-               "progress=false", "logger=none", "trainer.max_steps=12", "trainer.shuffle=false",
-               "task.n_train=192", "task.n_val=32", "task.n_test=64", "sweep.probe.max_epochs=2",
+               "progress=false", "logger=none", "trainer.max_steps=12",
+               "task.n_train=192", "task.n_val=32", "task.n_test=63", "sweep.probe.max_epochs=2",
                "sweep.layers=[1]", "sweep.positions=[last]", "sweep.include_embeddings=false",
                "trainer.accelerator=cpu", *extra]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def _ddp_outcome(run_dir):
+    """(IIA, test pairs evaluated, test pairs kept by the filter, learned weights) of a
+    one-site run."""
+    import json
+
+    from safetensors.torch import load_file
+
+    with (run_dir / "results.csv").open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    (saved,) = list((run_dir / "interventions").iterdir())
+    kept = json.loads((run_dir / "run_info.json").read_text())["dataset"]["kept"]["test"]
+    return (float(row["iia"]), int(row["test_pairs"]), kept,
+            load_file(str(saved / "interventions.safetensors")))
+
+
 def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
     """Two gloo processes with 8 pairs each per step see the rows one process sees in 16.
 
     Tolerance: learned weights within 1e-5 (only the all-reduce's summation order differs),
-    IIA equal (the test split, 64 pairs, divides evenly over the two processes).
+    IIA equal, and every test pair counted once: the split is odd-sized, where Lightning's
+    DistributedSampler would have evaluated one pair twice.
     """
-    from safetensors.torch import load_file
-
     cache = tmp_path / "cache"
-    _cli(tmp_path / "one", cache, "trainer.devices=1", "trainer.batch_size=16")
-    _cli(tmp_path / "two", cache, "trainer.devices=2", "trainer.strategy=ddp", "trainer.batch_size=8")
+    _cli(tmp_path / "one", cache, "trainer.shuffle=false", "trainer.devices=1", "trainer.batch_size=16")
+    _cli(tmp_path / "two", cache, "trainer.shuffle=false", "trainer.devices=2", "trainer.strategy=ddp",
+         "trainer.batch_size=8")
 
-    def outcome(name):
-        run_dir = tmp_path / name
-        with (run_dir / "results.csv").open() as handle:
-            (row,) = list(csv.DictReader(handle))
-        (saved,) = list((run_dir / "interventions").iterdir())
-        return float(row["iia"]), load_file(str(saved / "interventions.safetensors"))
-
-    iia_one, weights_one = outcome("one")
-    iia_two, weights_two = outcome("two")
+    iia_one, pairs_one, kept, weights_one = _ddp_outcome(tmp_path / "one")
+    iia_two, pairs_two, kept_two, weights_two = _ddp_outcome(tmp_path / "two")
+    assert kept == kept_two and kept % 2 == 1  # the case under test: an odd test split
+    assert pairs_one == pairs_two == kept
     assert iia_one == iia_two
     assert weights_one.keys() == weights_two.keys()
     for key in weights_one:
         torch.testing.assert_close(weights_two[key], weights_one[key], atol=1e-5, rtol=0)
     assert not list((tmp_path / "two").glob("results.shard*"))  # one run directory, written once
+
+
+def test_ddp_with_shuffled_training_counts_each_test_pair_once(tmp_path):
+    """With trainer.shuffle=true Lightning hands the training split to its own shuffled
+    DistributedSampler, so one and two processes train on different batches; a learning rate
+    of 1e-12 keeps both interventions at their shared seeded start, so the IIA of the two runs
+    must be equal, and an odd test split is still counted exactly once."""
+    cache = tmp_path / "cache"
+    common = ("trainer.shuffle=true", "trainer.max_steps=2", "intervention.lr=1e-12")
+    _cli(tmp_path / "one", cache, *common, "trainer.devices=1", "trainer.batch_size=16")
+    _cli(tmp_path / "two", cache, *common, "trainer.devices=2", "trainer.strategy=ddp", "trainer.batch_size=8")
+
+    iia_one, pairs_one, kept, _ = _ddp_outcome(tmp_path / "one")
+    iia_two, pairs_two, _, _ = _ddp_outcome(tmp_path / "two")
+    assert kept % 2 == 1
+    assert pairs_one == pairs_two == kept
+    assert iia_two == iia_one
+
+
+def test_rank_slices_cover_a_split_once_for_evaluation_and_evenly_for_training(monkeypatch):
+    """Without processes: the slices every rank of a world of 3 would take."""
+    seen_eval, seen_train = [], []
+    for rank in range(3):
+        monkeypatch.setattr(run_module.RankSliceSampler, "_world", staticmethod(lambda rank=rank: (rank, 3)))
+        evaluation = run_module.RankSliceSampler(10, drop_remainder=False)
+        training = run_module.RankSliceSampler(10)
+        assert len(evaluation) == len(list(evaluation)) and len(training) == len(list(training)) == 3
+        seen_eval += list(evaluation)
+        seen_train += list(training)
+    assert sorted(seen_eval) == list(range(10))  # each row once, none padded in
+    assert sorted(seen_train) == list(range(9))  # the same number of steps on every rank
+    assert isinstance(evaluation, torch.utils.data.DistributedSampler)  # Lightning keeps it
 
 
 def test_publish_at_the_end_of_a_run(tmp_path, monkeypatch):

@@ -160,6 +160,36 @@ def test_module_moves_the_frozen_model_with_it():
     assert module.intervention.rotate_layer.parametrizations.weight.original.dtype == torch.float64
 
 
+def test_a_trainer_places_the_frozen_model_once_and_teardown_leaves_it(monkeypatch):
+    """Lightning moves a module to its device at every fit/test and to the CPU at teardown;
+    a sweep's shared frozen model must not follow (on a GPU, a 7B model over PCIe four times a
+    site). Spy: the frozen model's ``_apply``, which every ``.to``/``.cpu`` goes through."""
+    model = tiny_neox()
+    pointers = {name: p.data_ptr() for name, p in model.named_parameters()}
+    moves: list[object] = []
+    original = model._apply
+    monkeypatch.setattr(model, "_apply", lambda fn, recurse=True: moves.append(fn) or original(fn, recurse))
+    for seed in range(2):  # two sites of a sweep sharing the model
+        module = make_module(model, seed=seed)
+        run = trainer(max_steps=2)
+        run.fit(module, loader(n=32))
+        (tested,) = run.test(module, loader(n=24), verbose=False)
+        assert tested["test/pairs"] == 24
+    assert moves == []
+    assert pointers == {name: p.data_ptr() for name, p in model.named_parameters()}
+
+    module.to(torch.float64)  # outside a Trainer (this one has finished) it follows as before
+    assert len(moves) == 1 and model.gpt_neox.embed_in.weight.dtype == torch.float64
+
+
+def test_a_trainer_start_puts_the_frozen_model_on_the_module_device(monkeypatch):
+    """The placement a Trainer's start makes, shown with `meta` standing in for a GPU."""
+    module = make_module(tiny_neox())
+    monkeypatch.setattr(DASModule, "device", property(lambda self: torch.device("meta")))
+    module.on_fit_start()
+    assert {p.device.type for p in module.model.parameters()} == {"meta"}
+
+
 def test_validation_logs_the_same_iia_as_the_helper():
     module = make_module(tiny_neox())
     pairs = loader(n=40, batch_size=16)  # a short last batch: counts, not batch means

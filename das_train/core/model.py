@@ -24,6 +24,7 @@ from torch import nn
 
 from das_train.core import hooks as H
 from das_train.core.config import IntervenableConfig, RepresentationConfig, as_config
+from das_train.core.devices import input_device, is_dispatched
 from das_train.core.locations import (
     Location,
     LocationError,
@@ -230,17 +231,23 @@ class IntervenableModel(nn.Module):
 
     # -- model state ----------------------------------------------------------------------------
     def _model_device(self) -> torch.device | None:
-        for tensor in list(self.model.parameters()) + list(self.model.buffers()):
-            return tensor.device
-        return None
+        # Not simply the first parameter's: accelerate leaves offloaded weights on `meta`.
+        return input_device(self.model, default=None)
 
     def get_device(self) -> torch.device:
+        """Where the model takes its inputs (for a model spread by accelerate, the embedding's
+        execution device)."""
         return self._model_device() or torch.device("cpu")
 
     def set_device(self, device: Any, set_model: bool = True) -> IntervenableModel:
-        """Moves the interventions (and the model, unless ``set_model=False``)."""
+        """Moves the interventions (and the model, unless ``set_model=False``).
+
+        A model placed by accelerate (``device_map``, ``cpu_offload``) stays where it is:
+        moving it would fail on offloaded weights or undo the dispatch; the hooks carry units
+        between its devices and the interventions'.
+        """
         self.interventions.to(device)
-        if set_model:
+        if set_model and not is_dispatched(self.model):
             self.model.to(device)
         return self
 

@@ -11,7 +11,9 @@ Two modes:
 
 - **DAS** (default): the model is frozen and is *not* a submodule, so checkpoints, DDP and
   ``state_dict()`` hold only the intervention (pyvene 0.1.8 saved the frozen model with every
-  intervention). The model still follows the module across devices and stays in eval mode.
+  intervention). It stays in eval mode, follows ``module.to(...)`` outside a Trainer, and under a
+  Trainer is placed on the module's device once and left there at teardown (see
+  :meth:`DASModule._moves_frozen_model`), so a sweep does not copy it back and forth per site.
 - **IIT** (``iit=True``, interchange intervention training): the model is trained too, so it is
   registered as the submodule ``model``; its weights are then in the optimizer, in the
   checkpoint and synchronized by DDP. Its train/eval mode stays as its owner set it (Lightning
@@ -25,18 +27,21 @@ Batches are dicts with the pair columns of :mod:`tasks.base` (``base_input_ids``
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import lightning
 import torch
+from lightning.pytorch.trainer.states import TrainerStatus
 from torch import nn
 
+from das_train.core.devices import input_device, is_dispatched
 from das_train.core.model import IntervenableModel
 from das_train.interventions.base import INTERVENTION_REGISTRY, Intervention
 from das_train.training.das_loop import boundary_penalty as total_boundary_penalty
 from das_train.training.das_loop import counterfactual_loss
-from das_train.training.metrics import InterchangeInterventionAccuracy
+from das_train.training.metrics import InterchangeInterventionAccuracy, PairCount
 from tasks.base import (
     BASE_EMBEDS,
     BASE_IDS,
@@ -183,22 +188,68 @@ class DASModule(lightning.LightningModule):
             self.intervenable.enable_model_gradients()
         self.val_iia = InterchangeInterventionAccuracy()
         self.test_iia = InterchangeInterventionAccuracy()
+        # Pairs evaluated, across ranks: shows each held-out pair was counted exactly once.
+        self.val_pairs = PairCount()
+        self.test_pairs = PairCount()
 
     @property
     def intervention(self) -> Intervention:
         """The trained intervention (a property, so the state dict holds it once)."""
         return self.intervenable.interventions[self.intervenable.sorted_keys[0]]
 
-    # -- the frozen model follows the module ---------------------------------------------------
+    # -- where the frozen model lives --------------------------------------------------------
+    def _moves_frozen_model(self) -> bool:
+        """Whether a device or dtype change of this module should reach the frozen model.
+
+        Outside a Trainer it does: ``module.to("cuda")`` or ``module.double()`` carry the model
+        along, as they would a submodule. While a Trainer runs the module it does not:
+        Lightning moves the module to its device at the start of every ``fit``/``test`` and
+        back to the CPU at teardown, which for a sweep sharing one 7B-parameter model over
+        hundreds of sites would copy the model across PCIe four times per site. There the
+        ``on_*_start`` hooks place the model once (:meth:`place_frozen_model`) and teardown
+        leaves it where it is. A model placed by accelerate (``device_map``, ``cpu_offload``)
+        is never moved: that would fail on offloaded weights or undo the dispatch; the hook
+        core carries units between its devices and the intervention's.
+        """
+        if self.iit or is_dispatched(self.model):
+            return False  # IIT: the model is a submodule and moves with the module anyway
+        trainer = self._trainer
+        return trainer is None or trainer.state.status != TrainerStatus.RUNNING
+
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> DASModule:
         # `.to(device)`, `.cuda()`, `.half()` all end here. The frozen model is not a
-        # submodule (so it stays out of checkpoints), so it has to be moved along by hand.
+        # submodule (so it stays out of checkpoints), so it is moved along by hand.
         super()._apply(fn, recurse)
-        # A model spread over devices by `device_map` stays where accelerate put it; the hook
-        # core moves units to the intervention's device and back.
-        if not self.iit and getattr(self.model, "hf_device_map", None) is None:
+        if self._moves_frozen_model():
             self.model._apply(fn, recurse)
         return self
+
+    def place_frozen_model(self) -> None:
+        """Puts the frozen model on this module's device unless it is there already.
+
+        Called when a Trainer starts fitting, validating, testing or predicting, after it has
+        moved the module. The first site of a sweep moves the model; every later one finds it in
+        place and copies nothing. Only the device changes: the model keeps its own dtype
+        (``model.dtype: bfloat16`` in a recipe), whatever the Trainer's precision does to the
+        intervention.
+        """
+        if self.iit or is_dispatched(self.model):
+            return
+        device = self.device
+        if any(t.device != device for t in itertools.chain(self.model.parameters(), self.model.buffers())):
+            self.model.to(device)
+
+    def on_fit_start(self) -> None:
+        self.place_frozen_model()
+
+    def on_validation_start(self) -> None:
+        self.place_frozen_model()
+
+    def on_test_start(self) -> None:
+        self.place_frozen_model()
+
+    def on_predict_start(self) -> None:
+        self.place_frozen_model()
 
     def train(self, mode: bool = True) -> DASModule:
         super().train(mode)
@@ -229,22 +280,25 @@ class DASModule(lightning.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
         return loss
 
-    def _evaluate(self, batch: Batch, metric: InterchangeInterventionAccuracy, stage: str) -> None:
+    def _evaluate(self, batch: Batch, metric: InterchangeInterventionAccuracy, pairs: PairCount,
+                  stage: str) -> None:
         labels = batch[COUNTERFACTUAL_LABEL]  # (batch,)
         logits = self(batch)  # (batch, classes)
         size = int(labels.shape[0])
         metric.update(logits, labels)
-        # Logging the metric object lets Lightning compute it once per epoch from the summed
-        # counts of every rank, then reset it.
+        pairs.update(labels)
+        # Logging the metric objects lets Lightning compute them once per epoch from the summed
+        # counts of every rank, then reset them.
         self.log(f"{stage}/iia", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log(f"{stage}/pairs", pairs, on_step=False, on_epoch=True, batch_size=size)
         self.log(f"{stage}/loss", counterfactual_loss(logits, labels), on_step=False,
                  on_epoch=True, sync_dist=True, batch_size=size)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_iia, "val")
+        self._evaluate(batch, self.val_iia, self.val_pairs, "val")
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_iia, "test")
+        self._evaluate(batch, self.test_iia, self.test_pairs, "test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # Intervention parameters, plus the model's when IIT enabled its gradients. Buffers
@@ -257,15 +311,21 @@ class DASModule(lightning.LightningModule):
     # -- outside a Trainer ------------------------------------------------------------------------
     @torch.no_grad()
     def iia(self, batches: Iterable[Batch]) -> float:
-        """IIA over ``batches`` (e.g. a DataLoader) without a Trainer, on this module's device."""
+        """IIA over ``batches`` (e.g. a DataLoader) without a Trainer.
+
+        Batches go to the model's input device. After a fit on a GPU that is where the frozen
+        model still is, while Lightning's teardown has brought the intervention back to the CPU;
+        the hook core carries the units between the two.
+        """
         # Restore each module's own mode afterwards, as Lightning's loops do: a blanket
         # train() would switch on dropout in an IIT model its owner had put in eval mode.
         modes = [(m, m.training) for m in self.modules()]
         self.eval()
-        metric = InterchangeInterventionAccuracy().to(self.device)
+        device = input_device(self.model)
+        metric = InterchangeInterventionAccuracy().to(device)
         try:
             for batch in batches:
-                batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v
+                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v
                          for k, v in batch.items()}
                 metric.update(self(batch), batch[COUNTERFACTUAL_LABEL])
         finally:

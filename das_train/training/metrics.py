@@ -72,4 +72,29 @@ class InterchangeInterventionAccuracy(CountingAccuracy):
     """
 
 
-__all__ = ["CountingAccuracy", "InterchangeInterventionAccuracy"]
+class PairCount(Metric):
+    """How many examples were evaluated, summed across ranks.
+
+    Logged next to IIA so a run shows that every held-out pair was counted exactly once: a
+    sampler that pads a split to a multiple of the world size, or a rank that evaluates the
+    whole split, shows up here as a count larger than the split.
+    """
+
+    is_differentiable = False
+    full_state_update = False
+
+    count: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, target: torch.Tensor) -> None:
+        """Counts the examples of a batch (one per entry of ``target``)."""
+        self.count += target.numel()
+
+    def compute(self) -> torch.Tensor:
+        return self.count.clone()
+
+
+__all__ = ["CountingAccuracy", "InterchangeInterventionAccuracy", "PairCount"]

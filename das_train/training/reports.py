@@ -31,6 +31,7 @@ ROW_FIELDS = (
     "selectivity",
     "intervention_size",
     "train_seconds",
+    "test_pairs",
 )
 METRICS = ("iia", "probe_accuracy", "control_accuracy", "selectivity")
 
@@ -46,6 +47,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             row[key] = int(row[key])
         for key in ("iia", "probe_accuracy", "control_accuracy", "selectivity", "train_seconds"):
             row[key] = float(row[key]) if row.get(key) not in (None, "") else math.nan
+        if row.get("test_pairs") not in (None, ""):  # absent from rows written before it existed
+            row["test_pairs"] = int(row["test_pairs"])
     return rows
 
 

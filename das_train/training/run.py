@@ -145,17 +145,29 @@ def build_sites(cfg: DictConfig, spec: TaskSpec, n_layers: int) -> list[Site]:
     return sites
 
 
-class RankSliceSampler(torch.utils.data.Sampler[int]):
-    """Rows ``rank, rank + world, ...`` in order: with ``trainer.shuffle=false`` a DDP step then
-    sees exactly the rows one process sees in a batch ``world`` times larger.
+class RankSliceSampler(torch.utils.data.DistributedSampler):
+    """Rows ``rank, rank + world, ...`` in order, with the rank read when iterated.
 
-    Lightning replaces a training sampler with a *shuffled* DistributedSampler; this one reads
-    the rank when iterated, once the process group exists, and is passed with
-    ``use_distributed_sampler=False``.
+    Two uses:
+
+    - training with ``trainer.shuffle=false`` (``drop_remainder=True``): a DDP step then sees
+      exactly the rows one process sees in a batch ``world`` times larger; the last
+      ``size % world`` rows are dropped so that every rank takes the same number of steps.
+    - evaluation (``drop_remainder=False``): every row exactly once across ranks, the first
+      ``size % world`` ranks holding one row more. Lightning's own DistributedSampler pads a
+      split whose size is not a multiple of the world size by repeating rows, which would
+      count those pairs twice in IIA.
+
+    It subclasses DistributedSampler only so that Lightning, which replaces any other sampler
+    of a distributed run when ``use_distributed_sampler=True``, leaves it alone; it does not
+    call that class's constructor, which needs the process group. The rank and world size are
+    read when iterated, once the process group exists.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, drop_remainder: bool = True) -> None:
         self.size = size
+        self.drop_remainder = drop_remainder
+        self.epoch = 0
 
     @staticmethod
     def _world() -> tuple[int, int]:
@@ -163,21 +175,49 @@ class RankSliceSampler(torch.utils.data.Sampler[int]):
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
 
+    @property
+    def rank(self) -> int:
+        return self._world()[0]
+
+    @property
+    def num_replicas(self) -> int:
+        return self._world()[1]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch  # the order never changes with the epoch; kept for Lightning's call
+
     def __iter__(self):
         rank, world = self._world()
-        return iter(range(rank, self.size - self.size % world, world))
+        stop = self.size - self.size % world if self.drop_remainder else self.size
+        return iter(range(rank, stop, world))
 
     def __len__(self) -> int:
         rank, world = self._world()
-        return self.size // world
+        if self.drop_remainder:
+            return self.size // world
+        return len(range(rank, self.size, world))
+
+
+def _with_sampler(loader: torch.utils.data.DataLoader, sampler: torch.utils.data.Sampler) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn,
+                                       sampler=sampler, num_workers=loader.num_workers)
 
 
 def train_loader(cfg: DictConfig, datamodule) -> torch.utils.data.DataLoader:
     loader = datamodule.train_dataloader()
     if cfg.trainer.shuffle or cfg.trainer.devices * cfg.trainer.num_nodes == 1:
         return loader
-    return torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn,
-                                       sampler=RankSliceSampler(len(loader.dataset)), num_workers=loader.num_workers)
+    return _with_sampler(loader, RankSliceSampler(len(loader.dataset)))
+
+
+def distributed_eval_loader(loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
+    """``loader``'s rows in order, each evaluated exactly once across ranks (RankSliceSampler).
+
+    With one process it yields what ``loader`` yields (an unshuffled evaluation loader). Under
+    DDP, with ``trainer.shuffle`` on or off alike, Lightning keeps this sampler instead of
+    padding the split, so an IIA or accuracy counted over it is the single-process value.
+    """
+    return _with_sampler(loader, RankSliceSampler(len(loader.dataset), drop_remainder=False))
 
 
 def make_logger(cfg: DictConfig, run_dir: Path, version: str):
@@ -230,8 +270,9 @@ def fit_site(cfg: DictConfig, model, datamodule, spec: TaskSpec, site: Site, see
     if last.exists():
         log.info("%s: resuming from %s", version, last)
     trainer.fit(module, train_dataloaders=train_loader(cfg, datamodule), ckpt_path=str(last) if last.exists() else None)
-    tested = trainer.test(module, dataloaders=datamodule.test_dataloader(), verbose=False)
+    tested = trainer.test(module, dataloaders=distributed_eval_loader(datamodule.test_dataloader()), verbose=False)
     iia = float(tested[0]["test/iia"]) if tested else math.nan
+    test_pairs = int(tested[0]["test/pairs"]) if tested else 0
     size = getattr(module.intervention, "intervention_size", None)
     if trainer.is_global_zero:
         module.intervenable.save(str(run_dir / "interventions" / version))
@@ -250,6 +291,7 @@ def fit_site(cfg: DictConfig, model, datamodule, spec: TaskSpec, site: Site, see
         "position_name": site.position_name, "seed": seed, "iia": iia,
         "probe_accuracy": probe.accuracy, "control_accuracy": probe.control_accuracy,
         "selectivity": probe.selectivity, "intervention_size": size() if callable(size) else "",
+        "test_pairs": test_pairs,
         "train_seconds": round(time.perf_counter() - start, 2),
     }
 

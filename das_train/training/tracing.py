@@ -31,6 +31,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from das_train.core.devices import input_device
 from das_train.core.files import atomic_write, atomic_write_text
 
 log = logging.getLogger("das_train")
@@ -145,7 +146,7 @@ def trace_fact(model, fact: Fact, components: list[str], n_layers: int, window: 
     """Clean, corrupted and restored probabilities of ``fact``'s answer (see the module doc)."""
     import das_train as pv
 
-    device = next(model.parameters()).device
+    device = input_device(model)  # a model offloaded by accelerate has weights on `meta`
     ids = fact.input_ids.to(device)
     length = ids.shape[1]
     base = {"input_ids": ids.repeat(samples, 1)}
