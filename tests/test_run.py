@@ -312,6 +312,19 @@ def test_rank_slices_cover_a_split_once_for_evaluation_and_evenly_for_training(m
     assert isinstance(evaluation, torch.utils.data.DistributedSampler)  # Lightning keeps it
 
 
+def test_a_hub_model_is_put_on_its_gpu_once_when_loaded(monkeypatch):
+    """Before the pair filter and every site's fit: cuda:LOCAL_RANK, unless accelerate places
+    the model or training runs on the CPU (no GPU needed: only the choice is checked)."""
+    cfg = cli.check("gender_pythia", [])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert run_module.frozen_model_device(cfg) == torch.device("cuda", 1)
+    assert run_module.frozen_model_device(cli.check("gender_pythia", ["model.device_map=auto"])) is None
+    assert run_module.frozen_model_device(cli.check("gender_pythia", ["trainer.accelerator=cpu"])) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert run_module.frozen_model_device(cfg) is None
+
+
 def test_publish_at_the_end_of_a_run(tmp_path, monkeypatch):
     """publish.repo_id hands the finished run directory to das_train.hub.publish_run."""
     import das_train.hub as hub

@@ -91,7 +91,24 @@ def _hub_model(cfg: DictConfig):
             f"reached or is not cached ({type(err).__name__}: {err}). {offline_hint}"
         ) from err
     model.eval()
+    device = frozen_model_device(cfg)
+    if device is not None:
+        model.to(device)
     return model, tokenizer
+
+
+def frozen_model_device(cfg: DictConfig) -> torch.device | None:
+    """Where a Hub model goes right after loading: the GPU this process will train on.
+
+    Loading leaves it on the CPU. Moved here, before the pair filter runs its forwards, it is
+    placed once for the whole run, and every site's fit finds it in place
+    (:meth:`DASModule.place_frozen_model`). ``None`` when accelerate places it
+    (``model.device_map``), when training runs on the CPU, or when there is no GPU. Under DDP
+    each process takes the GPU of its local rank, as Lightning will.
+    """
+    if cfg.model.device_map is not None or cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available():
+        return None
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def build_model(cfg: DictConfig, task: CounterfactualTask):
