@@ -253,6 +253,7 @@ def _ddp_outcome(run_dir):
         (row,) = list(csv.DictReader(handle))
     (saved,) = list((run_dir / "interventions").iterdir())
     kept = json.loads((run_dir / "run_info.json").read_text())["dataset"]["kept"]["test"]
+    assert row.get("test_pairs"), "the sweep path that wrote this row did not count its test pairs"
     return (float(row["iia"]), int(row["test_pairs"]), kept,
             load_file(str(saved / "interventions.safetensors")))
 
