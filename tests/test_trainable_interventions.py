@@ -485,3 +485,29 @@ def test_lora_starts_as_identity_and_uses_the_module_input():
         assert not torch.allclose(lora(output, module_input), lora(output, module_input * 2))
     with pytest.raises(ValueError, match="input_dim"):
         lora(output, torch.randn(2, 3, D))
+
+
+def test_square_rotations_saved_for_the_matrix_exponential_map_load_as_the_same_rotation():
+    """pyvene and das_train before the Cayley map stored `original` for torch's default
+    matrix-exponential map; loading converts it, so the rotation is the saved one."""
+    from torch.nn.utils import parametrizations
+
+    from das_train.interventions.rotated import CAYLEY_MARKER, RotatedSpaceIntervention, RotateLayer
+
+    torch.manual_seed(3)
+    legacy = parametrizations.orthogonal(RotateLayer(12, 12))  # torch's default map: matrix_exp
+    with torch.no_grad():
+        legacy.parametrizations.weight.original.normal_()  # a trained-looking tangent
+    saved = {f"rotate_layer.{k}": v for k, v in legacy.state_dict().items()}
+    assert CAYLEY_MARKER not in "".join(saved)
+    ours = RotatedSpaceIntervention(embed_dim=12)
+    ours.load_state_dict(saved)
+    torch.testing.assert_close(ours.rotate_layer.weight, legacy.weight, atol=1e-6, rtol=0)
+    eye = torch.eye(12)
+    torch.testing.assert_close(ours.rotate_layer.weight.T @ ours.rotate_layer.weight, eye, atol=1e-5, rtol=0)
+    # Saved again with the marker, it loads as it is (no second conversion).
+    again = RotatedSpaceIntervention(embed_dim=12)
+    again.load_state_dict(ours.state_dict())
+    torch.testing.assert_close(again.rotate_layer.weight, legacy.weight, atol=1e-6, rtol=0)
+    # And it trains through the Cayley map from there.
+    assert ours.rotate_layer.parametrizations.weight[0].orthogonal_map.name == "cayley"

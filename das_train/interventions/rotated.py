@@ -10,15 +10,17 @@ learned rotation of the representation. These two interventions hold that rotati
 
 The rotation is kept exactly orthogonal by ``torch.nn.utils.parametrizations.orthogonal``, so
 ``R^T`` is its inverse and nothing outside the interchanged coordinates changes. Computing the
-orthogonal matrix is a matrix exponential (or a Householder product); each ``forward`` reads the
-parametrized weight once and uses it for the base, the source and the inverse. A training loop
+orthogonal matrix is a Cayley transform (square) or a Householder product (tall); each
+``forward`` reads the parametrized weight once and uses it for the base, the source and the
+inverse. A training loop
 that calls the intervention several times per step can wrap the step in
 ``torch.nn.utils.parametrize.cached()`` to compute it once per step.
 
 Parameters are float32 whatever the model's dtype; inputs are cast to the weight's dtype and
 the output back to the input's, so a bf16 model can carry fp32 interventions. The weight layout
 (``rotate_layer.parametrizations.weight.original``, used as ``x @ weight``) is pyvene's, so
-rotations trained with pyvene load as they are.
+rotations trained with pyvene load (a square one is converted from pyvene's matrix-exponential
+map on loading; :meth:`RotateLayer._load_from_state_dict`).
 
 The small helpers here (:class:`RotateLayer`, :func:`orthogonal_layer`, :func:`require_dim`,
 :func:`require_source`) are shared by the other trainable families (masks, ReFT).
@@ -63,6 +65,10 @@ def require_source(owner: str, source: torch.Tensor | None) -> torch.Tensor:
     return source
 
 
+CAYLEY_MARKER = "cayley_map"
+"""Buffer of a square :class:`RotateLayer` saying its ``original`` is read through the Cayley map."""
+
+
 class RotateLayer(nn.Module):
     """A ``(in_dim, out_dim)`` weight applied as ``x @ weight``, initialised orthogonal.
 
@@ -80,14 +86,46 @@ class RotateLayer(nn.Module):
         # (..., in_dim) @ (in_dim, out_dim) -> (..., out_dim)
         return x.to(self.weight.dtype) @ self.weight
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        # A square rotation saved without the Cayley marker (by pyvene, or by das_train before
+        # it used the Cayley map) stored `original` for torch's default matrix-exponential map.
+        # Rebuild that rotation and store it as the trivialization's base with a zero tangent
+        # (`original = -I` reads as the identity through either map): the same weight exactly.
+        marker = prefix + CAYLEY_MARKER
+        original = state_dict.get(prefix + "parametrizations.weight.original")
+        base = state_dict.get(prefix + "parametrizations.weight.0.base")
+        if hasattr(self, CAYLEY_MARKER) and marker not in state_dict and original is not None:
+            tangent = original.tril()
+            rotation = torch.matrix_exp(tangent - tangent.mT)
+            if base is not None:
+                rotation = base @ rotation
+            state_dict[prefix + "parametrizations.weight.0.base"] = rotation
+            state_dict[prefix + "parametrizations.weight.original"] = -torch.eye(
+                original.shape[-1], dtype=original.dtype)
+            state_dict[marker] = torch.ones((), dtype=torch.uint8)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
 
 def orthogonal_layer(in_dim: int, out_dim: int) -> RotateLayer:
-    """A :class:`RotateLayer` whose weight stays orthogonal (orthonormal columns if tall)."""
+    """A :class:`RotateLayer` whose weight stays orthogonal (orthonormal columns if tall).
+
+    A square rotation uses the Cayley map, one linear solve, where torch's default is the
+    matrix exponential, a dozen ``d x d`` products: at ``d = 768`` a DAS step spends several
+    times less computing its rotation (``scripts/bench.py``, case 4). Both maps reach every
+    rotation near the initial one (the trivialization's base), which is all training moves
+    through. Tall matrices keep the Householder map.
+    """
     if out_dim > in_dim:
         raise ValueError(
             f"a rotation onto {out_dim} orthonormal directions needs out_dim <= in_dim={in_dim}"
         )
-    return parametrizations.orthogonal(RotateLayer(in_dim, out_dim))
+    layer = RotateLayer(in_dim, out_dim)
+    if in_dim != out_dim:
+        return parametrizations.orthogonal(layer)
+    layer.register_buffer(CAYLEY_MARKER, torch.ones((), dtype=torch.uint8))
+    return parametrizations.orthogonal(layer, orthogonal_map="cayley")
 
 
 def first_dims_mask(count: int | None, width: int, device: torch.device) -> torch.Tensor | None:
