@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import ClassVar, Protocol
 
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerBase
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from tasks.tokenizers import encode_sentences, settings_fingerprint, tokenizer_fingerprint
 
@@ -159,11 +159,11 @@ def train_tiny_lm(
         task.name, accuracy, len(sentences), steps, time.perf_counter() - start)
 
     if target is not None:
-        _save_atomically(model, target)
+        save_pretrained_atomically(model, target)
     return model
 
 
-def _save_atomically(model: GPTNeoXForCausalLM, target: Path) -> None:
+def save_pretrained_atomically(model: PreTrainedModel, target: Path) -> None:
     """save_pretrained into a temporary sibling, then rename: a cut-off run leaves no
     half-written model where the next run would load it."""
     target.parent.mkdir(parents=True, exist_ok=True)
