@@ -34,7 +34,7 @@ from tasks.base import CounterfactualTask, TaskSpec
 
 log = logging.getLogger("das_train")
 
-OFFLINE_RECIPES = ("gender_tiny", "hierarchical_equality", "causal_tracing")
+OFFLINE_RECIPES = ("gender_tiny", "hierarchical_equality", "causal_tracing", "steering_tiny")
 
 
 @dataclass(frozen=True)
@@ -386,6 +386,10 @@ def run(cfg: Any) -> Path:
         from das_train.training.tracing import run_tracing
 
         return run_tracing(cfg, run_dir)
+    if cfg.job == "steering":
+        from das_train.training.steering import run_steering
+
+        return run_steering(cfg, run_dir)
     if cfg.sweep.merge:
         rows = all_rows(run_dir)
         if not rows:

@@ -153,6 +153,29 @@ class TracingConfig:
 
 
 @dataclass
+class SteeringConfig:
+    word: str = "happy"
+    """The word whose input embedding is added (for a BPE, the first token of " word")."""
+    coefficient: float | list[float] = 0.3
+    """Scale of the embedding; a list gives one steered column per coefficient."""
+    prompts: list[str] = field(default_factory=lambda: ["Once upon a time there was a"])
+    """Prompts to continue, each once plainly and once per coefficient."""
+    max_new_tokens: int = 32
+    """Tokens generated per continuation."""
+    do_sample: bool = False
+    """Sample (seeded by ``seed`` and the prompt's index) instead of greedy decoding."""
+    temperature: float = 1.0
+    """Sampling temperature (do_sample only)."""
+    top_k: int = 0
+    """Sample from the k likeliest tokens only; 0 means from all (do_sample only)."""
+    samples: int = 1
+    """Continuations per prompt (do_sample only): more give a steadier measured fraction."""
+    intervene_on_prompt: bool = False
+    """Also add the embedding at every prompt position; false steers the decoding steps only,
+    as in the paper's Figure 1 and pyvene's default."""
+
+
+@dataclass
 class PublishConfig:
     repo_id: str | None = None
     """Hub repo to publish the finished sweep to (the token comes from HF_TOKEN, never the
@@ -166,7 +189,8 @@ class RunConfig:
     recipe: str = "gender_tiny"
     """The recipe's name (a YAML file in recipes/)."""
     job: str = "das_sweep"
-    """``das_sweep`` (DAS and probes over sites) or ``causal_tracing`` (Meng et al. 2022)."""
+    """``das_sweep`` (DAS and probes over sites), ``causal_tracing`` (Meng et al. 2022) or
+    ``steering`` (a word's embedding added at every decoding step, the paper's Figure 1)."""
     run_dir: str = "runs/gender_tiny"
     """Where the config, checkpoints, table and heatmaps go; re-running resumes."""
     cache_dir: str = ".cache/das_train"
@@ -183,10 +207,11 @@ class RunConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
+    steering: SteeringConfig = field(default_factory=SteeringConfig)
 
 
 ALLOWED_VALUES = {
-    ("job",): ("das_sweep", "causal_tracing"),
+    ("job",): ("das_sweep", "causal_tracing", "steering"),
     ("model", "kind"): MODEL_KINDS,
     ("model", "dtype"): DTYPES,
     ("logger", "kind"): LOGGERS,
@@ -198,7 +223,7 @@ POSITIVE = {
     ("intervention", "lr"), ("trainer", "devices"), ("trainer", "num_nodes"), ("trainer", "max_steps"),
     ("trainer", "batch_size"), ("sweep", "probe", "max_epochs"), ("sweep", "num_shards"), ("intervention", "temperature_start"),
     ("intervention", "temperature_end"), ("tracing", "window"), ("tracing", "samples"), ("tracing", "facts"),
-    ("tracing", "noise_scale"),
+    ("tracing", "noise_scale"), ("steering", "max_new_tokens"), ("steering", "temperature"), ("steering", "samples"),
 }
 
 
