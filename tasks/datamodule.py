@@ -269,6 +269,10 @@ class PairDataModule(lightning.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
+    def ordered_dataloader(self, split: str) -> DataLoader:
+        """A split in its stored row order (activations collected for probes line up with it)."""
+        return self._loader(split, shuffle=False)
+
 
 def _save_atomically(pairs: DatasetDict, path: Path) -> None:
     """save_to_disk into a temporary sibling, then rename, so a cut-off run leaves nothing

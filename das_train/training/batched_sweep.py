@@ -171,6 +171,7 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
                 ckpt_path=str(last) if last.exists() else None)
     tested = trainer.test(module, dataloaders=distributed_eval_loader(test), verbose=False)
     iias = [float(tested[0][f"test/iia/{k}"]) if tested else math.nan for k in range(len(sites))]
+    test_pairs = int(tested[0]["test/pairs"]) if tested else 0
     if is_global_zero():
         for site, member in zip(sites, members):
             member.intervenable.save(str(run_dir / "interventions" / f"{site.key}-s{seed}"))
@@ -192,7 +193,7 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
             "position_name": site.position_name, "seed": seed, "iia": iia,
             "probe_accuracy": probe.accuracy, "control_accuracy": probe.control_accuracy,
             "selectivity": probe.selectivity, "intervention_size": size() if callable(size) else "",
-            "train_seconds": seconds,
+            "test_pairs": test_pairs, "train_seconds": seconds,
         })
     return rows
 

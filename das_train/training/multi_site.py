@@ -34,7 +34,7 @@ from das_train.core.devices import is_dispatched
 from das_train.core.hooks import HookSet, as_3d, from_3d, read_hooked, write_hooked
 from das_train.core.sites import resolve_site
 from das_train.training.das_module import DASModule, model_inputs, prediction_logits
-from das_train.training.metrics import InterchangeInterventionAccuracy
+from das_train.training.metrics import InterchangeInterventionAccuracy, PairCount
 from das_train.training.site_cache import PrefixSkip
 from tasks.base import COUNTERFACTUAL_LABEL
 
@@ -77,6 +77,7 @@ class MultiSiteDASModule(lightning.LightningModule):
         self.boundary_weight = first.boundary_penalty
         self.is_language_model_task = first.is_language_model_task
         self.test_iia = nn.ModuleList(InterchangeInterventionAccuracy() for _ in sites)
+        self.test_pairs = PairCount()  # the sites share the test split: one count for all
 
     # -- the frozen model: placed once on the module's device, never moved back ----------------
     def _place_model(self) -> None:
@@ -166,9 +167,12 @@ class MultiSiteDASModule(lightning.LightningModule):
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         labels = batch[COUNTERFACTUAL_LABEL]
         logits = self(batch)  # (sites, batch, classes)
+        size = int(labels.shape[0])
         for k, metric in enumerate(self.test_iia):
             metric.update(logits[k], labels)
-            self.log(f"test/iia/{k}", metric, on_step=False, on_epoch=True, batch_size=int(labels.shape[0]))
+            self.log(f"test/iia/{k}", metric, on_step=False, on_epoch=True, batch_size=size)
+        self.test_pairs.update(labels)
+        self.log("test/pairs", self.test_pairs, on_step=False, on_epoch=True, batch_size=size)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for site in self.sites for p in site.intervenable.get_trainable_parameters()]

@@ -3,7 +3,9 @@
 For every site of the sweep ((layer, position), plus the embedding row) and every seed it
 trains one intervention with a Lightning Trainer, measures IIA on held-out pairs, fits a
 linear probe and its control task on activations collected at the same site, and appends a
-row to ``results.csv``. Re-running the same run directory skips finished rows and resumes a
+row to ``results.csv``. By default (``sweep.batched``) the sites of one layer train together on
+cached activations (:mod:`das_train.training.batched_sweep`), with the same results as
+:func:`fit_site`'s one site at a time. Re-running the same run directory skips finished rows and resumes a
 cut-off fit from its last checkpoint. At the end it writes the table and the heatmaps.
 """
 
@@ -29,6 +31,7 @@ from tqdm.auto import tqdm
 
 from das_train.core.sites import table_for
 from das_train.training import reports
+from das_train.training.batched_sweep import fallback_reason, fit_site_group, group_jobs
 from das_train.training.schema import ConfigError, validate
 from tasks.base import CounterfactualTask, TaskSpec
 
@@ -220,11 +223,16 @@ def _with_sampler(loader: torch.utils.data.DataLoader, sampler: torch.utils.data
                                        sampler=sampler, num_workers=loader.num_workers)
 
 
-def train_loader(cfg: DictConfig, datamodule) -> torch.utils.data.DataLoader:
-    loader = datamodule.train_dataloader()
+def distributed_train_loader(cfg: DictConfig, loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
+    """``loader``, or with ``trainer.shuffle=false`` on several processes, the same rows sliced
+    by rank (:class:`RankSliceSampler`)."""
     if cfg.trainer.shuffle or cfg.trainer.devices * cfg.trainer.num_nodes == 1:
         return loader
     return _with_sampler(loader, RankSliceSampler(len(loader.dataset)))
+
+
+def train_loader(cfg: DictConfig, datamodule) -> torch.utils.data.DataLoader:
+    return distributed_train_loader(cfg, datamodule.train_dataloader())
 
 
 def distributed_eval_loader(loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
@@ -251,12 +259,31 @@ def make_logger(cfg: DictConfig, run_dir: Path, version: str):
                        group=cfg.recipe, config=OmegaConf.to_container(cfg, resolve=True))
 
 
+def make_trainer(cfg: DictConfig, run_dir: Path, version: str, ckpt_dir: Path) -> lightning.Trainer:
+    """The Trainer of one site's (or one group of sites') fit: checkpoints in ``ckpt_dir`` for
+    resuming, temperature annealing for boundless interventions, the configured logger."""
+    from das_train.training.callbacks import TemperatureAnnealing
+
+    callbacks: list[lightning.Callback] = [
+        lightning.pytorch.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0,
+                                                    every_n_train_steps=max(cfg.trainer.max_steps // 4, 1)),
+    ]
+    if "Boundless" in cfg.intervention.type:
+        callbacks.append(TemperatureAnnealing(cfg.intervention.temperature_start, cfg.intervention.temperature_end))
+    return lightning.Trainer(
+        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
+        strategy=cfg.trainer.strategy, precision=cfg.trainer.precision, max_steps=cfg.trainer.max_steps,
+        logger=make_logger(cfg, run_dir, version), callbacks=callbacks, enable_progress_bar=cfg.progress,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=10,
+        use_distributed_sampler=cfg.trainer.shuffle,
+    )
+
+
 # -- one site ---------------------------------------------------------------------------------------
 
 
 def fit_site(cfg: DictConfig, model, datamodule, spec: TaskSpec, site: Site, seed: int, run_dir: Path) -> dict[str, Any]:
     """Trains and evaluates DAS at one site, then the probe; returns the result row."""
-    from das_train.training.callbacks import TemperatureAnnealing
     from das_train.training.das_module import DASModule
     from das_train.training.probe import collect_activations, probe_with_control
 
@@ -270,19 +297,7 @@ def fit_site(cfg: DictConfig, model, datamodule, spec: TaskSpec, site: Site, see
         lr=cfg.intervention.lr, boundary_penalty=cfg.intervention.boundary_penalty,
         iit=cfg.intervention.iit, is_language_model_task=spec.is_language_model_task,
     )
-    callbacks: list[lightning.Callback] = [
-        lightning.pytorch.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0,
-                                                    every_n_train_steps=max(cfg.trainer.max_steps // 4, 1)),
-    ]
-    if "Boundless" in cfg.intervention.type:
-        callbacks.append(TemperatureAnnealing(cfg.intervention.temperature_start, cfg.intervention.temperature_end))
-    trainer = lightning.Trainer(
-        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
-        strategy=cfg.trainer.strategy, precision=cfg.trainer.precision, max_steps=cfg.trainer.max_steps,
-        logger=make_logger(cfg, run_dir, version), callbacks=callbacks, enable_progress_bar=cfg.progress,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=10,
-        use_distributed_sampler=cfg.trainer.shuffle,
-    )
+    trainer = make_trainer(cfg, run_dir, version, ckpt_dir)
     last = ckpt_dir / "last.ckpt"
     if last.exists():
         log.info("%s: resuming from %s", version, last)
@@ -294,7 +309,7 @@ def fit_site(cfg: DictConfig, model, datamodule, spec: TaskSpec, site: Site, see
     if trainer.is_global_zero:
         module.intervenable.save(str(run_dir / "interventions" / version))
     activations, variables, controls = collect_activations(
-        model, site.layer, site.component, site.position, datamodule.train_dataloader(),
+        model, site.layer, site.component, site.position, datamodule.ordered_dataloader("train"),
         spec.is_language_model_task,
     )
     probe = probe_with_control(
@@ -432,15 +447,28 @@ def run(cfg: Any) -> Path:
     todo = [(s, seed) for s, seed in jobs if (s.layer, s.component, s.position, seed) not in done]
     if done:
         print(f"resuming: {len(done)} finished site runs found in {path}, {len(todo)} to go", flush=True)
-    bar = tqdm(todo, desc="sweep", unit="site", disable=not cfg.progress or not is_global_zero())
-    for site, seed in bar:
-        bar.set_postfix_str(f"{site.key} seed {seed}")
-        row = fit_site(cfg, model, datamodule, spec, site, seed, run_dir)
-        rows.append(row)
+    bar = tqdm(total=len(todo), desc="sweep", unit="site", disable=not cfg.progress or not is_global_zero())
+    for group in group_jobs(todo):
+        (site, seed), count = group[0], len(group)
+        reason = fallback_reason(cfg, model, site)
+        if reason is None:
+            bar.set_postfix_str(f"{site.component}-L{site.layer}: {count} sites together, seed {seed}")
+            new_rows = fit_site_group(cfg, model, datamodule, spec, [s for s, _ in group], seed, run_dir)
+        else:
+            if cfg.sweep.batched:
+                log.info("%s-L%d one site at a time: %s", site.component, site.layer, reason)
+            new_rows = []
+            for site, seed in group:
+                bar.set_postfix_str(f"{site.key} seed {seed}")
+                new_rows.append(fit_site(cfg, model, datamodule, spec, site, seed, run_dir))
+        rows += new_rows
         if is_global_zero():
             reports.write_rows(path, rows)
-        log.info("%s seed %d: IIA %.3f, probe %.3f (control %.3f)", site.key, seed, row["iia"],
-                 row["probe_accuracy"], row["control_accuracy"])
+        for row in new_rows:
+            log.info("%s-L%d-%s seed %d: IIA %.3f, probe %.3f (control %.3f)", row["component"], row["layer"],
+                     row["position_name"], row["seed"], row["iia"], row["probe_accuracy"], row["control_accuracy"])
+        bar.update(count)
+    bar.close()
     if not is_global_zero():
         return run_dir
     everything = all_rows(run_dir)
