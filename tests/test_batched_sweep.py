@@ -295,3 +295,51 @@ def test_a_small_sweep_batched_equals_the_per_site_sweep(tmp_path):
         for key in weights_b[name]:
             torch.testing.assert_close(weights_b[name][key], weights_p[name][key], atol=1e-5, rtol=1e-4)
     assert len({row["iia"] for row in rows_b}) > 1  # the sites differ: not one result copied around
+
+
+def test_a_cut_off_group_fit_resumes_from_its_checkpoint(tmp_path, monkeypatch, caplog):
+    import sys
+    from pathlib import Path
+
+    from das_train import cli
+    from das_train.training import batched_sweep
+    from das_train.training import run as run_module
+    from tasks.datamodule import PairDataModule
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_run import small_overrides
+
+    class Interrupt(Exception):
+        pass
+
+    class StopAt(lightning.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step >= 25:
+                raise Interrupt
+
+    cfg = run_module.as_run_config(cli.check("gender_tiny", small_overrides(tmp_path, "trainer.max_steps=40")))
+    task = run_module.load_task("gender")
+    model, tokenizer = run_module.build_model(cfg, task)
+    datamodule = PairDataModule(task, tokenizer, n_train=128, n_val=16, n_test=64, batch_size=16, seed=0)
+    datamodule.setup()
+    spec = datamodule.spec()
+    sites = [run_module.Site(1, "block_output", 1, "name"), run_module.Site(1, "block_output", 3, "last")]
+    real_make_trainer = run_module.make_trainer
+
+    def interrupted(*args, **kwargs):
+        trainer = real_make_trainer(*args, **kwargs)
+        trainer.callbacks.append(StopAt())
+        return trainer
+
+    monkeypatch.setattr(run_module, "make_trainer", interrupted)
+    with pytest.raises(Interrupt):
+        batched_sweep.fit_site_group(cfg, model, datamodule, spec, sites, 0, tmp_path)
+    checkpoint = tmp_path / "checkpoints" / "block_output-L1-name+last-s0" / "last.ckpt"
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 20
+    monkeypatch.setattr(run_module, "make_trainer", real_make_trainer)
+    with caplog.at_level("INFO", logger="das_train"):
+        rows = batched_sweep.fit_site_group(cfg, model, datamodule, spec, sites, 0, tmp_path)
+    assert "resuming from" in caplog.text
+    assert [row["position_name"] for row in rows] == ["name", "last"]
+    assert all(0.0 <= row["iia"] <= 1.0 and row["test_pairs"] == 64 for row in rows)
+    assert not checkpoint.exists()  # cleaned once the rows exist
