@@ -136,15 +136,30 @@ def run_loop(args: argparse.Namespace, run_dir: Path, pv) -> dict[str, dict[str,
     return results
 
 
+def current_rss_mib() -> float:
+    """This process's resident memory now (Linux), in MiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def one_variant(args: argparse.Namespace) -> None:
     """Runs one variant in this process and writes its figures to ``args.json``."""
     import torch
     import transformers
 
+    # Every variant imports the same modules before the baseline is read, so the growth
+    # column is the sweep's (model, pairs, training, probes), not a difference in imports.
+    import das_train.training.batched_sweep  # noqa: F401
+    import das_train.training.run  # noqa: F401
+
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
     transformers.logging.set_verbosity_error()
     run_dir = Path(tempfile.mkdtemp(prefix=f"bench_sweep_{args.variant}_"))
+    rss_before = current_rss_mib()
     start = time.perf_counter()
     if args.variant in ("batched", "per_site"):
         results = run_recipe(args, run_dir, batched=args.variant == "batched")
@@ -160,6 +175,7 @@ def one_variant(args: argparse.Namespace) -> None:
     figures: dict[str, Any] = {
         "seconds": seconds, "sites": results,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_before_mib": rss_before,
     }
     if torch.cuda.is_available():
         figures["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -213,7 +229,7 @@ def print_table(args: argparse.Namespace, figures: dict[str, dict[str, Any]], fa
 
     reference = figures.get("batched")
     header = ["variant", "seconds", "x slower than batched", "max |IIA - batched| per site",
-              "peak RSS MiB"] + (["peak CUDA MiB"] if args.device == "cuda" else [])
+              "peak RSS MiB", "RSS growth in the sweep MiB"] + (["peak CUDA MiB"] if args.device == "cuda" else [])
     lines = []
     for name, f in figures.items():
         ratio = f"{f['seconds'] / reference['seconds']:.2f}" if reference else "-"
@@ -222,7 +238,8 @@ def print_table(args: argparse.Namespace, figures: dict[str, dict[str, Any]], fa
             gap_text = f"{gap:.3f}"
         else:
             gap_text = "-"
-        line = [name, f"{f['seconds']:.1f}", ratio, gap_text, f"{f['peak_rss_mib']:.0f}"]
+        line = [name, f"{f['seconds']:.1f}", ratio, gap_text, f"{f['peak_rss_mib']:.0f}",
+                f"{f['peak_rss_mib'] - f['rss_before_mib']:.0f}"]
         if args.device == "cuda":
             line.append(f"{f.get('peak_cuda_mib', float('nan')):.0f}")
         lines.append(line)

@@ -159,7 +159,8 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
     template = _template(model, train.dataset, lm)
     if template is None:
         log.info("layer %d: blocks return caches or attentions, so the prefix is recomputed", layer)
-    module = MultiSiteDASModule(model, members, PrefixSkip(model, layer, template) if template else None)
+    module = MultiSiteDASModule(model, members, PrefixSkip(model, layer, template) if template else None,
+                                sites_per_pass=cfg.sweep.sites_per_pass)
 
     version = f"{component}-L{layer}-{'+'.join(s.position_name for s in sites)}-s{seed}"
     ckpt_dir = run_dir / "checkpoints" / version

@@ -54,10 +54,18 @@ class MultiSiteDASModule(lightning.LightningModule):
         sites: one DASModule per position, all at the same layer and component, in DAS mode.
         prefix_skip: runs the model from the sites' block on the cached prefix; ``None`` runs
             the whole model (the cached sources are used either way).
+        sites_per_pass: how many sites share one forward pass (``None``: all). The activations
+            held for the backward grow with it; a step accumulates the gradients of its passes
+            before the optimizer steps, so the result does not depend on it.
     """
 
-    def __init__(self, model: nn.Module, sites: Sequence[DASModule], prefix_skip: PrefixSkip | None) -> None:
+    def __init__(self, model: nn.Module, sites: Sequence[DASModule], prefix_skip: PrefixSkip | None,
+                 sites_per_pass: int | None = None) -> None:
         super().__init__()
+        if sites_per_pass is not None and sites_per_pass < 1:
+            raise ValueError(f"sites_per_pass must be >= 1 or None, got {sites_per_pass}")
+        # Optimized by hand: one step may take several backward passes (see training_step).
+        self.automatic_optimization = False
         if not sites:
             raise ValueError("MultiSiteDASModule needs at least one site")
         first = sites[0].hparams
@@ -78,6 +86,8 @@ class MultiSiteDASModule(lightning.LightningModule):
         self.is_language_model_task = first.is_language_model_task
         self.test_iia = nn.ModuleList(InterchangeInterventionAccuracy() for _ in sites)
         self.test_pairs = PairCount()  # the sites share the test split: one count for all
+        per_pass = sites_per_pass or len(sites)
+        self.passes = [range(start, min(start + per_pass, len(sites))) for start in range(0, len(sites), per_pass)]
 
     # -- the frozen model: placed once on the module's device, never moved back ----------------
     def _place_model(self) -> None:
@@ -101,20 +111,21 @@ class MultiSiteDASModule(lightning.LightningModule):
         return self
 
     # -- forward ----------------------------------------------------------------------------------
-    def _edit(self, sources: torch.Tensor, batch_size: int) -> Callable[..., Any]:
-        """The hook that gives copy k of the repeated batch site k's intervention."""
-        n_sites = len(self.positions)
+    def _edit(self, sites: range, sources: torch.Tensor, batch_size: int) -> Callable[..., Any]:
+        """The hook that gives copy j of the repeated batch the intervention of ``sites[j]``."""
+        n_sites = len(sites)
 
         def edit(module, args, kwargs, output):
             value = read_hooked(args, kwargs, output)
             x3 = as_3d(value)  # (sites * batch, seq, w)
             per_site = x3.view(n_sites, batch_size, *x3.shape[1:])  # (sites, batch, seq, w)
-            index = torch.tensor([0 if p is None else p for p in self.positions], device=x3.device)
+            index = torch.tensor([0 if self.positions[k] is None else self.positions[k] for k in sites],
+                                 device=x3.device)
             edited = []
-            for k, intervention in enumerate(self.interventions):
-                base = per_site[k, :, index[k]].unsqueeze(1)  # (batch, 1, w)
+            for j, k in enumerate(sites):
+                base = per_site[j, :, index[j]].unsqueeze(1)  # (batch, 1, w)
                 source = sources[:, k].unsqueeze(1).to(base.device)  # (batch, 1, w)
-                edited.append(intervention(base, source).squeeze(1))  # (batch, w)
+                edited.append(self.interventions[k](base, source).squeeze(1))  # (batch, w)
             rows = (torch.arange(n_sites, device=x3.device)[:, None],
                     torch.arange(batch_size, device=x3.device)[None, :], index[:, None])
             new = per_site.index_put(rows, torch.stack(edited).to(x3.dtype))  # out of place: autograd
@@ -122,11 +133,12 @@ class MultiSiteDASModule(lightning.LightningModule):
 
         return edit
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        """Intervened prediction logits, ``(sites, batch, classes)``."""
+    def forward(self, batch: Batch, sites: range | None = None) -> torch.Tensor:
+        """Intervened prediction logits of ``sites`` (default: all), ``(sites, batch, classes)``."""
+        sites = range(len(self.positions)) if sites is None else sites
         base = model_inputs(batch, "base", self.is_language_model_task)
         batch_size = next(iter(base.values())).shape[0]
-        n_sites = len(self.positions)
+        n_sites = len(sites)
         repeated = {k: v.repeat(n_sites, *([1] * (v.dim() - 1))) for k, v in base.items()}
         if self.prefix_skip is not None:
             prefix = batch[CACHED_PREFIX]
@@ -134,7 +146,7 @@ class MultiSiteDASModule(lightning.LightningModule):
         else:
             skipping = nullcontext()
         with HookSet() as hooks, skipping:
-            hooks.add(self.site.module, self.site.hook, self._edit(batch[CACHED_SOURCES], batch_size))
+            hooks.add(self.site.module, self.site.hook, self._edit(sites, batch[CACHED_SOURCES], batch_size))
             outputs = self.model(**repeated)
         logits = prediction_logits(outputs)  # (sites * batch, classes)
         return logits.view(n_sites, batch_size, -1)
@@ -147,30 +159,41 @@ class MultiSiteDASModule(lightning.LightningModule):
                                               reduction="none")
         return per_row.view(n_sites, batch_size).mean(1)
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> None:
+        # The loss is a sum over sites, so its gradient is the sum of each pass's: accumulating
+        # them over the passes of ``sites_per_pass`` gives the one-pass step exactly.
         labels = batch[COUNTERFACTUAL_LABEL]  # (batch,)
-        losses = self.site_losses(self(batch), labels)
-        loss = losses.sum()
         size = int(labels.shape[0])
-        penalties = [i.boundary_sparsity_loss().reshape(()) for i in self.interventions
-                     if hasattr(i, "boundary_sparsity_loss")]
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        losses, penalties = [], []
+        for sites in self.passes:
+            site_losses = self.site_losses(self(batch, sites), labels)
+            loss = site_losses.sum()
+            boundary = [self.interventions[k].boundary_sparsity_loss().reshape(()) for k in sites
+                        if hasattr(self.interventions[k], "boundary_sparsity_loss")]
+            if boundary:
+                penalty = torch.stack(boundary).sum()
+                penalties.append(penalty.detach())
+                if self.boundary_weight:
+                    loss = loss + self.boundary_weight * penalty
+            self.manual_backward(loss)
+            losses.append(site_losses.detach())
+        optimizer.step()
         if penalties:
-            penalty = torch.stack(penalties).sum()
-            self.log("train/boundary", penalty.detach() / len(penalties), on_step=True, on_epoch=False,
-                     batch_size=size)
-            if self.boundary_weight:
-                loss = loss + self.boundary_weight * penalty
-        self.log("train/loss", losses.detach().mean(), on_step=True, on_epoch=False, prog_bar=True,
+            self.log("train/boundary", torch.stack(penalties).sum() / len(self.positions), on_step=True,
+                     on_epoch=False, batch_size=size)
+        self.log("train/loss", torch.cat(losses).mean(), on_step=True, on_epoch=False, prog_bar=True,
                  batch_size=size)
-        return loss
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         labels = batch[COUNTERFACTUAL_LABEL]
-        logits = self(batch)  # (sites, batch, classes)
         size = int(labels.shape[0])
-        for k, metric in enumerate(self.test_iia):
-            metric.update(logits[k], labels)
-            self.log(f"test/iia/{k}", metric, on_step=False, on_epoch=True, batch_size=size)
+        for sites in self.passes:
+            logits = self(batch, sites)  # (sites, batch, classes)
+            for j, k in enumerate(sites):
+                self.test_iia[k].update(logits[j], labels)
+                self.log(f"test/iia/{k}", self.test_iia[k], on_step=False, on_epoch=True, batch_size=size)
         self.test_pairs.update(labels)
         self.log("test/pairs", self.test_pairs, on_step=False, on_epoch=True, batch_size=size)
 

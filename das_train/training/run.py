@@ -384,6 +384,9 @@ def _setup_output(cfg: DictConfig, run_dir: Path) -> None:
     warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # The batched sweep optimizes by hand; its checkpoint holds the state after the step, whose
+    # count it records, which is what resuming needs.
+    warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
     if is_global_zero():
         text = OmegaConf.to_yaml(cfg)
         print(f"das_train: recipe {cfg.recipe}, run directory {run_dir}\n{text}", flush=True)

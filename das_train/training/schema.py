@@ -136,6 +136,10 @@ class SweepConfig:
     batched: bool = True
     """Train the sites of a layer together on cached activations (same results as one site at
     a time, several times faster); false trains and probes each site on its own."""
+    sites_per_pass: int | None = None
+    """With batched: how many sites share one forward pass; null means all of a layer's. Fewer
+    hold fewer activations at once (gradients are accumulated over the passes of a step, so
+    results do not change); 1 holds what one site's training does."""
 
 
 @dataclass
@@ -221,7 +225,7 @@ POSITIVE = {
     ("model", "n_layer"), ("model", "hidden"), ("model", "heads"), ("model", "max_steps"),
     ("task", "n_train"), ("task", "n_val"), ("task", "n_test"), ("intervention", "low_rank_dimension"),
     ("intervention", "lr"), ("trainer", "devices"), ("trainer", "num_nodes"), ("trainer", "max_steps"),
-    ("trainer", "batch_size"), ("sweep", "probe", "max_epochs"), ("sweep", "num_shards"), ("intervention", "temperature_start"),
+    ("trainer", "batch_size"), ("sweep", "probe", "max_epochs"), ("sweep", "num_shards"), ("sweep", "sites_per_pass"), ("intervention", "temperature_start"),
     ("intervention", "temperature_end"), ("tracing", "window"), ("tracing", "samples"), ("tracing", "facts"),
     ("tracing", "noise_scale"), ("steering", "max_new_tokens"), ("steering", "temperature"), ("steering", "samples"),
 }
