@@ -5,6 +5,8 @@ the embedding row (20 sites), 1-d low-rank DAS trained for ``trainer.max_steps``
 the test pairs, and a probe and a control probe at each site. Variants:
 
 - ``batched``: ``python -m das_train recipe=gender_tiny`` as it ships (``sweep.batched=true``);
+- ``batched_one_site_per_pass``: the same with ``sweep.sites_per_pass=1`` (cached activations,
+  one forward pass per site, the least memory);
 - ``per_site``: the same run with ``sweep.batched=false`` (a Lightning fit per site);
 - ``loop``: a per-site loop in the style of pyvene's tutorials (build an IntervenableModel per
   site, a plain PyTorch training loop running source and base every step), on das_train;
@@ -37,14 +39,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ("batched", "per_site", "loop", "pyvene_loop")
+VARIANTS = ("batched", "batched_one_site_per_pass", "per_site", "loop", "pyvene_loop")
 
 
 def overrides(args: argparse.Namespace, run_dir: Path, batched: bool) -> list[str]:
     accelerator = "gpu" if args.device == "cuda" else "cpu"
+    one_per_pass = ["sweep.sites_per_pass=1"] if args.variant == "batched_one_site_per_pass" else []
     return [f"run_dir={run_dir}", f"cache_dir={args.cache}", "progress=false", "logger=none",
             f"trainer.max_steps={args.max_steps}", f"trainer.accelerator={accelerator}",
-            f"sweep.batched={str(batched).lower()}"]
+            f"sweep.batched={str(batched).lower()}", *one_per_pass]
 
 
 def config(args: argparse.Namespace, run_dir: Path, batched: bool):
@@ -161,8 +164,8 @@ def one_variant(args: argparse.Namespace) -> None:
     run_dir = Path(tempfile.mkdtemp(prefix=f"bench_sweep_{args.variant}_"))
     rss_before = current_rss_mib()
     start = time.perf_counter()
-    if args.variant in ("batched", "per_site"):
-        results = run_recipe(args, run_dir, batched=args.variant == "batched")
+    if args.variant in ("batched", "batched_one_site_per_pass", "per_site"):
+        results = run_recipe(args, run_dir, batched=args.variant != "per_site")
     elif args.variant == "loop":
         import das_train
 

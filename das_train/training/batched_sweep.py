@@ -22,6 +22,7 @@ time divided among its sites.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import shutil
@@ -89,11 +90,28 @@ def whole_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return batch
 
 
-def cached_pairs(split, activations: LayerActivations, is_language_model_task: bool) -> CachedPairs:
-    """The columns training and testing read, from a ``datasets.Dataset`` in torch format."""
-    wanted = [BASE_IDS, BASE_MASK] if is_language_model_task else [BASE_EMBEDS]
-    table = split.select_columns([c for c in wanted + [COUNTERFACTUAL_LABEL] if c in split.column_names])[:]
-    return CachedPairs({**table, CACHED_PREFIX: activations.prefix, CACHED_SOURCES: activations.source})
+PAIR_COLUMNS = (BASE_IDS, BASE_MASK, BASE_EMBEDS, COUNTERFACTUAL_LABEL, BASE_VARIABLE, BASE_CONTROL)
+"""The columns of a split the batched path reads: inputs and labels, no source inputs."""
+
+
+def split_columns(loader: DataLoader) -> dict[str, torch.Tensor]:
+    """The pair columns of an unshuffled split loader, stacked in row order.
+
+    Read through the loader's batches, as training reads them, rather than by slicing the
+    whole ``datasets.Dataset`` (which materializes the columns through Arrow's memory pool).
+    """
+    parts: dict[str, list[torch.Tensor]] = {}
+    for batch in loader:
+        for name in PAIR_COLUMNS:
+            if name in batch:
+                parts.setdefault(name, []).append(batch[name])
+    return {name: torch.cat(values) for name, values in parts.items()}
+
+
+def cached_pairs(columns: dict[str, torch.Tensor], activations: LayerActivations) -> CachedPairs:
+    """A split's inputs and counterfactual labels next to one layer's cached activations."""
+    wanted = {name: value for name, value in columns.items() if name not in (BASE_VARIABLE, BASE_CONTROL)}
+    return CachedPairs({**wanted, CACHED_PREFIX: activations.prefix, CACHED_SOURCES: activations.source})
 
 
 def group_jobs(jobs: Sequence[tuple[Any, int]]) -> list[list[tuple[Any, int]]]:
@@ -134,9 +152,10 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
     layer, component = sites[0].layer, sites[0].component
     lm = spec.is_language_model_task
     positions = [site.position for site in sites]
-    train_split, test_split = datamodule.datasets["train"], datamodule.datasets["test"]
     train_acts = collect_layer(model, layer, component, positions, datamodule.ordered_dataloader("train"), lm)
     test_acts = collect_layer(model, layer, component, positions, datamodule.ordered_dataloader("test"), lm)
+    train_columns = split_columns(datamodule.ordered_dataloader("train"))
+    test_columns = split_columns(datamodule.ordered_dataloader("test"))
 
     members = []
     for site in sites:
@@ -149,12 +168,12 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
             iit=False, is_language_model_task=lm,
         ))
     train = DataLoader(
-        cached_pairs(train_split, train_acts, lm), batch_size=cfg.trainer.batch_size,
+        cached_pairs(train_columns, train_acts), batch_size=cfg.trainer.batch_size,
         shuffle=datamodule.shuffle, collate_fn=whole_batch,
         # The same sampler and generator as the datamodule's, so the batches are fit_site's.
         generator=torch.Generator().manual_seed(datamodule.seed) if datamodule.shuffle else None,
     )
-    test = DataLoader(cached_pairs(test_split, test_acts, lm), batch_size=cfg.trainer.batch_size,
+    test = DataLoader(cached_pairs(test_columns, test_acts), batch_size=cfg.trainer.batch_size,
                       collate_fn=whole_batch)
     template = _template(model, train.dataset, lm)
     if template is None:
@@ -177,10 +196,14 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
         for site, member in zip(sites, members):
             member.intervenable.save(str(run_dir / "interventions" / f"{site.key}-s{seed}"))
 
-    labels = train_split.select_columns([BASE_VARIABLE, BASE_CONTROL])[:]  # in row order, like the activations
+    base_activations = train_acts.base  # what the probes read; the rest of the cache goes now
+    # The Trainer, its loaders and the module reference each other: collect them here, so the
+    # group's cache is freed before the probes and the next group.
+    del trainer, module, train, test, train_acts, test_acts
+    gc.collect()
     probes = probes_with_control(
-        train_acts.base.transpose(0, 1),  # (sites, N, w)
-        labels[BASE_VARIABLE].long(), labels[BASE_CONTROL].long(),
+        base_activations.transpose(0, 1),  # (sites, N, w), rows in split order like the labels
+        train_columns[BASE_VARIABLE].long(), train_columns[BASE_CONTROL].long(),
         n_classes=spec.variable_values, lr=cfg.sweep.probe.lr, weight_decay=cfg.sweep.probe.weight_decay,
         max_epochs=cfg.sweep.probe.max_epochs, seed=seed,
     )
