@@ -64,3 +64,16 @@ def input_device(model: nn.Module, default: torch.device | None = CPU) -> torch.
 
 
 __all__ = ["input_device", "is_dispatched"]
+
+
+def place_model(model: nn.Module, device: torch.device) -> None:
+    """Moves ``model`` to ``device`` unless it is there already or accelerate placed it.
+
+    A Lightning module holding a frozen model calls this when a fit or test starts: the first
+    site of a sweep moves the model, every later one copies nothing. Only the device changes;
+    the model keeps its dtype.
+    """
+    if is_dispatched(model):
+        return
+    if any(t.device != device for t in itertools.chain(model.parameters(), model.buffers())):
+        model.to(device)

@@ -27,7 +27,6 @@ Batches are dicts with the pair columns of :mod:`tasks.base` (``base_input_ids``
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -36,7 +35,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch import nn
 
-from das_train.core.devices import input_device, is_dispatched
+from das_train.core.devices import input_device, is_dispatched, place_model
 from das_train.core.model import IntervenableModel
 from das_train.interventions.base import INTERVENTION_REGISTRY, Intervention
 from das_train.training.das_loop import boundary_penalty as total_boundary_penalty
@@ -233,11 +232,8 @@ class DASModule(lightning.LightningModule):
         (``model.dtype: bfloat16`` in a recipe), whatever the Trainer's precision does to the
         intervention.
         """
-        if self.iit or is_dispatched(self.model):
-            return
-        device = self.device
-        if any(t.device != device for t in itertools.chain(self.model.parameters(), self.model.buffers())):
-            self.model.to(device)
+        if not self.iit:
+            place_model(self.model, self.device)
 
     def on_fit_start(self) -> None:
         self.place_frozen_model()

@@ -21,7 +21,6 @@ would.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -30,7 +29,7 @@ import lightning
 import torch
 from torch import nn
 
-from das_train.core.devices import is_dispatched
+from das_train.core.devices import place_model
 from das_train.core.hooks import HookSet, as_3d, from_3d, read_hooked, write_hooked
 from das_train.core.sites import resolve_site
 from das_train.training.das_module import DASModule, model_inputs, prediction_logits
@@ -90,20 +89,13 @@ class MultiSiteDASModule(lightning.LightningModule):
         self.passes = [range(start, min(start + per_pass, len(sites))) for start in range(0, len(sites), per_pass)]
 
     # -- the frozen model: placed once on the module's device, never moved back ----------------
-    def _place_model(self) -> None:
-        # As DASModule.place_frozen_model: moved once, left in place at teardown; a model
-        # accelerate placed stays put and units travel to the interventions' device.
-        if is_dispatched(self.model):
-            return
-        device = self.device
-        if any(t.device != device for t in itertools.chain(self.model.parameters(), self.model.buffers())):
-            self.model.to(device)
-
+    # As in DASModule: moved once, left in place at teardown; a model accelerate placed stays
+    # put and units travel to the interventions' device.
     def on_fit_start(self) -> None:
-        self._place_model()
+        place_model(self.model, self.device)
 
     def on_test_start(self) -> None:
-        self._place_model()
+        place_model(self.model, self.device)
 
     def train(self, mode: bool = True) -> MultiSiteDASModule:
         super().train(mode)
