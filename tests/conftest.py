@@ -139,3 +139,18 @@ def patched_run(model, module, side, inputs, edit):
 
 def hook_count(model) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def random_pair_rows(n: int, seed: int, vocab: int, length: int, control_classes: int = 2) -> list[dict]:
+    """``n`` random pair rows with the columns of ``tasks.base`` (token ids in 1..vocab-1);
+    the default collate stacks them. The same seed gives the same rows."""
+    gen = torch.Generator().manual_seed(seed)
+    return [{
+        "base_input_ids": torch.randint(1, vocab, (length,), generator=gen),
+        "base_attention_mask": torch.ones(length, dtype=torch.long),
+        "source_input_ids": torch.randint(1, vocab, (length,), generator=gen),
+        "source_attention_mask": torch.ones(length, dtype=torch.long),
+        "counterfactual_label": torch.randint(1, vocab, (), generator=gen),
+        "base_variable": torch.randint(0, 2, (), generator=gen),
+        "base_control": torch.randint(0, control_classes, (), generator=gen),
+    } for _ in range(n)]

@@ -12,6 +12,7 @@ import lightning
 import pytest
 import torch
 import transformers
+from conftest import random_pair_rows
 from torch.utils.data import DataLoader
 
 from das_train.training.das_module import DASModule
@@ -60,16 +61,7 @@ MAKERS = {"neox": neox, "gpt2": gpt2, "llama": llama}
 
 
 def pair_rows(n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    return [{
-        "base_input_ids": torch.randint(1, VOCAB, (LENGTH,), generator=gen),
-        "base_attention_mask": torch.ones(LENGTH, dtype=torch.long),
-        "source_input_ids": torch.randint(1, VOCAB, (LENGTH,), generator=gen),
-        "source_attention_mask": torch.ones(LENGTH, dtype=torch.long),
-        "counterfactual_label": torch.randint(1, VOCAB, (), generator=gen),
-        "base_variable": torch.randint(0, 2, (), generator=gen),
-        "base_control": torch.randint(0, 3, (), generator=gen),
-    } for _ in range(n)]
+    return random_pair_rows(n, seed, VOCAB, LENGTH, control_classes=3)
 
 
 def batches(n: int = 24, batch_size: int = 8) -> DataLoader:

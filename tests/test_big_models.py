@@ -17,6 +17,7 @@ import lightning
 import pytest
 import torch
 import transformers
+from conftest import random_pair_rows
 
 import das_train as pv
 from das_train.core.devices import input_device, is_dispatched
@@ -69,14 +70,7 @@ def ids(seed: int, batch: int = 6) -> torch.Tensor:
 
 
 def pair_rows(n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    return [{
-        "base_input_ids": torch.randint(1, VOCAB, (LENGTH,), generator=gen),
-        "base_attention_mask": torch.ones(LENGTH, dtype=torch.long),
-        "source_input_ids": torch.randint(1, VOCAB, (LENGTH,), generator=gen),
-        "source_attention_mask": torch.ones(LENGTH, dtype=torch.long),
-        "counterfactual_label": torch.randint(1, VOCAB, (), generator=gen),
-    } for _ in range(n)]
+    return random_pair_rows(n, seed, VOCAB, LENGTH)
 
 
 def loader(n: int = 32) -> torch.utils.data.DataLoader:

@@ -14,6 +14,7 @@ import lightning
 import pytest
 import torch
 import transformers
+from conftest import random_pair_rows
 from torch.utils.data import DataLoader
 
 import das_train as pv
@@ -50,20 +51,7 @@ def tiny_neox() -> transformers.GPTNeoXForCausalLM:
 
 
 def pair_rows(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
-    """Pair rows with the columns of ``tasks.base``; the default collate stacks them."""
-    gen = torch.Generator().manual_seed(seed)
-    rows = []
-    for _ in range(n):
-        rows.append({
-            "base_input_ids": torch.randint(1, VOCAB, (LENGTH,), generator=gen),
-            "base_attention_mask": torch.ones(LENGTH, dtype=torch.long),
-            "source_input_ids": torch.randint(1, VOCAB, (LENGTH,), generator=gen),
-            "source_attention_mask": torch.ones(LENGTH, dtype=torch.long),
-            "counterfactual_label": torch.randint(1, VOCAB, (), generator=gen),
-            "base_variable": torch.randint(0, 2, (), generator=gen),
-            "base_control": torch.randint(0, 2, (), generator=gen),
-        })
-    return rows
+    return random_pair_rows(n, seed, VOCAB, LENGTH)
 
 
 def loader(n: int = 64, seed: int = 0, batch_size: int = 16) -> DataLoader:

@@ -71,7 +71,11 @@ class LayerActivations:
 
 def _positions_index(positions: Sequence[int | None], seq: int) -> torch.Tensor:
     # ``None`` (vector tasks) is the whole activation, a one-position sequence.
-    return torch.tensor([0 if p is None else p for p in positions], dtype=torch.long).clamp_max(seq - 1)
+    index = [0 if p is None else p for p in positions]
+    bad = [p for p in index if not -seq <= p < seq]
+    if bad:
+        raise IndexError(f"positions {bad} out of range for a sequence of {seq}")
+    return torch.tensor(index, dtype=torch.long)
 
 
 @torch.no_grad()
