@@ -146,6 +146,7 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
         distributed_train_loader,
         is_global_zero,
         make_trainer,
+        result_row,
     )
 
     start = time.perf_counter()
@@ -209,17 +210,8 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
     )
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # the rows are about to be written
     seconds = round((time.perf_counter() - start) / len(sites), 2)
-    rows = []
-    for site, member, iia, probe in zip(sites, members, iias, probes):
-        size = getattr(member.intervention, "intervention_size", None)
-        rows.append({
-            "layer": site.layer, "component": site.component, "position": site.position,
-            "position_name": site.position_name, "seed": seed, "iia": iia,
-            "probe_accuracy": probe.accuracy, "control_accuracy": probe.control_accuracy,
-            "selectivity": probe.selectivity, "intervention_size": size() if callable(size) else "",
-            "test_pairs": test_pairs, "train_seconds": seconds,
-        })
-    return rows
+    return [result_row(site, seed, iia, probe, member.intervention, test_pairs, seconds)
+            for site, member, iia, probe in zip(sites, members, iias, probes)]
 
 
 __all__ = ["CachedPairs", "cached_pairs", "fallback_reason", "fit_site_group", "group_jobs"]

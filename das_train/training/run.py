@@ -305,7 +305,6 @@ def fit_site(cfg: DictConfig, model, datamodule, spec: TaskSpec, site: Site, see
     tested = trainer.test(module, dataloaders=distributed_eval_loader(datamodule.test_dataloader()), verbose=False)
     iia = float(tested[0]["test/iia"]) if tested else math.nan
     test_pairs = int(tested[0]["test/pairs"]) if tested else 0
-    size = getattr(module.intervention, "intervention_size", None)
     if trainer.is_global_zero:
         module.intervenable.save(str(run_dir / "interventions" / version))
     activations, variables, controls = collect_activations(
@@ -318,13 +317,20 @@ def fit_site(cfg: DictConfig, model, datamodule, spec: TaskSpec, site: Site, see
         max_epochs=cfg.sweep.probe.max_epochs, seed=seed,
     )
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # the row is about to be written
+    return result_row(site, seed, iia, probe, module.intervention, test_pairs,
+                      round(time.perf_counter() - start, 2))
+
+
+def result_row(site: Site, seed: int, iia: float, probe, intervention, test_pairs: int,
+               seconds: float) -> dict[str, Any]:
+    """One row of ``results.csv`` (the same for the per-site and the batched path)."""
+    size = getattr(intervention, "intervention_size", None)  # boundless interventions only
     return {
         "layer": site.layer, "component": site.component, "position": site.position,
         "position_name": site.position_name, "seed": seed, "iia": iia,
         "probe_accuracy": probe.accuracy, "control_accuracy": probe.control_accuracy,
         "selectivity": probe.selectivity, "intervention_size": size() if callable(size) else "",
-        "test_pairs": test_pairs,
-        "train_seconds": round(time.perf_counter() - start, 2),
+        "test_pairs": test_pairs, "train_seconds": seconds,
     }
 
 
