@@ -4,9 +4,11 @@ The sweep is ``recipe=gender_tiny``'s: every layer x every position of the tiny 
 the embedding row (20 sites), 1-d low-rank DAS trained for ``trainer.max_steps`` steps, IIA on
 the test pairs, and a probe and a control probe at each site. Variants:
 
-- ``batched``: ``python -m das_train recipe=gender_tiny`` as it ships (``sweep.batched=true``);
-- ``batched_one_site_per_pass``: the same with ``sweep.sites_per_pass=1`` (cached activations,
-  one forward pass per site, the least memory);
+- ``batched``: ``python -m das_train recipe=gender_tiny`` as it ships (``sweep.batched=true``,
+  ``sweep.sites_per_pass=auto``: as many of a layer's sites per pass as keep no more activations
+  than the costliest one-site step);
+- ``batched_one_pass``: the same with ``sweep.sites_per_pass=null`` (all of a layer's sites in
+  one pass: fastest, most memory);
 - ``per_site``: the same run with ``sweep.batched=false`` (a Lightning fit per site);
 - ``loop``: a per-site loop in the style of pyvene's tutorials (build an IntervenableModel per
   site, a plain PyTorch training loop running source and base every step), on das_train;
@@ -14,11 +16,14 @@ the test pairs, and a probe and a control probe at each site. Variants:
 
 Every variant builds the same model (trained once beforehand and loaded from the cache), the
 same pairs and the same seeds, so the per-site IIA must agree; the table reports the largest
-per-site IIA difference from ``batched``. Each variant runs in its own process, so its peak
-resident memory (and peak CUDA memory on a GPU) is its own.
+per-site IIA difference from ``batched``. Each variant runs in its own processes: ``--repeats``
+timed sweeps (the table gives the median and range), then one sweep whose peak memory is
+measured: a warm-up sweep first loads everything loaded once, then the peak resident memory is
+reset and the table gives how far the sweep raised it (glibc is set to hand freed memory back,
+so the peak is that of live memory), and on a GPU the peak CUDA memory the same way.
 
-    python scripts/bench_sweep.py [--max-steps N] [--variants batched,per_site,loop,pyvene_loop]
-        [--device cpu|cuda] [--out FILE.md]
+    python scripts/bench_sweep.py [--max-steps N] [--repeats R] [--no-memory]
+        [--variants batched,batched_one_pass,per_site,loop,pyvene_loop] [--device cpu|cuda] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,37 +43,41 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ("batched", "batched_one_site_per_pass", "per_site", "loop", "pyvene_loop")
+VARIANTS = ("batched", "batched_one_pass", "per_site", "loop", "pyvene_loop")
 
 
-def overrides(args: argparse.Namespace, run_dir: Path, batched: bool) -> list[str]:
+def overrides(args: argparse.Namespace, run_dir: Path, batched: bool, steps: int, probe_epochs: int | None) -> list[str]:
     accelerator = "gpu" if args.device == "cuda" else "cpu"
-    one_per_pass = ["sweep.sites_per_pass=1"] if args.variant == "batched_one_site_per_pass" else []
+    all_in_one = ["sweep.sites_per_pass=null"] if args.variant == "batched_one_pass" else []
+    epochs = [f"sweep.probe.max_epochs={probe_epochs}"] if probe_epochs is not None else []
     return [f"run_dir={run_dir}", f"cache_dir={args.cache}", "progress=false", "logger=none",
-            f"trainer.max_steps={args.max_steps}", f"trainer.accelerator={accelerator}",
-            f"sweep.batched={str(batched).lower()}", *one_per_pass]
+            f"trainer.max_steps={steps}", f"trainer.accelerator={accelerator}",
+            f"sweep.batched={str(batched).lower()}", *all_in_one, *epochs]
 
 
-def config(args: argparse.Namespace, run_dir: Path, batched: bool):
+def config(args: argparse.Namespace, run_dir: Path, batched: bool, steps: int, probe_epochs: int | None = None):
     from das_train import cli
     from das_train.training import run as run_module
 
-    return run_module.as_run_config(cli.check("gender_tiny", overrides(args, run_dir, batched)))
+    chosen = overrides(args, run_dir, batched, steps, probe_epochs)
+    return run_module.as_run_config(cli.check("gender_tiny", chosen))
 
 
-def run_recipe(args: argparse.Namespace, run_dir: Path, batched: bool) -> dict[str, dict[str, float]]:
+def run_recipe(args: argparse.Namespace, run_dir: Path, batched: bool, steps: int,
+               probe_epochs: int | None = None) -> dict[str, dict[str, float]]:
     import csv
 
     from das_train.training import run as run_module
 
-    out = run_module.run(config(args, run_dir, batched))
+    out = run_module.run(config(args, run_dir, batched, steps, probe_epochs))
     with (out / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     return {f"{r['component']}-L{r['layer']}-{r['position_name']}": {
         "iia": float(r["iia"]), "probe": float(r["probe_accuracy"])} for r in rows}
 
 
-def run_loop(args: argparse.Namespace, run_dir: Path, pv) -> dict[str, dict[str, float]]:
+def run_loop(args: argparse.Namespace, run_dir: Path, pv, steps: int,
+             probe_epochs: int | None = None) -> dict[str, dict[str, float]]:
     """A per-site loop as pyvene's tutorials write it; ``pv`` is das_train or pyvene."""
     import lightning
     import torch
@@ -78,7 +86,7 @@ def run_loop(args: argparse.Namespace, run_dir: Path, pv) -> dict[str, dict[str,
     from das_train.training.probe import collect_activations, probe_with_control
     from tasks.datamodule import PairDataModule
 
-    cfg = config(args, run_dir, batched=False)
+    cfg = config(args, run_dir, batched=False, steps=steps, probe_epochs=probe_epochs)
     task = run_module.load_task(cfg.task.name)
     model, tokenizer = run_module.build_model(cfg, task)
     device = torch.device(args.device)
@@ -139,60 +147,100 @@ def run_loop(args: argparse.Namespace, run_dir: Path, pv) -> dict[str, dict[str,
     return results
 
 
-def current_rss_mib() -> float:
-    """This process's resident memory now (Linux), in MiB."""
+def memory_mib(field: str) -> float:
+    """A ``/proc/self/status`` memory field of this process (Linux), in MiB."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
 
+def reset_peak_memory() -> None:
+    """Starts this process's peak resident memory (VmHWM) afresh at what it holds now (Linux)."""
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+
+
+MALLOC_RETURNS_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "16384", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_TOP_PAD_": "0"}
+"""glibc settings for the memory runs: blocks of 16 KiB or more are mapped and unmapped one by
+one and freed heap is trimmed at once, so resident memory follows what is allocated and its
+peak is the peak of live memory (not of what the allocator kept after a free)."""
+
+
+def sweep_once(args: argparse.Namespace, steps: int, probe_epochs: int | None = None) -> dict[str, dict[str, float]]:
+    import das_train
+
+    run_dir = Path(tempfile.mkdtemp(prefix=f"bench_sweep_{args.variant}_"))
+    if args.variant in ("batched", "batched_one_pass", "per_site"):
+        return run_recipe(args, run_dir, args.variant != "per_site", steps, probe_epochs)
+    if args.variant == "loop":
+        return run_loop(args, run_dir, das_train, steps, probe_epochs)
+    import pyvene
+
+    return run_loop(args, run_dir, pyvene, steps, probe_epochs)
+
+
 def one_variant(args: argparse.Namespace) -> None:
-    """Runs one variant in this process and writes its figures to ``args.json``."""
+    """Runs one variant in this process and writes its figures to ``args.json``.
+
+    A short warm-up sweep (1 step, 1 probe epoch) runs first, so lazy imports, the cached model
+    and pairs and one-time set-up are loaded before anything is measured. ``--mode time`` then
+    times one sweep; ``--mode memory`` resets the peak resident memory and reports how far the
+    sweep raised it above what the process held before it (and the peak CUDA memory on a GPU).
+    """
+    import gc
+
     import torch
     import transformers
-
-    # Every variant imports the same modules before the baseline is read, so the growth
-    # column is the sweep's (model, pairs, training, probes), not a difference in imports.
-    import das_train.training.batched_sweep  # noqa: F401
-    import das_train.training.run  # noqa: F401
 
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
     transformers.logging.set_verbosity_error()
-    run_dir = Path(tempfile.mkdtemp(prefix=f"bench_sweep_{args.variant}_"))
-    rss_before = current_rss_mib()
-    start = time.perf_counter()
-    if args.variant in ("batched", "batched_one_site_per_pass", "per_site"):
-        results = run_recipe(args, run_dir, batched=args.variant != "per_site")
-    elif args.variant == "loop":
-        import das_train
-
-        results = run_loop(args, run_dir, das_train)
+    sweep_once(args, steps=1, probe_epochs=1)
+    gc.collect()
+    figures: dict[str, Any] = {}
+    if args.mode == "memory":
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            cuda_before = torch.cuda.memory_allocated()
+        reset_peak_memory()
+        before = memory_mib("VmRSS")
+        figures["sites"] = sweep_once(args, steps=args.max_steps)
+        figures["peak_growth_mib"] = memory_mib("VmHWM") - before
+        if torch.cuda.is_available():
+            figures["peak_cuda_growth_mib"] = (torch.cuda.max_memory_allocated() - cuda_before) / 2**20
     else:
-        import pyvene
-
-        results = run_loop(args, run_dir, pyvene)
-    seconds = time.perf_counter() - start
-    figures: dict[str, Any] = {
-        "seconds": seconds, "sites": results,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rss_before_mib": rss_before,
-    }
-    if torch.cuda.is_available():
-        figures["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        start = time.perf_counter()
+        figures["sites"] = sweep_once(args, steps=args.max_steps)
+        figures["seconds"] = time.perf_counter() - start
     Path(args.json).write_text(json.dumps(figures))
+
+
+def run_variant(args: argparse.Namespace, variant: str, mode: str, env: dict[str, str]) -> dict[str, Any] | str:
+    """One variant in its own process: its figures, or why it failed."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        command = [sys.executable, __file__, "--variant", variant, "--mode", mode, "--max-steps",
+                   str(args.max_steps), "--cache", args.cache, "--device", args.device, "--json", out.name]
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+            return lines[-1] if lines else f"exit code {done.returncode}"
+        return json.loads(Path(out.name).read_text())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--max-steps", type=int, default=300, help="DAS steps per site (the recipe's 300)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed sweeps per variant; the table gives the median")
+    ap.add_argument("--no-memory", action="store_true", help="skip the memory runs (one more sweep per variant)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--cache", default=str(ROOT / ".cache" / "das_train"), help="model and pairs cache")
     ap.add_argument("--out", help="also write the table as Markdown to this file")
     ap.add_argument("--variant", help=argparse.SUPPRESS)
+    ap.add_argument("--mode", choices=("time", "memory"), default="time", help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.variant:
@@ -203,59 +251,83 @@ def main() -> None:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         ap.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     # Train (or load) the model and the pairs once, untimed, so no variant pays for them.
     warm = [sys.executable, __file__, "--variant", "batched", "--max-steps", "1", "--cache", args.cache,
             "--device", args.device, "--json", os.devnull]
     subprocess.run(warm, check=True, env=env, capture_output=True)
-    figures: dict[str, dict[str, Any]] = {}
+    timed: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    memory: dict[str, dict[str, Any]] = {}
     failures: dict[str, str] = {}
-    for variant in variants:
-        print(f"running {variant} ...", flush=True)
-        with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            command = [sys.executable, __file__, "--variant", variant, "--max-steps", str(args.max_steps),
-                       "--cache", args.cache, "--device", args.device, "--json", out.name]
-            done = subprocess.run(command, env=env, capture_output=True, text=True)
-            if done.returncode != 0:
-                lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-                failures[variant] = lines[-1] if lines else f"exit code {done.returncode}"
-                print(f"{variant} failed: {failures[variant]}", file=sys.stderr)
+    # Repeats interleave the variants, so a slow spell of the machine does not fall on one.
+    for repeat in range(args.repeats):
+        for variant in variants:
+            if variant in failures:
                 continue
-            figures[variant] = json.loads(Path(out.name).read_text())
-    print_table(args, figures, failures)
+            print(f"timing {variant} ({repeat + 1}/{args.repeats}) ...", flush=True)
+            result = run_variant(args, variant, "time", env)
+            if isinstance(result, str):
+                failures[variant] = result
+                print(f"{variant} failed: {result}", file=sys.stderr)
+            else:
+                timed[variant].append(result)
+    for variant in [] if args.no_memory else variants:
+        if variant in failures:
+            continue
+        print(f"measuring the memory of {variant} ...", flush=True)
+        result = run_variant(args, variant, "memory", {**env, **MALLOC_RETURNS_MEMORY})
+        if isinstance(result, str):
+            failures[variant] = result
+        else:
+            memory[variant] = result
+    print_table(args, {v: runs for v, runs in timed.items() if runs and v not in failures}, memory, failures)
 
 
-def print_table(args: argparse.Namespace, figures: dict[str, dict[str, Any]], failures: dict[str, str]) -> None:
+def print_table(args: argparse.Namespace, timed: dict[str, list[dict[str, Any]]], memory: dict[str, dict[str, Any]],
+                failures: dict[str, str]) -> None:
     import platform
+    import statistics
 
     import torch
 
-    reference = figures.get("batched")
-    header = ["variant", "seconds", "x slower than batched", "max |IIA - batched| per site",
-              "peak RSS MiB", "RSS growth in the sweep MiB"] + (["peak CUDA MiB"] if args.device == "cuda" else [])
+    seconds = {v: statistics.median(run["seconds"] for run in runs) for v, runs in timed.items()}
+    reference = timed["batched"][0]["sites"] if "batched" in timed else None
+    header = ["variant", "seconds (median)", "range", "x slower than batched", "max |IIA - batched| per site"]
+    if memory:
+        header.append("peak memory growth MiB")
+        if args.device == "cuda":
+            header.append("peak CUDA growth MiB")
     lines = []
-    for name, f in figures.items():
-        ratio = f"{f['seconds'] / reference['seconds']:.2f}" if reference else "-"
-        if reference and set(f["sites"]) == set(reference["sites"]):
-            gap = max(abs(f["sites"][k]["iia"] - reference["sites"][k]["iia"]) for k in f["sites"])
-            gap_text = f"{gap:.3f}"
+    for name, runs in timed.items():
+        times = [run["seconds"] for run in runs]
+        ratio = f"{seconds[name] / seconds['batched']:.2f}" if "batched" in seconds else "-"
+        sites = runs[0]["sites"]
+        if reference and set(sites) == set(reference):
+            gap_text = f"{max(abs(sites[k]['iia'] - reference[k]['iia']) for k in sites):.3f}"
         else:
             gap_text = "-"
-        line = [name, f"{f['seconds']:.1f}", ratio, gap_text, f"{f['peak_rss_mib']:.0f}",
-                f"{f['peak_rss_mib'] - f['rss_before_mib']:.0f}"]
-        if args.device == "cuda":
-            line.append(f"{f.get('peak_cuda_mib', float('nan')):.0f}")
+        line = [name, f"{seconds[name]:.1f}", f"{min(times):.1f}-{max(times):.1f}", ratio, gap_text]
+        if memory:
+            line.append(f"{memory[name]['peak_growth_mib']:.1f}" if name in memory else "-")
+            if args.device == "cuda":
+                line.append(f"{memory[name].get('peak_cuda_growth_mib', float('nan')):.1f}" if name in memory else "-")
         lines.append(line)
-    info = (f"gender_tiny sweep ({len(reference['sites']) if reference else '?'} sites, {args.max_steps} DAS steps "
-            f"per site, probes); device {args.device}; {os.cpu_count()} CPU cores; python "
+    repeats = {len(runs) for runs in timed.values()}
+    info = (f"gender_tiny sweep ({len(reference) if reference else '?'} sites, {args.max_steps} DAS steps per site, "
+            f"probes), {'/'.join(map(str, sorted(repeats)))} timed runs per variant; device {args.device}; "
+            f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}); python "
             f"{platform.python_version()}, torch {torch.__version__}")
+    memory_note = ("peak memory growth: how far one more sweep raised the process's peak resident memory above "
+                   "what it held before the sweep (after a warm-up sweep; glibc set to return freed memory)")
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
     print("\n" + info)
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     print("  ".join("-" * w for w in widths))
     for line in lines:
         print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
-    notes = [f"{name} did not run: {why}" for name, why in failures.items()]
+    notes = ([memory_note] if memory else []) + [f"{name} did not run: {why}" for name, why in failures.items()]
     for note in notes:
         print(note)
     if args.out:

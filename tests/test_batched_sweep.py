@@ -256,8 +256,10 @@ def test_stacked_probes_equal_probes_fitted_one_by_one():
 # -- a whole sweep both ways --------------------------------------------------------------------
 
 def test_a_small_sweep_batched_equals_the_per_site_sweep(tmp_path):
-    """gender_tiny, three layer groups (embedding row, L0, L2) x two positions: the same IIA,
-    probe and control accuracies, and trained rotations equal to float rounding."""
+    """gender_tiny, three layer groups (embedding row, L0, L2) x two positions, batched with
+    ``sites_per_pass`` auto (the default: one site per pass low down, both together at L2) and
+    all in one pass: the same IIA, probe and control accuracies, and trained rotations equal to
+    float rounding."""
     import csv
     import sys
     from pathlib import Path
@@ -271,26 +273,30 @@ def test_a_small_sweep_batched_equals_the_per_site_sweep(tmp_path):
     from test_run import small_overrides
 
     results = {}
-    for batched in ("true", "false"):
-        overrides = small_overrides(tmp_path / batched, "sweep.layers=[0,2]", "sweep.positions=[name,last]",
-                                    f"sweep.batched={batched}", "trainer.max_steps=30")
+    ways = {"auto": ["sweep.batched=true"], "one_pass": ["sweep.batched=true", "sweep.sites_per_pass=null"],
+            "per_site": ["sweep.batched=false"]}
+    for way, chosen in ways.items():
+        overrides = small_overrides(tmp_path / way, "sweep.layers=[0,2]", "sweep.positions=[name,last]",
+                                    *chosen, "trainer.max_steps=30")
         overrides = [o if not o.startswith("cache_dir=") else f"cache_dir={tmp_path}/cache" for o in overrides]
         run_dir = run_module.run(cli.check("gender_tiny", overrides))
         with (run_dir / "results.csv").open() as handle:
             rows = list(csv.DictReader(handle))
         weights = {p.name: load_file(str(p / "interventions.safetensors"))
                    for p in sorted((run_dir / "interventions").iterdir())}
-        results[batched] = rows, weights
-    (rows_b, weights_b), (rows_p, weights_p) = results["true"], results["false"]
-    assert len(rows_b) == len(rows_p) == 6
-    for b, p in zip(rows_b, rows_p):
-        for key in ("layer", "component", "position", "seed", "iia", "probe_accuracy", "control_accuracy"):
-            assert b[key] == p[key], (key, b, p)
-    assert weights_b.keys() == weights_p.keys() and len(weights_b) == 6
-    for name in weights_b:
-        for key in weights_b[name]:
-            torch.testing.assert_close(weights_b[name][key], weights_p[name][key], atol=1e-5, rtol=1e-4)
-    assert len({row["iia"] for row in rows_b}) > 1  # the sites differ: not one result copied around
+        results[way] = rows, weights
+    rows_p, weights_p = results["per_site"]
+    for way in ("auto", "one_pass"):
+        rows_b, weights_b = results[way]
+        assert len(rows_b) == len(rows_p) == 6
+        for b, p in zip(rows_b, rows_p):
+            for key in ("layer", "component", "position", "seed", "iia", "probe_accuracy", "control_accuracy"):
+                assert b[key] == p[key], (way, key, b, p)
+        assert weights_b.keys() == weights_p.keys() and len(weights_b) == 6
+        for name in weights_b:
+            for key in weights_b[name]:
+                torch.testing.assert_close(weights_b[name][key], weights_p[name][key], atol=1e-5, rtol=1e-4)
+    assert len({row["iia"] for row in rows_p}) > 1  # the sites differ: not one result copied around
 
 
 def test_a_cut_off_group_fit_resumes_from_its_checkpoint(tmp_path, monkeypatch, caplog):

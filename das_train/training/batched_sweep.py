@@ -40,6 +40,11 @@ from torch.utils.data import DataLoader, Dataset
 from das_train.core.devices import input_device
 from das_train.training.das_module import DASModule, model_inputs
 from das_train.training.multi_site import CACHED_PREFIX, CACHED_SOURCES, MultiSiteDASModule
+from das_train.training.pass_memory import (
+    saved_bytes_of_forward,
+    sites_per_pass_within,
+    step_budget,
+)
 from das_train.training.probe import probes_with_control
 from das_train.training.site_cache import (
     LayerActivations,
@@ -111,7 +116,10 @@ def split_columns(loader: DataLoader) -> dict[str, torch.Tensor]:
 def cached_pairs(columns: dict[str, torch.Tensor], activations: LayerActivations) -> CachedPairs:
     """A split's inputs and counterfactual labels next to one layer's cached activations."""
     wanted = {name: value for name, value in columns.items() if name not in (BASE_VARIABLE, BASE_CONTROL)}
-    return CachedPairs({**wanted, CACHED_PREFIX: activations.prefix, CACHED_SOURCES: activations.source})
+    cached = {CACHED_SOURCES: activations.source}
+    if activations.prefix is not None:
+        cached[CACHED_PREFIX] = activations.prefix
+    return CachedPairs({**wanted, **cached})
 
 
 def group_jobs(jobs: Sequence[tuple[Any, int]]) -> list[list[tuple[Any, int]]]:
@@ -128,19 +136,54 @@ def fallback_reason(cfg: DictConfig, model: torch.nn.Module, site: Any) -> str |
     return batched_sites_supported(model, site.layer, site.component)
 
 
-def _template(model: torch.nn.Module, pairs: CachedPairs, is_language_model_task: bool):
-    # One row read from the dataset, not the loader: iterating a shuffled loader would draw
+def _first_rows(columns: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
+    # Rows read from the columns, not from a loader: iterating a shuffled loader would draw
     # from its generator and change the order of the training batches.
-    row = pairs.__getitems__([0])
+    return {name: value[:count] for name, value in columns.items()}
+
+
+def _template(model: torch.nn.Module, columns: dict[str, torch.Tensor], is_language_model_task: bool):
+    inputs = model_inputs(_first_rows(columns, 1), "base", is_language_model_task)
     device = input_device(model)
-    inputs = {k: v.to(device) for k, v in model_inputs(row, "base", is_language_model_task).items()}
-    return PrefixSkip.output_template(model, inputs)
+    return PrefixSkip.output_template(model, {k: v.to(device) for k, v in inputs.items()})
+
+
+def pass_budget(cfg: DictConfig, model: torch.nn.Module, datamodule, spec: TaskSpec,
+                jobs: Sequence[tuple[Any, int]]) -> int | None:
+    """The autograd bytes of the run's costliest one-site step, for ``sites_per_pass=auto``.
+
+    Measured over every site of the run (this shard's, finished ones included, so a resumed
+    run chooses as the first did) on the first training batch; ``None`` when not needed.
+    """
+    if not cfg.sweep.batched or cfg.sweep.sites_per_pass != "auto" or not jobs:
+        return None
+    batch = next(iter(datamodule.ordered_dataloader("train")))
+    inputs = model_inputs(batch, "base", spec.is_language_model_task)
+    return step_budget(model, [(site.layer, site.component) for site, _ in jobs], inputs)
+
+
+def sites_per_pass(cfg: DictConfig, model: torch.nn.Module, layer: int, component: str, n_sites: int,
+                   budget: int | None, columns: dict[str, torch.Tensor], is_language_model_task: bool) -> int | None:
+    """The group's sites per pass: ``sweep.sites_per_pass``, or with ``auto`` as many as fit in
+    ``budget`` (see :mod:`das_train.training.pass_memory`); without a budget, the group's own
+    one-site step is the budget (one site per pass)."""
+    setting = cfg.sweep.sites_per_pass
+    if setting != "auto":
+        return setting
+    rows = _first_rows(columns, cfg.trainer.batch_size)
+    one_site = saved_bytes_of_forward(model, layer, component, model_inputs(rows, "base", is_language_model_task))
+    budget = one_site if budget is None else budget
+    chosen = sites_per_pass_within(budget, one_site, n_sites)
+    log.info("%s-L%d: %d of %d sites per pass (one site's step keeps %.1f MiB for the backward, the budget is "
+             "%.1f MiB)", component, layer, chosen, n_sites, one_site / 2**20, budget / 2**20)
+    return chosen
 
 
 def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Sequence[Any], seed: int,
-                   run_dir: Path) -> list[dict[str, Any]]:
+                   run_dir: Path, budget: int | None = None) -> list[dict[str, Any]]:
     """Trains, tests and probes a group of sites of one (layer, component) and seed; returns
-    their result rows in the order of ``sites``."""
+    their result rows in the order of ``sites``. ``budget`` is :func:`pass_budget`'s, for
+    ``sweep.sites_per_pass=auto``."""
     from das_train.training.run import (
         distributed_eval_loader,
         distributed_train_loader,
@@ -153,10 +196,22 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
     layer, component = sites[0].layer, sites[0].component
     lm = spec.is_language_model_task
     positions = [site.position for site in sites]
-    train_acts = collect_layer(model, layer, component, positions, datamodule.ordered_dataloader("train"), lm)
-    test_acts = collect_layer(model, layer, component, positions, datamodule.ordered_dataloader("test"), lm)
     train_columns = split_columns(datamodule.ordered_dataloader("train"))
-    test_columns = split_columns(datamodule.ordered_dataloader("test"))
+    # Below layer 0 there is nothing to skip; blocks returning caches cannot be skipped.
+    template = _template(model, train_columns, lm) if layer > 0 else None
+    if layer > 0 and template is None:
+        log.info("layer %d: blocks return caches or attentions, so the prefix is recomputed", layer)
+    train_acts = collect_layer(model, layer, component, positions, datamodule.ordered_dataloader("train"), lm,
+                               keep_prefix=template is not None)
+    # The probes go first, so the base activations they read are freed before training.
+    probes = probes_with_control(
+        train_acts.base.transpose(0, 1),  # (sites, N, w), rows in split order like the labels
+        train_columns[BASE_VARIABLE].long(), train_columns[BASE_CONTROL].long(),
+        n_classes=spec.variable_values, lr=cfg.sweep.probe.lr, weight_decay=cfg.sweep.probe.weight_decay,
+        max_epochs=cfg.sweep.probe.max_epochs, seed=seed,
+    )
+    train_pairs = cached_pairs(train_columns, train_acts)
+    del train_acts
 
     members = []
     for site in sites:
@@ -169,18 +224,13 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
             iit=False, is_language_model_task=lm,
         ))
     train = DataLoader(
-        cached_pairs(train_columns, train_acts), batch_size=cfg.trainer.batch_size,
-        shuffle=datamodule.shuffle, collate_fn=whole_batch,
+        train_pairs, batch_size=cfg.trainer.batch_size, shuffle=datamodule.shuffle, collate_fn=whole_batch,
         # The same sampler and generator as the datamodule's, so the batches are fit_site's.
         generator=torch.Generator().manual_seed(datamodule.seed) if datamodule.shuffle else None,
     )
-    test = DataLoader(cached_pairs(test_columns, test_acts), batch_size=cfg.trainer.batch_size,
-                      collate_fn=whole_batch)
-    template = _template(model, train.dataset, lm)
-    if template is None:
-        log.info("layer %d: blocks return caches or attentions, so the prefix is recomputed", layer)
+    per_pass = sites_per_pass(cfg, model, layer, component, len(sites), budget, train_columns, lm)
     module = MultiSiteDASModule(model, members, PrefixSkip(model, layer, template) if template else None,
-                                sites_per_pass=cfg.sweep.sites_per_pass)
+                                sites_per_pass=per_pass)
 
     version = f"{component}-L{layer}-{'+'.join(s.position_name for s in sites)}-s{seed}"
     ckpt_dir = run_dir / "checkpoints" / version
@@ -190,28 +240,27 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
         log.info("%s: resuming from %s", version, last)
     trainer.fit(module, train_dataloaders=distributed_train_loader(cfg, train),
                 ckpt_path=str(last) if last.exists() else None)
+    # The test split's cache is made only now, next to the training one rather than with it.
+    test_acts = collect_layer(model, layer, component, positions, datamodule.ordered_dataloader("test"), lm,
+                              keep_prefix=template is not None, keep_base=False)
+    test = DataLoader(cached_pairs(split_columns(datamodule.ordered_dataloader("test")), test_acts),
+                      batch_size=cfg.trainer.batch_size, collate_fn=whole_batch)
+    del test_acts
     tested = trainer.test(module, dataloaders=distributed_eval_loader(test), verbose=False)
     iias = [float(tested[0][f"test/iia/{k}"]) if tested else math.nan for k in range(len(sites))]
     test_pairs = int(tested[0]["test/pairs"]) if tested else 0
     if is_global_zero():
         for site, member in zip(sites, members):
             member.intervenable.save(str(run_dir / "interventions" / f"{site.key}-s{seed}"))
-
-    base_activations = train_acts.base  # what the probes read; the rest of the cache goes now
     # The Trainer, its loaders and the module reference each other: collect them here, so the
-    # group's cache is freed before the probes and the next group.
-    del trainer, module, train, test, train_acts, test_acts
+    # group's cache is freed before the next group's.
+    del trainer, module, train, test, train_pairs
     gc.collect()
-    probes = probes_with_control(
-        base_activations.transpose(0, 1),  # (sites, N, w), rows in split order like the labels
-        train_columns[BASE_VARIABLE].long(), train_columns[BASE_CONTROL].long(),
-        n_classes=spec.variable_values, lr=cfg.sweep.probe.lr, weight_decay=cfg.sweep.probe.weight_decay,
-        max_epochs=cfg.sweep.probe.max_epochs, seed=seed,
-    )
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # the rows are about to be written
     seconds = round((time.perf_counter() - start) / len(sites), 2)
     return [result_row(site, seed, iia, probe, member.intervention, test_pairs, seconds)
             for site, member, iia, probe in zip(sites, members, iias, probes)]
 
 
-__all__ = ["CachedPairs", "cached_pairs", "fallback_reason", "fit_site_group", "group_jobs"]
+__all__ = ["CachedPairs", "cached_pairs", "fallback_reason", "fit_site_group", "group_jobs", "pass_budget",
+           "sites_per_pass"]

@@ -15,6 +15,7 @@ reproducible and independent of what ran before.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -215,13 +216,15 @@ def fit_probes(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         probes = LinearProbes(n_probes, width, n_classes, lr=lr, weight_decay=weight_decay)
-    probes.set_normalization(activations[:, train_idx])
     rows = activations.transpose(0, 1)  # (N, S, D): a batch of rows carries every probe's input
+    # Each split copied once and used for everything (a sweep's activations can be large).
+    train_rows, held_out_rows = rows[train_idx], rows[test_idx]
+    probes.set_normalization(train_rows.transpose(0, 1))
     train = DataLoader(
-        TensorDataset(rows[train_idx], labels[train_idx]), batch_size=batch_size,
+        TensorDataset(train_rows, labels[train_idx]), batch_size=batch_size,
         shuffle=True, generator=torch.Generator().manual_seed(seed),
     )
-    held_out = DataLoader(TensorDataset(rows[test_idx], labels[test_idx]), batch_size=4096)
+    held_out = DataLoader(TensorDataset(held_out_rows, labels[test_idx]), batch_size=4096)
     trainer = lightning.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -235,7 +238,12 @@ def fit_probes(
     # Validating every epoch only feeds the logger; without one it is wasted work.
     trainer.fit(probes, train, held_out if logger else None)
     probes.eval()
-    return probes.accuracies(activations[:, test_idx], labels[test_idx])
+    accuracies = probes.accuracies(held_out_rows.transpose(0, 1), labels[test_idx])
+    # The Trainer and its loaders reference each other, so the split copies would wait for the
+    # next cyclic collection: free them now, before the caller's next allocation.
+    del trainer, train, held_out, train_rows, held_out_rows
+    gc.collect()
+    return accuracies
 
 
 def fit_probe(activations: torch.Tensor, labels: torch.Tensor, n_classes: int, **options) -> float:

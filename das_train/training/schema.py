@@ -136,10 +136,12 @@ class SweepConfig:
     batched: bool = True
     """Train the sites of a layer together on cached activations (same results as one site at
     a time, several times faster); false trains and probes each site on its own."""
-    sites_per_pass: int | None = None
-    """With batched: how many sites share one forward pass; null means all of a layer's. Fewer
-    hold fewer activations at once (gradients are accumulated over the passes of a step, so
-    results do not change); 1 holds what one site's training does."""
+    sites_per_pass: int | str | None = "auto"
+    """With batched: how many of a layer's sites share one forward pass. ``auto`` fits as many
+    as hold no more activations than the run's costliest one-site step (measured on a batch), so
+    the sweep's peak memory stays that of the per-site loop; a number fixes it; null puts all of
+    a layer's sites in one pass (fastest, most memory). Gradients are accumulated over a step's
+    passes, so results do not depend on it."""
 
 
 @dataclass
@@ -225,7 +227,7 @@ POSITIVE = {
     ("model", "n_layer"), ("model", "hidden"), ("model", "heads"), ("model", "max_steps"),
     ("task", "n_train"), ("task", "n_val"), ("task", "n_test"), ("intervention", "low_rank_dimension"),
     ("intervention", "lr"), ("trainer", "devices"), ("trainer", "num_nodes"), ("trainer", "max_steps"),
-    ("trainer", "batch_size"), ("sweep", "probe", "max_epochs"), ("sweep", "num_shards"), ("sweep", "sites_per_pass"), ("intervention", "temperature_start"),
+    ("trainer", "batch_size"), ("sweep", "probe", "max_epochs"), ("sweep", "num_shards"), ("intervention", "temperature_start"),
     ("intervention", "temperature_end"), ("tracing", "window"), ("tracing", "samples"), ("tracing", "facts"),
     ("tracing", "noise_scale"), ("steering", "max_new_tokens"), ("steering", "temperature"), ("steering", "samples"),
 }
@@ -289,6 +291,9 @@ def validate(data: dict[str, Any]) -> list[str]:
     if model.get("kind") == "hub" and not model.get("name"):
         errors.append("'model.name' is required when model.kind=hub (a Hugging Face Hub id)")
     sweep = data.get("sweep", {}) if isinstance(data.get("sweep"), dict) else {}
+    per_pass = sweep.get("sites_per_pass", "auto")
+    if isinstance(per_pass, str) and per_pass != "auto" or isinstance(per_pass, int) and per_pass <= 0:
+        errors.append(f"'sweep.sites_per_pass' = {per_pass!r} must be a positive number, auto or null")
     shard, shards = sweep.get("shard", 0), sweep.get("num_shards", 1)
     if isinstance(shard, int) and isinstance(shards, int) and not 0 <= shard < max(shards, 1):
         errors.append(f"'sweep.shard' = {shard} must be in 0..{shards - 1} (sweep.num_shards = {shards})")

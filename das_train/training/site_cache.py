@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, SequentialSampler
 
 from das_train.core.devices import input_device
 from das_train.core.hooks import HookSet, StopForward, as_3d, read_hooked, write_hooked
@@ -61,10 +62,12 @@ def block_modules(model: nn.Module, up_to: int) -> list[nn.Module]:
 class LayerActivations:
     """One split's activations at one (layer, component), in the split's row order."""
 
-    prefix: torch.Tensor
-    """``(N, seq, d)`` or ``(N, d)``: the base's input to the layer's block, as the block saw it."""
-    base: torch.Tensor
-    """``(N, P, w)``: the bases' component activation at the P swept positions."""
+    prefix: torch.Tensor | None
+    """``(N, seq, d)`` or ``(N, d)``: the base's input to the layer's block, as the block saw it
+    (``None`` when not kept)."""
+    base: torch.Tensor | None
+    """``(N, P, w)``: the bases' component activation at the P swept positions (``None`` when
+    not kept)."""
     source: torch.Tensor
     """``(N, P, w)``: the sources' component activation at the P swept positions."""
 
@@ -86,8 +89,14 @@ def collect_layer(
     positions: Sequence[int | None],
     batches: Iterable[Batch],
     is_language_model_task: bool = True,
+    keep_prefix: bool = True,
+    keep_base: bool = True,
 ) -> LayerActivations:
-    """Runs base and source of every pair up to the site once; see the module docstring."""
+    """Runs base and source of every pair up to the site once; see the module docstring.
+
+    ``keep_prefix`` and ``keep_base`` drop what a caller will not read (a layer-0 group has no
+    prefix to skip; the test split needs no probe activations), so it is never held.
+    """
     block = resolve_site(model, layer, "block_input", "pos")
     site = resolve_site(model, layer, component, "pos")
     device = input_device(model)
@@ -113,24 +122,68 @@ def collect_layer(
         if "site" not in found:
             raise RuntimeError(f"the forward pass never reached {site.description}")
 
-    prefixes, bases, sources = [], [], []
+    rows = _known_rows(batches)
+    prefixes, bases, sources = RowBuffer(rows), RowBuffer(rows), RowBuffer(rows)
     index: torch.Tensor | None = None
     for batch in batches:
         for side in ("base", "source"):
             inputs = {k: v.to(device) for k, v in model_inputs(batch, side, is_language_model_task).items()}
-            run(inputs, with_prefix=side == "base")
+            run(inputs, with_prefix=side == "base" and keep_prefix)
             acts = found["site"]  # (batch, seq, w)
             if index is None:
                 index = _positions_index(positions, acts.shape[1]).to(acts.device)
             picked = acts[:, index].cpu()  # (batch, P, w)
-            if side == "base":
-                prefixes.append(found["prefix"].cpu())
-                bases.append(picked)
-            else:
-                sources.append(picked)
-    if not bases:
+            if side == "source":
+                sources.add(picked)
+                continue
+            if keep_prefix:
+                prefixes.add(found["prefix"].cpu())
+            if keep_base:
+                bases.add(picked)
+    if not sources.filled:
         raise ValueError("collect_layer: the batches were empty")
-    return LayerActivations(torch.cat(prefixes), torch.cat(bases), torch.cat(sources))
+    return LayerActivations(prefixes.result() if keep_prefix else None, bases.result() if keep_base else None,
+                            sources.result())
+
+
+def _known_rows(batches: Iterable[Batch]) -> int | None:
+    """The number of rows an in-order DataLoader will yield, else ``None``."""
+    if isinstance(batches, DataLoader) and isinstance(batches.sampler, SequentialSampler):
+        return len(batches.dataset)
+    return None
+
+
+class RowBuffer:
+    """Batches of rows gathered into one tensor.
+
+    With the number of rows known, the tensor is allocated at the first batch and filled in
+    place, so a layer's cache never exists twice (pieces plus their concatenation); otherwise
+    the pieces are concatenated at the end.
+    """
+
+    def __init__(self, rows: int | None) -> None:
+        self.rows = rows
+        self.filled = 0
+        self.pieces: list[torch.Tensor] = []
+        self.out: torch.Tensor | None = None
+
+    def add(self, piece: torch.Tensor) -> None:
+        if self.rows is None:
+            self.pieces.append(piece)
+        else:
+            if self.out is None:
+                self.out = piece.new_empty((self.rows, *piece.shape[1:]))
+            if self.filled + len(piece) > self.rows:
+                raise ValueError(f"more than the {self.rows} rows announced")
+            self.out[self.filled : self.filled + len(piece)] = piece
+        self.filled += len(piece)
+
+    def result(self) -> torch.Tensor:
+        if self.rows is None:
+            return torch.cat(self.pieces)
+        if self.filled != self.rows:
+            raise ValueError(f"{self.filled} rows gathered, {self.rows} announced")
+        return self.out
 
 
 class PrefixSkip:

@@ -1,0 +1,82 @@
+"""How many of a layer's sites may share a forward pass without holding more than one site does.
+
+A batched pass over ``k`` sites repeats the batch ``k`` times from the site upward, so autograd
+keeps ``k`` times the activations one site's step keeps. ``sweep.sites_per_pass=auto`` bounds
+that by the per-site path: the budget is the autograd memory of the most expensive one-site
+step in the run (usually the embedding row or the lowest layer, whose gradient runs through
+every block), and each group takes as many sites per pass as fit in it. The upper layers,
+whose gradient runs through few blocks, then train many sites at once, the lowest ones one
+at a time, and no pass holds more than the per-site loop's costliest step.
+
+The memory is measured, not modelled: one forward of a real batch with the gradient starting
+at the site, counting the distinct storages autograd saves for the backward. That covers any
+architecture, dtype and sequence length without a table of per-block costs.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from das_train.core.devices import input_device
+from das_train.core.hooks import HookSet, read_hooked, write_hooked
+from das_train.core.sites import resolve_site
+
+
+def saved_bytes_of_forward(model: nn.Module, layer: int, component: str, inputs: Mapping[str, torch.Tensor]) -> int:
+    """Bytes autograd saves for the backward when the gradient starts at (layer, component).
+
+    The site's activation is made a leaf that requires grad, as a trained intervention's output
+    would be; the frozen model's weights need none, so everything below the site saves nothing.
+    """
+    site = resolve_site(model, layer, component, "pos")
+    saved: list[weakref.ref] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(weakref.ref(tensor))
+        return tensor
+
+    def start_gradient(module, args, kwargs, output):
+        value = read_hooked(args, kwargs, output)
+        return write_hooked(args, kwargs, output, value.detach().requires_grad_(True))
+
+    device = input_device(model)
+    # Frozen, as while interventions train (a model fresh from loading still wants gradients).
+    wanting = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for parameter in wanting:
+            parameter.requires_grad_(False)
+        with HookSet() as hooks, torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            hooks.add(site.module, site.hook, start_gradient)
+            outputs = model(**{k: v.to(device) for k, v in inputs.items()})
+    finally:
+        for parameter in wanting:
+            parameter.requires_grad_(True)
+    # What the graph still holds with the outputs alive (a branch the forward dropped freed its
+    # saved tensors, as in a real step), each storage once (views share one).
+    storages = {}
+    for ref in saved:
+        tensor = ref()
+        if tensor is not None:
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    del outputs
+    return sum(storages.values())
+
+
+def step_budget(model: nn.Module, sites: Iterable[tuple[int, str]], inputs: Mapping[str, torch.Tensor]) -> int:
+    """The autograd bytes of the costliest one-site step among ``sites`` ((layer, component))."""
+    return max(saved_bytes_of_forward(model, layer, component, inputs) for layer, component in set(sites))
+
+
+def sites_per_pass_within(budget: int, one_site_bytes: int, n_sites: int) -> int:
+    """How many sites (at least 1, at most ``n_sites``) fit in ``budget`` bytes of activations."""
+    if one_site_bytes <= 0:
+        return n_sites
+    return max(1, min(n_sites, budget // one_site_bytes))
+
+
+__all__ = ["saved_bytes_of_forward", "sites_per_pass_within", "step_budget"]

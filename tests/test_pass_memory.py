@@ -1,0 +1,134 @@
+"""``sweep.sites_per_pass=auto``: the autograd memory of a pass, measured, bounds the sites per pass.
+
+The measure (das_train/training/pass_memory.py) is checked against what a real batched pass
+keeps for its backward, counted independently with saved-tensor hooks around
+MultiSiteDASModule's forward; then the choice it drives, the collection buffers, and the
+config's refusals.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_batched_sweep import HIDDEN, batches, neox, site_modules, with_cache
+from torch.utils.data import DataLoader
+
+from das_train.training.multi_site import MultiSiteDASModule
+from das_train.training.pass_memory import (
+    saved_bytes_of_forward,
+    sites_per_pass_within,
+    step_budget,
+)
+from das_train.training.site_cache import PrefixSkip, RowBuffer, collect_layer
+
+pytestmark = [pytest.mark.filterwarnings("ignore:.*does not have many workers.*")]
+
+
+def kept_for_backward(run) -> int:
+    """Bytes of distinct storages autograd holds once ``run()`` has returned its output."""
+    import weakref
+
+    saved = []
+
+    def pack(tensor):
+        saved.append(weakref.ref(tensor))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        output = run()
+    storages = {}
+    for ref in saved:
+        tensor = ref()
+        if tensor is not None:
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+    del output
+    return sum(storages.values())
+
+
+def base_inputs(batch):
+    return {"input_ids": batch["base_input_ids"], "attention_mask": batch["base_attention_mask"]}
+
+
+@pytest.mark.parametrize("layer,component", [(0, "block_input"), (1, "block_output"), (2, "mlp_output")])
+def test_the_measure_predicts_what_a_batched_pass_keeps_for_k_sites(layer, component):
+    model = neox()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    positions = [1, 2, 3, 4]
+    sites = site_modules(model, layer, component, positions, intervention="LowRankRotatedSpaceIntervention",
+                         low_rank_dimension=1)
+    loader = batches(n=16, batch_size=16)
+    acts = collect_layer(model, layer, component, positions, loader)
+    batch = with_cache(next(iter(loader)), acts, slice(0, 16))
+    multi = MultiSiteDASModule(model, sites, PrefixSkip(model, layer, PrefixSkip.output_template(
+        model, base_inputs(batch))))
+    one_site = saved_bytes_of_forward(model, layer, component, base_inputs(batch))
+    real = {k: kept_for_backward(lambda k=k: multi(batch, range(k))) for k in (1, 2, 4)}
+    # One site: the model's share is measured exactly; the intervention adds its own few
+    # (batch, width) tensors, which the measure leaves out (small next to a block's).
+    intervention_bound = 6 * 16 * HIDDEN * 4
+    assert one_site > intervention_bound
+    assert one_site <= real[1] <= one_site + intervention_bound, (real, one_site)
+    # k sites keep more than one, and never more than k one-site steps (the budget is safe).
+    assert real[1] < real[2] < real[4]
+    assert real[2] <= 2 * real[1] and real[4] <= 4 * real[1], real
+
+
+def test_a_site_deeper_in_the_model_keeps_more_and_the_model_stays_as_it_was():
+    model = neox()  # freshly built: its weights want gradients
+    inputs = base_inputs(next(iter(batches(n=8, batch_size=8))))
+    kept = [saved_bytes_of_forward(model, 0, "block_input", inputs)] + [
+        saved_bytes_of_forward(model, layer, "block_output", inputs) for layer in range(3)]
+    assert kept == sorted(kept, reverse=True) and len(set(kept)) == 4
+    assert all(p.requires_grad for p in model.parameters())  # restored after the measure
+    assert step_budget(model, [(2, "block_output"), (0, "block_input"), (1, "block_output")], inputs) == kept[0]
+    # Twice the rows keep more, but at most twice as much (masks and rotary tables are shared).
+    bigger = base_inputs(next(iter(batches(n=16, batch_size=16))))
+    assert kept[2] < saved_bytes_of_forward(model, 1, "block_output", bigger) <= 2 * kept[2]
+
+
+def test_sites_per_pass_within_a_budget():
+    assert sites_per_pass_within(budget=100, one_site_bytes=30, n_sites=4) == 3
+    assert sites_per_pass_within(budget=100, one_site_bytes=10, n_sites=4) == 4  # never more than there are
+    assert sites_per_pass_within(budget=10, one_site_bytes=30, n_sites=4) == 1  # never fewer than one
+    assert sites_per_pass_within(budget=10, one_site_bytes=0, n_sites=4) == 4  # nothing kept: all at once
+
+
+def test_row_buffer_fills_one_tensor_or_concatenates():
+    pieces = [torch.arange(6.0).view(3, 2), torch.arange(6.0, 10.0).view(2, 2)]
+    for rows in (5, None):
+        buffer = RowBuffer(rows)
+        for piece in pieces:
+            buffer.add(piece)
+        assert torch.equal(buffer.result(), torch.cat(pieces))
+    short = RowBuffer(6)
+    short.add(pieces[0])
+    with pytest.raises(ValueError, match="3 rows gathered, 6 announced"):
+        short.result()
+    with pytest.raises(ValueError, match="more than the 2 rows announced"):
+        RowBuffer(2).add(pieces[0])
+
+
+def test_collect_layer_keeps_only_what_is_asked_and_fills_in_order():
+    model = neox()
+    loader = batches(n=20, batch_size=8)  # 8 + 8 + 4 rows
+    full = collect_layer(model, 1, "block_output", [1, 3], loader)
+    lean = collect_layer(model, 1, "block_output", [1, 3], loader, keep_prefix=False, keep_base=False)
+    assert lean.prefix is None and lean.base is None
+    assert torch.equal(lean.source, full.source)
+    assert full.prefix.shape == (20, 5, HIDDEN) and full.source.shape == (20, 2, HIDDEN)
+    # Not a DataLoader: the pieces are concatenated instead, to the same result.
+    listed = collect_layer(model, 1, "block_output", [1, 3], list(loader))
+    assert torch.equal(listed.prefix, full.prefix) and torch.equal(listed.base, full.base)
+    assert isinstance(loader, DataLoader)
+
+
+def test_sites_per_pass_is_checked_before_any_work():
+    from das_train import cli
+    from das_train.training.schema import ConfigError
+
+    for bad in ("sweep.sites_per_pass=some", "sweep.sites_per_pass=0"):
+        with pytest.raises(ConfigError, match="'sweep.sites_per_pass' = .* must be a positive number, auto or null"):
+            cli.check("gender_tiny", [bad])
+    for good in ("sweep.sites_per_pass=auto", "sweep.sites_per_pass=null", "sweep.sites_per_pass=2"):
+        cli.check("gender_tiny", [good])
