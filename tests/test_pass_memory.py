@@ -31,8 +31,9 @@ def kept_for_backward(run) -> int:
     saved = []
 
     def pack(tensor):
-        saved.append(weakref.ref(tensor))
-        return tensor
+        alias = tensor.detach()  # no grad_fn: no reference cycle through the graph
+        saved.append(weakref.ref(alias))
+        return alias
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         output = run()

@@ -36,8 +36,11 @@ def saved_bytes_of_forward(model: nn.Module, layer: int, component: str, inputs:
     saved: list[weakref.ref] = []
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        saved.append(weakref.ref(tensor))
-        return tensor
+        # A detached alias: the same storage without the grad_fn, so the graph holding it makes
+        # no reference cycle (one would keep the whole graph alive until a cyclic collection).
+        alias = tensor.detach()
+        saved.append(weakref.ref(alias))
+        return alias
 
     def start_gradient(module, args, kwargs, output):
         value = read_hooked(args, kwargs, output)
