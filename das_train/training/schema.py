@@ -138,10 +138,10 @@ class SweepConfig:
     a time, several times faster); false trains and probes each site on its own."""
     sites_per_pass: int | str | None = "auto"
     """With batched: how many of a layer's sites share one forward pass. ``auto`` fits as many
-    as hold no more activations than the run's costliest one-site step (measured on a batch), so
-    the sweep's peak memory stays that of the per-site loop; a number fixes it; null puts all of
-    a layer's sites in one pass (fastest, most memory). Gradients are accumulated over a step's
-    passes, so results do not depend on it."""
+    as keep no more activations for the backward than the run's costliest one-site step
+    (measured on a batch), the bound of a per-site loop; a number fixes it; null puts all of a
+    layer's sites in one pass (fastest on small models, most memory). Gradients are accumulated
+    over a step's passes, so results do not depend on it."""
 
 
 @dataclass
