@@ -17,7 +17,7 @@ from das_train.training.multi_site import MultiSiteDASModule
 from das_train.training.pass_memory import (
     saved_bytes_of_forward,
     sites_per_pass_within,
-    step_budget,
+    step_costs,
 )
 from das_train.training.site_cache import PrefixSkip, RowBuffer, collect_layer
 
@@ -82,7 +82,8 @@ def test_a_site_deeper_in_the_model_keeps_more_and_the_model_stays_as_it_was():
         saved_bytes_of_forward(model, layer, "block_output", inputs) for layer in range(3)]
     assert kept == sorted(kept, reverse=True) and len(set(kept)) == 4
     assert all(p.requires_grad for p in model.parameters())  # restored after the measure
-    assert step_budget(model, [(2, "block_output"), (0, "block_input"), (1, "block_output")], inputs) == kept[0]
+    costs = step_costs(model, [(2, "block_output"), (0, "block_input"), (2, "block_output")], inputs)
+    assert costs == {(2, "block_output"): kept[3], (0, "block_input"): kept[0]}
     # Twice the rows keep more, but at most twice as much (masks and rotary tables are shared).
     bigger = base_inputs(next(iter(batches(n=16, batch_size=16))))
     assert kept[2] < saved_bytes_of_forward(model, 1, "block_output", bigger) <= 2 * kept[2]

@@ -43,7 +43,7 @@ from das_train.training.multi_site import CACHED_PREFIX, CACHED_SOURCES, MultiSi
 from das_train.training.pass_memory import (
     saved_bytes_of_forward,
     sites_per_pass_within,
-    step_budget,
+    step_costs,
 )
 from das_train.training.probe import probes_with_control
 from das_train.training.site_cache import (
@@ -148,31 +148,37 @@ def _template(model: torch.nn.Module, columns: dict[str, torch.Tensor], is_langu
     return PrefixSkip.output_template(model, {k: v.to(device) for k, v in inputs.items()})
 
 
-def pass_budget(cfg: DictConfig, model: torch.nn.Module, datamodule, spec: TaskSpec,
-                jobs: Sequence[tuple[Any, int]]) -> int | None:
-    """The autograd bytes of the run's costliest one-site step, for ``sites_per_pass=auto``.
+def one_site_costs(cfg: DictConfig, model: torch.nn.Module, datamodule, spec: TaskSpec,
+                   jobs: Sequence[tuple[Any, int]]) -> dict[tuple[int, str], int] | None:
+    """For ``sites_per_pass=auto``: the autograd bytes of one site's step at each (layer,
+    component) of the run; ``None`` when not needed.
 
     Measured over every site of the run (this shard's, finished ones included, so a resumed
-    run chooses as the first did) on the first training batch; ``None`` when not needed.
+    run chooses as the first did) on the first training batch, the batch size training uses.
     """
     if not cfg.sweep.batched or cfg.sweep.sites_per_pass != "auto" or not jobs:
         return None
     batch = next(iter(datamodule.ordered_dataloader("train")))
     inputs = model_inputs(batch, "base", spec.is_language_model_task)
-    return step_budget(model, [(site.layer, site.component) for site, _ in jobs], inputs)
+    return step_costs(model, [(site.layer, site.component) for site, _ in jobs], inputs)
 
 
 def sites_per_pass(cfg: DictConfig, model: torch.nn.Module, layer: int, component: str, n_sites: int,
-                   budget: int | None, columns: dict[str, torch.Tensor], is_language_model_task: bool) -> int | None:
-    """The group's sites per pass: ``sweep.sites_per_pass``, or with ``auto`` as many as fit in
-    ``budget`` (see :mod:`das_train.training.pass_memory`); without a budget, the group's own
-    one-site step is the budget (one site per pass)."""
+                   costs: dict[tuple[int, str], int] | None, columns: dict[str, torch.Tensor],
+                   is_language_model_task: bool) -> int | None:
+    """The group's sites per pass: ``sweep.sites_per_pass``, or with ``auto`` as many as keep
+    no more than the costliest of ``costs`` (:func:`one_site_costs`; see
+    :mod:`das_train.training.pass_memory`). Without ``costs`` for this site, the group's own
+    one-site step is measured and is the budget (one site per pass)."""
     setting = cfg.sweep.sites_per_pass
     if setting != "auto":
         return setting
-    rows = _first_rows(columns, cfg.trainer.batch_size)
-    one_site = saved_bytes_of_forward(model, layer, component, model_inputs(rows, "base", is_language_model_task))
-    budget = one_site if budget is None else budget
+    if costs and (layer, component) in costs:
+        one_site, budget = costs[(layer, component)], max(costs.values())
+    else:
+        rows = _first_rows(columns, cfg.trainer.batch_size)
+        one_site = saved_bytes_of_forward(model, layer, component, model_inputs(rows, "base", is_language_model_task))
+        budget = one_site
     chosen = sites_per_pass_within(budget, one_site, n_sites)
     log.info("%s-L%d: %d of %d sites per pass (one site's step keeps %.1f MiB for the backward, the budget is "
              "%.1f MiB)", component, layer, chosen, n_sites, one_site / 2**20, budget / 2**20)
@@ -180,9 +186,9 @@ def sites_per_pass(cfg: DictConfig, model: torch.nn.Module, layer: int, componen
 
 
 def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Sequence[Any], seed: int,
-                   run_dir: Path, budget: int | None = None) -> list[dict[str, Any]]:
+                   run_dir: Path, costs: dict[tuple[int, str], int] | None = None) -> list[dict[str, Any]]:
     """Trains, tests and probes a group of sites of one (layer, component) and seed; returns
-    their result rows in the order of ``sites``. ``budget`` is :func:`pass_budget`'s, for
+    their result rows in the order of ``sites``. ``costs`` are :func:`one_site_costs`', for
     ``sweep.sites_per_pass=auto``."""
     from das_train.training.run import (
         distributed_eval_loader,
@@ -228,7 +234,7 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
         # The same sampler and generator as the datamodule's, so the batches are fit_site's.
         generator=torch.Generator().manual_seed(datamodule.seed) if datamodule.shuffle else None,
     )
-    per_pass = sites_per_pass(cfg, model, layer, component, len(sites), budget, train_columns, lm)
+    per_pass = sites_per_pass(cfg, model, layer, component, len(sites), costs, train_columns, lm)
     module = MultiSiteDASModule(model, members, PrefixSkip(model, layer, template) if template else None,
                                 sites_per_pass=per_pass)
 
@@ -262,5 +268,5 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
             for site, member, iia, probe in zip(sites, members, iias, probes)]
 
 
-__all__ = ["CachedPairs", "cached_pairs", "fallback_reason", "fit_site_group", "group_jobs", "pass_budget",
+__all__ = ["CachedPairs", "cached_pairs", "fallback_reason", "fit_site_group", "group_jobs", "one_site_costs",
            "sites_per_pass"]

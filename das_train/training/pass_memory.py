@@ -70,9 +70,12 @@ def saved_bytes_of_forward(model: nn.Module, layer: int, component: str, inputs:
     return sum(storages.values())
 
 
-def step_budget(model: nn.Module, sites: Iterable[tuple[int, str]], inputs: Mapping[str, torch.Tensor]) -> int:
-    """The autograd bytes of the costliest one-site step among ``sites`` ((layer, component))."""
-    return max(saved_bytes_of_forward(model, layer, component, inputs) for layer, component in set(sites))
+def step_costs(model: nn.Module, sites: Iterable[tuple[int, str]],
+               inputs: Mapping[str, torch.Tensor]) -> dict[tuple[int, str], int]:
+    """The autograd bytes of one site's step at each distinct (layer, component) of ``sites``;
+    the largest is the budget of ``auto``."""
+    return {(layer, component): saved_bytes_of_forward(model, layer, component, inputs)
+            for layer, component in dict.fromkeys(sites)}
 
 
 def sites_per_pass_within(budget: int, one_site_bytes: int, n_sites: int) -> int:
@@ -82,4 +85,4 @@ def sites_per_pass_within(budget: int, one_site_bytes: int, n_sites: int) -> int
     return max(1, min(n_sites, budget // one_site_bytes))
 
 
-__all__ = ["saved_bytes_of_forward", "sites_per_pass_within", "step_budget"]
+__all__ = ["saved_bytes_of_forward", "sites_per_pass_within", "step_costs"]

@@ -35,7 +35,7 @@ from das_train.training.batched_sweep import (
     fallback_reason,
     fit_site_group,
     group_jobs,
-    pass_budget,
+    one_site_costs,
 )
 from das_train.training.schema import ConfigError, validate
 from tasks.base import CounterfactualTask, TaskSpec
@@ -461,14 +461,14 @@ def run(cfg: Any) -> Path:
     todo = [(s, seed) for s, seed in jobs if (s.layer, s.component, s.position, seed) not in done]
     if done:
         print(f"resuming: {len(done)} finished site runs found in {path}, {len(todo)} to go", flush=True)
-    budget = pass_budget(cfg, model, datamodule, spec, jobs) if todo else None
+    costs = one_site_costs(cfg, model, datamodule, spec, jobs) if todo else None
     bar = tqdm(total=len(todo), desc="sweep", unit="site", disable=not cfg.progress or not is_global_zero())
     for group in group_jobs(todo):
         (site, seed), count = group[0], len(group)
         reason = fallback_reason(cfg, model, site)
         if reason is None:
             bar.set_postfix_str(f"{site.component}-L{site.layer}: {count} sites together, seed {seed}")
-            new_rows = fit_site_group(cfg, model, datamodule, spec, [s for s, _ in group], seed, run_dir, budget)
+            new_rows = fit_site_group(cfg, model, datamodule, spec, [s for s, _ in group], seed, run_dir, costs)
         else:
             if cfg.sweep.batched:
                 log.info("%s-L%d one site at a time: %s", site.component, site.layer, reason)
