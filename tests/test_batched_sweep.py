@@ -303,13 +303,11 @@ def test_a_cut_off_group_fit_resumes_from_its_checkpoint(tmp_path, monkeypatch, 
     import sys
     from pathlib import Path
 
-    from das_train import cli
     from das_train.training import batched_sweep
     from das_train.training import run as run_module
-    from tasks.datamodule import PairDataModule
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_run import small_overrides
+    from test_run import small_gender_run
 
     class Interrupt(Exception):
         pass
@@ -319,12 +317,7 @@ def test_a_cut_off_group_fit_resumes_from_its_checkpoint(tmp_path, monkeypatch, 
             if trainer.global_step >= 25:
                 raise Interrupt
 
-    cfg = run_module.as_run_config(cli.check("gender_tiny", small_overrides(tmp_path, "trainer.max_steps=40")))
-    task = run_module.load_task("gender")
-    model, tokenizer = run_module.build_model(cfg, task)
-    datamodule = PairDataModule(task, tokenizer, n_train=128, n_val=16, n_test=64, batch_size=16, seed=0)
-    datamodule.setup()
-    spec = datamodule.spec()
+    cfg, model, datamodule, spec = small_gender_run(tmp_path)
     sites = [run_module.Site(1, "block_output", 1, "name"), run_module.Site(1, "block_output", 3, "last")]
     real_make_trainer = run_module.make_trainer
 

@@ -153,13 +153,19 @@ class _StopAt(lightning.Callback):
             raise _Interrupt
 
 
-def test_a_cut_off_fit_resumes_from_its_checkpoint(tmp_path, monkeypatch, caplog):
+def small_gender_run(tmp_path):
+    """(cfg, model, datamodule, spec) of a small gender_tiny run with 40 DAS steps, for tests
+    that drive one site's or one group's fit by hand."""
     cfg = run_module.as_run_config(cli.check("gender_tiny", small_overrides(tmp_path, "trainer.max_steps=40")))
     task = run_module.load_task("gender")
     model, tokenizer = run_module.build_model(cfg, task)
     datamodule = PairDataModule(task, tokenizer, n_train=128, n_val=16, n_test=64, batch_size=16, seed=0)
     datamodule.setup()
-    spec = datamodule.spec()
+    return cfg, model, datamodule, datamodule.spec()
+
+
+def test_a_cut_off_fit_resumes_from_its_checkpoint(tmp_path, monkeypatch, caplog):
+    cfg, model, datamodule, spec = small_gender_run(tmp_path)
     site = run_module.Site(1, "block_output", 3, "last")
     real_trainer = lightning.Trainer
 
