@@ -76,20 +76,23 @@ def with_cache(batch, acts, rows: slice):
 
 @pytest.mark.parametrize("family", sorted(MAKERS))
 @pytest.mark.parametrize("layer", [0, 1, 2])
-def test_running_from_a_cached_block_input_gives_the_full_forward_and_skips_the_blocks_below(family, layer):
+@pytest.mark.parametrize("component", ["mlp_output", "block_output"])
+def test_running_from_a_cached_prefix_gives_the_full_forward_and_skips_the_blocks_below(family, layer, component):
+    """An MLP-output site starts at its block's cached input; a block-output site starts above
+    its block, on the block's cached output."""
     model = MAKERS[family]()
     batch = next(iter(batches()))
     inputs = {"input_ids": batch["base_input_ids"], "attention_mask": batch["base_attention_mask"]}
-    acts = collect_layer(model, layer, "block_output", [1, 3], [batch])
+    acts = collect_layer(model, layer, component, [1, 3], [batch])
     with torch.no_grad():
         full = model(**inputs).logits
     template = PrefixSkip.output_template(model, inputs)
     assert template is not None
+    skip = PrefixSkip(model, layer, component, template)
+    assert skip.after_block == (component == "block_output")
     calls = []
     counters = [b.register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i, b in
                 enumerate(block_modules(model, LAYERS - 1))]
-    # The blocks below `layer` must not compute: poison their weights for the skipped call.
-    skip = PrefixSkip(model, layer, template)
     try:
         with torch.no_grad(), skip.active(acts.prefix):
             skipped = model(**inputs).logits
@@ -103,20 +106,25 @@ def test_running_from_a_cached_block_input_gives_the_full_forward_and_skips_the_
         torch.testing.assert_close(model(**inputs).logits, full)
 
 
-def test_skipped_blocks_do_not_compute():
+@pytest.mark.parametrize("component,computing", [("mlp_output", 1), ("block_output", 2)])
+def test_skipped_blocks_do_not_compute(component, computing):
+    """Layer 2's MLP output needs block 2 to run; its block output needs no block at all."""
     model = neox()
     batch = next(iter(batches()))
     inputs = {"input_ids": batch["base_input_ids"], "attention_mask": batch["base_attention_mask"]}
-    acts = collect_layer(model, 2, "block_output", [0], [batch])
+    acts = collect_layer(model, 2, component, [0], [batch])
     with torch.no_grad():
         full = model(**inputs).logits
-    skip = PrefixSkip(model, 2, PrefixSkip.output_template(model, inputs))
+    skip = PrefixSkip(model, 2, component, PrefixSkip.output_template(model, inputs))
     with torch.no_grad():
-        for block in block_modules(model, 1):
+        for block in block_modules(model, computing):
             for p in block.parameters():
                 p.mul_(float("nan"))  # any use of a skipped block's weights would show up
         with skip.active(acts.prefix):
             skipped = model(**inputs).logits
+    # Block 2 itself is poisoned only where it is skipped, so this equality is the whole check.
+    if computing == 1:
+        assert not torch.isnan(skipped).any()
     torch.testing.assert_close(skipped, full, atol=1e-5, rtol=1e-5)
 
 
@@ -175,7 +183,8 @@ def test_batched_sites_give_each_site_its_own_intervened_logits(family, layer, c
     acts = collect_layer(model, layer, component, positions, loader)
     first = next(iter(loader))
     inputs = {"input_ids": first["base_input_ids"], "attention_mask": first["base_attention_mask"]}
-    multi = MultiSiteDASModule(model, sites, PrefixSkip(model, layer, PrefixSkip.output_template(model, inputs)))
+    multi = MultiSiteDASModule(model, sites, PrefixSkip(model, layer, component,
+                                                        PrefixSkip.output_template(model, inputs)))
     start = 0
     for batch in loader:
         rows = slice(start, start + len(batch["base_input_ids"]))
@@ -213,7 +222,8 @@ def test_batched_training_takes_the_per_site_steps(sites_per_pass):
     acts = collect_layer(model, 1, "block_output", positions, loader)
     first = next(iter(loader))
     template = PrefixSkip.output_template(model, {"input_ids": first["base_input_ids"]})
-    multi = MultiSiteDASModule(model, together, PrefixSkip(model, 1, template), sites_per_pass=sites_per_pass)
+    multi = MultiSiteDASModule(model, together, PrefixSkip(model, 1, "block_output", template),
+                               sites_per_pass=sites_per_pass)
     assert len(multi.passes) == {None: 1, 2: 2, 1: 3}[sites_per_pass]
     # batch_size=None: the list already holds whole batches.
     cached = DataLoader([with_cache(b, acts, slice(i * 8, i * 8 + 8)) for i, b in enumerate(loader)], batch_size=None)

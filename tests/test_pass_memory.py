@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_batched_sweep import HIDDEN, batches, neox, site_modules, with_cache
+from test_batched_sweep import HIDDEN, LENGTH, batches, neox, pair_rows, site_modules, with_cache
 from torch.utils.data import DataLoader
 
 from das_train.training.multi_site import MultiSiteDASModule
@@ -61,7 +61,7 @@ def test_the_measure_predicts_what_a_batched_pass_keeps_for_k_sites(layer, compo
     loader = batches(n=16, batch_size=16)
     acts = collect_layer(model, layer, component, positions, loader)
     batch = with_cache(next(iter(loader)), acts, slice(0, 16))
-    multi = MultiSiteDASModule(model, sites, PrefixSkip(model, layer, PrefixSkip.output_template(
+    multi = MultiSiteDASModule(model, sites, PrefixSkip(model, layer, component, PrefixSkip.output_template(
         model, base_inputs(batch))))
     one_site = saved_bytes_of_forward(model, layer, component, base_inputs(batch))
     real = {k: kept_for_backward(lambda k=k: multi(batch, range(k))) for k in (1, 2, 4)}
@@ -96,13 +96,12 @@ def test_sites_per_pass_within_a_budget():
     assert sites_per_pass_within(budget=10, one_site_bytes=0, n_sites=4) == 4  # nothing kept: all at once
 
 
-def test_row_buffer_fills_one_tensor_or_concatenates():
+def test_row_buffer_fills_one_preallocated_tensor():
     pieces = [torch.arange(6.0).view(3, 2), torch.arange(6.0, 10.0).view(2, 2)]
-    for rows in (5, None):
-        buffer = RowBuffer(rows)
-        for piece in pieces:
-            buffer.add(piece)
-        assert torch.equal(buffer.result(), torch.cat(pieces))
+    buffer = RowBuffer(5)
+    for piece in pieces:
+        buffer.add(piece)
+    assert torch.equal(buffer.result(), torch.cat(pieces))
     short = RowBuffer(6)
     short.add(pieces[0])
     with pytest.raises(ValueError, match="3 rows gathered, 6 announced"):
@@ -111,18 +110,40 @@ def test_row_buffer_fills_one_tensor_or_concatenates():
         RowBuffer(2).add(pieces[0])
 
 
-def test_collect_layer_keeps_only_what_is_asked_and_fills_in_order():
+def test_collect_layer_stores_each_distinct_input_once():
     model = neox()
-    loader = batches(n=20, batch_size=8)  # 8 + 8 + 4 rows
-    full = collect_layer(model, 1, "block_output", [1, 3], loader)
-    lean = collect_layer(model, 1, "block_output", [1, 3], loader, keep_prefix=False, keep_base=False)
-    assert lean.prefix is None and lean.base is None
-    assert torch.equal(lean.source, full.source)
-    assert full.prefix.shape == (20, 5, HIDDEN) and full.source.shape == (20, 2, HIDDEN)
-    # Not a DataLoader: the pieces are concatenated instead, to the same result.
-    listed = collect_layer(model, 1, "block_output", [1, 3], list(loader))
-    assert torch.equal(listed.prefix, full.prefix) and torch.equal(listed.base, full.base)
-    assert isinstance(loader, DataLoader)
+    rows = pair_rows(6)
+    # 20 pairs drawing on 6 sentences: bases cycle through them, sources run the other way.
+    pairs = [{**rows[i % 6], "source_input_ids": rows[5 - i % 6]["base_input_ids"],
+              "source_attention_mask": rows[5 - i % 6]["base_attention_mask"]} for i in range(20)]
+    loader = DataLoader(pairs, batch_size=8, shuffle=False)  # 8 + 8 + 4 pairs
+    acts = collect_layer(model, 1, "block_output", [1, 3], loader)
+    assert acts.site_table.shape == (6, 2, HIDDEN) and acts.prefix_table.shape == (6, LENGTH, HIDDEN)
+    assert acts.base_row.tolist() == [i % 6 for i in range(20)]
+    assert acts.source_row.tolist() == [5 - i % 6 for i in range(20)]
+    # Per pair, the tables give what running every pair's base and source gives.
+    every = {"base": [], "source": [], "prefix": []}
+    block = model.gpt_neox.layers[1]
+    for batch in loader:
+        for side in ("base", "source"):
+            seen = {}
+
+            def read_output(module, args, output):
+                seen["site"] = output[0] if isinstance(output, tuple) else output
+
+            handle = block.register_forward_hook(read_output)
+            with torch.no_grad():
+                model(input_ids=batch[f"{side}_input_ids"], attention_mask=batch[f"{side}_attention_mask"])
+            handle.remove()
+            every[side].append(seen["site"][:, [1, 3]])
+            if side == "base":  # a block-output site's prefix is the block's whole output
+                every["prefix"].append(seen["site"])
+    torch.testing.assert_close(acts.base, torch.cat(every["base"]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(acts.source, torch.cat(every["source"]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(acts.prefix, torch.cat(every["prefix"]), rtol=0, atol=1e-6)
+    lean = collect_layer(model, 1, "block_output", [1, 3], loader, keep_prefix=False)
+    assert lean.prefix_table is None and lean.prefix is None
+    assert torch.equal(lean.site_table, acts.site_table)
 
 
 def test_sites_per_pass_is_checked_before_any_work():

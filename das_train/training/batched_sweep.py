@@ -51,6 +51,7 @@ from das_train.training.site_cache import (
     PrefixSkip,
     batched_sites_supported,
     collect_layer,
+    starts_after_block,
 )
 from tasks.base import (
     BASE_CONTROL,
@@ -68,26 +69,34 @@ log = logging.getLogger("das_train")
 class CachedPairs(Dataset):
     """A split's pair columns next to one layer's cached activations, fetched a batch at a time.
 
-    ``__getitems__`` lets the DataLoader index every column once per batch instead of stacking
-    rows; the row order is the split's, so samplers pick the same pairs as for the split itself.
+    ``columns`` hold one row per pair; each of ``lookups`` is ``(table, rows)``, a table of
+    activations per distinct input and the ``(N,)`` row of each pair in it, gathered per batch
+    (so a pair's activations are never stored twice). ``__getitems__`` lets the DataLoader
+    index every column once per batch instead of stacking rows; the row order is the split's,
+    so samplers pick the same pairs as for the split itself.
     """
 
-    def __init__(self, columns: dict[str, torch.Tensor]) -> None:
+    def __init__(self, columns: dict[str, torch.Tensor],
+                 lookups: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        self.columns = columns
+        self.lookups = lookups or {}
         sizes = {name: len(value) for name, value in columns.items()}
+        sizes.update({name: len(rows) for name, (_, rows) in self.lookups.items()})
         if len(set(sizes.values())) != 1:
             raise ValueError(f"columns of different lengths: {sizes}")
-        self.columns = columns
         self.size = next(iter(sizes.values()))
 
     def __len__(self) -> int:
         return self.size
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {name: value[index] for name, value in self.columns.items()}
+        return {name: value[0] for name, value in self.__getitems__([index]).items()}
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         rows = torch.as_tensor(indices, dtype=torch.long)
-        return {name: value[rows] for name, value in self.columns.items()}
+        batch = {name: value[rows] for name, value in self.columns.items()}
+        batch.update({name: table[pointers[rows]] for name, (table, pointers) in self.lookups.items()})
+        return batch
 
 
 def whole_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -116,10 +125,10 @@ def split_columns(loader: DataLoader) -> dict[str, torch.Tensor]:
 def cached_pairs(columns: dict[str, torch.Tensor], activations: LayerActivations) -> CachedPairs:
     """A split's inputs and counterfactual labels next to one layer's cached activations."""
     wanted = {name: value for name, value in columns.items() if name not in (BASE_VARIABLE, BASE_CONTROL)}
-    cached = {CACHED_SOURCES: activations.source}
-    if activations.prefix is not None:
-        cached[CACHED_PREFIX] = activations.prefix
-    return CachedPairs({**wanted, **cached})
+    lookups = {CACHED_SOURCES: (activations.site_table, activations.source_row)}
+    if activations.prefix_table is not None:
+        lookups[CACHED_PREFIX] = (activations.prefix_table, activations.base_row)
+    return CachedPairs(wanted, lookups)
 
 
 def group_jobs(jobs: Sequence[tuple[Any, int]]) -> list[list[tuple[Any, int]]]:
@@ -203,9 +212,11 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
     lm = spec.is_language_model_task
     positions = [site.position for site in sites]
     train_columns = split_columns(datamodule.ordered_dataloader("train"))
-    # Below layer 0 there is nothing to skip; blocks returning caches cannot be skipped.
-    template = _template(model, train_columns, lm) if layer > 0 else None
-    if layer > 0 and template is None:
+    # A block-output site starts above its block; other sites start at their block, and below
+    # layer 0 there is nothing to skip. Blocks returning caches cannot be skipped.
+    after_block = starts_after_block(model, layer, component)
+    template = _template(model, train_columns, lm) if layer > 0 or after_block else None
+    if (layer > 0 or after_block) and template is None:
         log.info("layer %d: blocks return caches or attentions, so the prefix is recomputed", layer)
     train_acts = collect_layer(model, layer, component, positions, datamodule.ordered_dataloader("train"), lm,
                                keep_prefix=template is not None)
@@ -235,8 +246,8 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
         generator=torch.Generator().manual_seed(datamodule.seed) if datamodule.shuffle else None,
     )
     per_pass = sites_per_pass(cfg, model, layer, component, len(sites), costs, train_columns, lm)
-    module = MultiSiteDASModule(model, members, PrefixSkip(model, layer, template) if template else None,
-                                sites_per_pass=per_pass)
+    skip = PrefixSkip(model, layer, component, template) if template else None
+    module = MultiSiteDASModule(model, members, skip, sites_per_pass=per_pass)
 
     version = f"{component}-L{layer}-{'+'.join(s.position_name for s in sites)}-s{seed}"
     ckpt_dir = run_dir / "checkpoints" / version
@@ -248,7 +259,7 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
                 ckpt_path=str(last) if last.exists() else None)
     # The test split's cache is made only now, next to the training one rather than with it.
     test_acts = collect_layer(model, layer, component, positions, datamodule.ordered_dataloader("test"), lm,
-                              keep_prefix=template is not None, keep_base=False)
+                              keep_prefix=template is not None)
     test = DataLoader(cached_pairs(split_columns(datamodule.ordered_dataloader("test")), test_acts),
                       batch_size=cfg.trainer.batch_size, collate_fn=whole_batch)
     del test_acts

@@ -2,13 +2,13 @@
 
 A per-site DAS loop runs the frozen model twice per training step, on the source and on the
 base, although nothing below the intervened layer changes while an intervention trains. For a
-group of sites at one (layer, component), :func:`collect_layer` runs the model once per split
-and keeps:
+group of sites at one (layer, component), :func:`collect_layer` runs the model once on each
+distinct input of a split (pairs share bases and sources) and keeps, per distinct input:
 
-- the base's input to the layer's block (the *frozen prefix*), so training can start at the
+- its input to the layer's block (a base's *frozen prefix*), so training can start at the
   block instead of at the embeddings (:class:`PrefixSkip`);
-- the component's activation at each swept position, for the sources (what an interchange
-  writes in) and for the bases (what the probes read).
+- the component's activation at each swept position: a source's is what an interchange
+  writes in, a base's what the probes read.
 
 Each collection pass stops right after the site (nothing above it is needed). Activations are
 kept on CPU in the model's dtype, one layer at a time, so a big model's sweep holds one layer's
@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, SequentialSampler
 
 from das_train.core.devices import input_device
 from das_train.core.hooks import HookSet, StopForward, as_3d, read_hooked, write_hooked
@@ -53,6 +52,14 @@ def batched_sites_supported(model: nn.Module, layer: int, component: str) -> str
     return None
 
 
+def starts_after_block(model: nn.Module, layer: int, component: str) -> bool:
+    """Whether the site is block ``layer``'s whole output, so a cached copy of it can stand in
+    for the block itself: training then starts above the block instead of re-running it."""
+    site = resolve_site(model, layer, component, "pos")
+    block = resolve_site(model, layer, "block_input", "pos").module
+    return site.module is block and site.hook == "output" and site.columns is None and site.n_heads is None
+
+
 def block_modules(model: nn.Module, up_to: int) -> list[nn.Module]:
     """The blocks of layers ``0 .. up_to`` (the modules ``block_input`` hooks)."""
     return [resolve_site(model, layer, "block_input", "pos").module for layer in range(up_to + 1)]
@@ -60,16 +67,39 @@ def block_modules(model: nn.Module, up_to: int) -> list[nn.Module]:
 
 @dataclass
 class LayerActivations:
-    """One split's activations at one (layer, component), in the split's row order."""
+    """One split's activations at one (layer, component), stored once per distinct input.
 
-    prefix: torch.Tensor | None
-    """``(N, seq, d)`` or ``(N, d)``: the base's input to the layer's block, as the block saw it
-    (``None`` when not kept)."""
-    base: torch.Tensor | None
-    """``(N, P, w)``: the bases' component activation at the P swept positions (``None`` when
-    not kept)."""
-    source: torch.Tensor
-    """``(N, P, w)``: the sources' component activation at the P swept positions."""
+    Counterfactual datasets reuse their inputs: ``gender_tiny``'s 2,000 training pairs have 480
+    distinct sentences among their 4,000 bases and sources. What the frozen model computes on an
+    input does not depend on the pair it is in, so the tables hold one row per distinct input
+    and each pair points into them (``base_row``, ``source_row``).
+    """
+
+    prefix_table: torch.Tensor | None
+    """``(U, seq, d)`` or ``(U, d)``: each distinct input's input to the layer's block, as the
+    block saw it, or its output where the site is the block's output (:func:`starts_after_block`);
+    ``None`` when not kept."""
+    site_table: torch.Tensor
+    """``(U, P, w)``: each distinct input's component activation at the P swept positions."""
+    base_row: torch.Tensor
+    """``(N,)`` int64: the row of each pair's base in the tables, in the split's row order."""
+    source_row: torch.Tensor
+    """``(N,)`` int64: the row of each pair's source in the tables."""
+
+    @property
+    def prefix(self) -> torch.Tensor | None:
+        """``(N, seq, d)`` the bases' input to the block, one row per pair (a copy)."""
+        return None if self.prefix_table is None else self.prefix_table[self.base_row]
+
+    @property
+    def base(self) -> torch.Tensor:
+        """``(N, P, w)`` the bases' component activations, one row per pair (a copy)."""
+        return self.site_table[self.base_row]
+
+    @property
+    def source(self) -> torch.Tensor:
+        """``(N, P, w)`` the sources' component activations, one row per pair (a copy)."""
+        return self.site_table[self.source_row]
 
 
 def _positions_index(positions: Sequence[int | None], seq: int) -> torch.Tensor:
@@ -81,6 +111,46 @@ def _positions_index(positions: Sequence[int | None], seq: int) -> torch.Tensor:
     return torch.tensor(index, dtype=torch.long)
 
 
+class DistinctInputs:
+    """The distinct model inputs among a split's bases and sources, and where each pair's are.
+
+    An input is its model keyword tensors' row (token ids and mask, or embeddings), compared
+    by value, so the same sentence padded the same way is one input wherever it appears.
+    """
+
+    def __init__(self, batches: Iterable[Batch], is_language_model_task: bool) -> None:
+        self.rows: dict[str, list[torch.Tensor]] = {}
+        self.batch_size = 0
+        index: dict[bytes, int] = {}
+        pointers: dict[str, list[int]] = {"base": [], "source": []}
+        for batch in batches:
+            for side in ("base", "source"):
+                inputs = model_inputs(batch, side, is_language_model_task)
+                names = sorted(inputs)
+                size = len(inputs[names[0]])
+                self.batch_size = max(self.batch_size, size)
+                # Each row's bytes, all keyword tensors side by side: one key per input.
+                keys = torch.cat([inputs[name].reshape(size, -1).contiguous().cpu().view(torch.uint8)
+                                  for name in names], dim=1).numpy()
+                for i in range(size):
+                    key = keys[i].tobytes()
+                    if key not in index:
+                        index[key] = len(index)
+                        for name in names:
+                            self.rows.setdefault(name, []).append(inputs[name][i])
+                    pointers[side].append(index[key])
+        if not pointers["base"]:
+            raise ValueError("collect_layer: the batches were empty")
+        self.count = len(index)
+        self.base_row = torch.tensor(pointers["base"], dtype=torch.long)
+        self.source_row = torch.tensor(pointers["source"], dtype=torch.long)
+
+    def chunks(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The distinct inputs in batches of the split's batch size, in order of first use."""
+        for start in range(0, self.count, self.batch_size):
+            yield {name: torch.stack(rows[start : start + self.batch_size]) for name, rows in self.rows.items()}
+
+
 @torch.no_grad()
 def collect_layer(
     model: nn.Module,
@@ -90,15 +160,16 @@ def collect_layer(
     batches: Iterable[Batch],
     is_language_model_task: bool = True,
     keep_prefix: bool = True,
-    keep_base: bool = True,
 ) -> LayerActivations:
-    """Runs base and source of every pair up to the site once; see the module docstring.
+    """Runs each distinct base and source input up to the site once; see the module docstring.
 
-    ``keep_prefix`` and ``keep_base`` drop what a caller will not read (a layer-0 group has no
-    prefix to skip; the test split needs no probe activations), so it is never held.
+    The prefix is the block's input, or for a block-output site the site's whole activation
+    (:func:`starts_after_block`). ``keep_prefix=False`` keeps none (a layer-0 block input has
+    no prefix to skip), so it is never held.
     """
     block = resolve_site(model, layer, "block_input", "pos")
     site = resolve_site(model, layer, component, "pos")
+    after_block = starts_after_block(model, layer, component)
     device = input_device(model)
     found: dict[str, torch.Tensor] = {}
 
@@ -106,81 +177,55 @@ def collect_layer(
         found["prefix"] = read_hooked(args, kwargs, output).detach()
 
     def read_site(module, args, kwargs, output):
-        found["site"] = as_3d(read_hooked(args, kwargs, output)).detach()
+        value = read_hooked(args, kwargs, output).detach()
+        if after_block:
+            found["prefix"] = value
+        found["site"] = as_3d(value)
         raise StopForward
 
-    def run(inputs: dict[str, torch.Tensor], with_prefix: bool) -> None:
+    distinct = DistinctInputs(batches, is_language_model_task)
+    prefixes, sites = RowBuffer(distinct.count), RowBuffer(distinct.count)
+    index: torch.Tensor | None = None
+    for chunk in distinct.chunks():
         found.clear()
         with HookSet() as hooks:
-            if with_prefix:
+            if keep_prefix and not after_block:
                 hooks.add(block.module, "input", read_prefix)
             hooks.add(site.module, site.hook, read_site)
             try:
-                model(**inputs)
+                model(**{k: v.to(device) for k, v in chunk.items()})
             except StopForward:
                 pass
         if "site" not in found:
             raise RuntimeError(f"the forward pass never reached {site.description}")
-
-    rows = _known_rows(batches)
-    prefixes, bases, sources = RowBuffer(rows), RowBuffer(rows), RowBuffer(rows)
-    index: torch.Tensor | None = None
-    for batch in batches:
-        for side in ("base", "source"):
-            inputs = {k: v.to(device) for k, v in model_inputs(batch, side, is_language_model_task).items()}
-            run(inputs, with_prefix=side == "base" and keep_prefix)
-            acts = found["site"]  # (batch, seq, w)
-            if index is None:
-                index = _positions_index(positions, acts.shape[1]).to(acts.device)
-            picked = acts[:, index].cpu()  # (batch, P, w)
-            if side == "source":
-                sources.add(picked)
-                continue
-            if keep_prefix:
-                prefixes.add(found["prefix"].cpu())
-            if keep_base:
-                bases.add(picked)
-    if not sources.filled:
-        raise ValueError("collect_layer: the batches were empty")
-    return LayerActivations(prefixes.result() if keep_prefix else None, bases.result() if keep_base else None,
-                            sources.result())
-
-
-def _known_rows(batches: Iterable[Batch]) -> int | None:
-    """The number of rows an in-order DataLoader will yield, else ``None``."""
-    if isinstance(batches, DataLoader) and isinstance(batches.sampler, SequentialSampler):
-        return len(batches.dataset)
-    return None
+        acts = found["site"]  # (chunk, seq, w)
+        if index is None:
+            index = _positions_index(positions, acts.shape[1]).to(acts.device)
+        sites.add(acts[:, index].cpu())  # (chunk, P, w)
+        if keep_prefix:
+            prefixes.add(found["prefix"].cpu())
+    return LayerActivations(prefixes.result() if keep_prefix else None, sites.result(),
+                            distinct.base_row, distinct.source_row)
 
 
 class RowBuffer:
-    """Batches of rows gathered into one tensor.
+    """Batches of rows gathered into one tensor, allocated at the first batch and filled in
+    place, so a layer's cache never exists twice (pieces plus their concatenation)."""
 
-    With the number of rows known, the tensor is allocated at the first batch and filled in
-    place, so a layer's cache never exists twice (pieces plus their concatenation); otherwise
-    the pieces are concatenated at the end.
-    """
-
-    def __init__(self, rows: int | None) -> None:
+    def __init__(self, rows: int) -> None:
         self.rows = rows
         self.filled = 0
-        self.pieces: list[torch.Tensor] = []
         self.out: torch.Tensor | None = None
 
     def add(self, piece: torch.Tensor) -> None:
-        if self.rows is None:
-            self.pieces.append(piece)
-        else:
-            if self.out is None:
-                self.out = piece.new_empty((self.rows, *piece.shape[1:]))
-            if self.filled + len(piece) > self.rows:
-                raise ValueError(f"more than the {self.rows} rows announced")
-            self.out[self.filled : self.filled + len(piece)] = piece
+        if self.out is None:
+            self.out = piece.new_empty((self.rows, *piece.shape[1:]))
+        if self.filled + len(piece) > self.rows:
+            raise ValueError(f"more than the {self.rows} rows announced")
+        self.out[self.filled : self.filled + len(piece)] = piece
         self.filled += len(piece)
 
     def result(self) -> torch.Tensor:
-        if self.rows is None:
-            return torch.cat(self.pieces)
         if self.filled != self.rows:
             raise ValueError(f"{self.filled} rows gathered, {self.rows} announced")
         return self.out
@@ -190,17 +235,21 @@ class PrefixSkip:
     """Runs the model from block ``layer`` upward on a cached input to that block.
 
     Inside ``with skip.active(prefix):`` the blocks below ``layer`` pass their input through
-    untouched and block ``layer`` reads ``prefix`` instead of what arrives. The model's own
-    forward still computes the embeddings, masks and position encodings the upper blocks need
-    (a few cheap operations); the blocks below the site, the bulk of the frozen prefix, do not
-    run. Blocks return a tensor or a tuple whose first item is the hidden state, depending on
-    the transformers release; the skipped blocks mimic what block 0 returned on a probe call.
+    untouched and block ``layer`` reads ``prefix`` instead of what arrives. Where ``component``
+    is the block's whole output (:func:`starts_after_block`), ``prefix`` is that output, as
+    :func:`collect_layer` keeps it: block ``layer`` is skipped too and its output is ``prefix``.
+    The model's own forward still computes the embeddings, masks and position encodings the
+    upper blocks need (a few cheap operations); the skipped blocks, the bulk of the frozen
+    prefix, do not run. Blocks return a tensor or a tuple whose first item is the hidden state,
+    depending on the transformers release; the skipped blocks mimic what block 0 returned on a
+    probe call.
     """
 
-    def __init__(self, model: nn.Module, layer: int, output_template: str | int) -> None:
+    def __init__(self, model: nn.Module, layer: int, component: str, output_template: str | int) -> None:
         self.blocks = block_modules(model, layer)
         self.layer = layer
         self.template = output_template
+        self.after_block = starts_after_block(model, layer, component)
 
     @staticmethod
     def output_template(model: nn.Module, inputs: dict[str, torch.Tensor]) -> str | int | None:
@@ -234,31 +283,42 @@ class PrefixSkip:
 
     @contextmanager
     def active(self, prefix: torch.Tensor) -> Iterator[None]:
-        def replace_input(module, args, kwargs):
-            current = read_hooked(args, kwargs, None)
+        def cached(current: torch.Tensor) -> torch.Tensor:
             if prefix.shape != current.shape:
                 raise ValueError(
-                    f"cached prefix of shape {tuple(prefix.shape)} does not match the block input "
+                    f"cached prefix of shape {tuple(prefix.shape)} does not match the block's "
                     f"{tuple(current.shape)} (was the batch built from the same rows?)"
                 )
-            return write_hooked(args, kwargs, None, prefix.to(device=current.device, dtype=current.dtype))
+            return prefix.to(device=current.device, dtype=current.dtype)
 
-        # Registered first, so the cached input is in place before an intervention at
-        # block_input of the same block reads it.
-        handle = self.blocks[self.layer].register_forward_pre_hook(replace_input, with_kwargs=True, prepend=True)
+        def replace_input(module, args, kwargs):
+            return write_hooked(args, kwargs, None, cached(read_hooked(args, kwargs, None)))
+
+        def replace_output(module, args, kwargs, output):
+            return write_hooked(args, kwargs, output, cached(read_hooked(args, kwargs, output)))
+
+        block = self.blocks[self.layer]
+        # Registered first, so the cached tensor is in place before an intervention at the same
+        # block's input (or output) reads it.
+        if self.after_block:
+            handle = block.register_forward_hook(replace_output, with_kwargs=True, prepend=True)
+        else:
+            handle = block.register_forward_pre_hook(replace_input, with_kwargs=True, prepend=True)
+        skipped = self.blocks[: self.layer + 1] if self.after_block else self.blocks[: self.layer]
         # accelerate's dispatch also wraps `forward` as an instance attribute; put back what was there.
-        saved = [block.__dict__.get("forward") for block in self.blocks[: self.layer]]
+        saved = [b.__dict__.get("forward") for b in skipped]
         try:
-            for block in self.blocks[: self.layer]:
-                block.forward = self._passthrough  # an instance attribute shadows the class's forward
+            for b in skipped:
+                b.forward = self._passthrough  # an instance attribute shadows the class's forward
             yield
         finally:
-            for block, previous in zip(self.blocks[: self.layer], saved):
+            for b, previous in zip(skipped, saved):
                 if previous is None:
-                    block.__dict__.pop("forward", None)
+                    b.__dict__.pop("forward", None)
                 else:
-                    block.forward = previous
+                    b.forward = previous
             handle.remove()
 
 
-__all__ = ["LayerActivations", "PrefixSkip", "batched_sites_supported", "block_modules", "collect_layer"]
+__all__ = ["LayerActivations", "PrefixSkip", "batched_sites_supported", "block_modules", "collect_layer",
+           "starts_after_block"]
