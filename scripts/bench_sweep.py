@@ -11,7 +11,8 @@ the test pairs, and a probe and a control probe at each site. Variants:
   one pass: fastest, most memory);
 - ``per_site``: the same run with ``sweep.batched=false`` (a Lightning fit per site);
 - ``loop``: a per-site loop in the style of pyvene's tutorials (build an IntervenableModel per
-  site, a plain PyTorch training loop running source and base every step), on das_train;
+  site, a plain PyTorch training loop running source and base every step), on das_train,
+  ending with the recipe's table and heatmaps;
 - ``pyvene_loop``: the same loop with ``import pyvene as pv`` (0.1.8), where installed.
 
 Every variant builds the same model (trained once beforehand and loaded from the cache), the
@@ -20,7 +21,10 @@ per-site IIA difference from ``batched``. Each variant runs in its own processes
 timed sweeps (the table gives the median and range), then one sweep whose peak memory is
 measured: a warm-up sweep first loads everything loaded once, then the peak resident memory is
 reset and the table gives how far the sweep raised it (glibc is set to hand freed memory back,
-so the peak is that of live memory), and on a GPU the peak CUDA memory the same way.
+so the peak is that of live memory), and on a GPU the peak CUDA memory the same way. A second
+column gives the peak of the sites' own work, between the shared set-up (loading the model,
+filtering the pairs) and the shared end (writing the table and heatmaps, which the loops write
+too).
 
     python scripts/bench_sweep.py [--max-steps N] [--repeats R] [--no-memory]
         [--variants batched,batched_one_pass,per_site,loop,pyvene_loop] [--device cpu|cuda] [--out FILE.md]
@@ -99,7 +103,7 @@ def run_loop(args: argparse.Namespace, run_dir: Path, pv, steps: int,
     datamodule.filter_with(model)
     spec = datamodule.spec()
     sites = run_module.build_sites(cfg, spec, run_module.number_of_layers(model))
-    results = {}
+    results, rows = {}, []
     for site in sites:
         lightning.seed_everything(cfg.seed, verbose=False)
         intervenable = pv.IntervenableModel(pv.IntervenableConfig([{
@@ -144,6 +148,9 @@ def run_loop(args: argparse.Namespace, run_dir: Path, pv, steps: int,
                                    max_epochs=cfg.sweep.probe.max_epochs, seed=cfg.seed)
         results[f"{site.component}-L{site.layer}-{site.position_name}"] = {"iia": right / total,
                                                                            "probe": probe.accuracy}
+        rows.append(run_module.result_row(site, cfg.seed, right / total, probe, None, total, 0.0))
+    # The same table and heatmaps as the recipe writes, so every variant ends with the same work.
+    run_module.write_outputs(cfg, run_dir, rows, spec.variable)
     return results
 
 
@@ -166,6 +173,41 @@ MALLOC_RETURNS_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "16384", "MALLOC_TRIM_THRESHO
 """glibc settings for the memory runs: blocks of 16 KiB or more are mapped and unmapped one by
 one and freed heap is trimmed at once, so resident memory follows what is allocated and its
 peak is the peak of live memory (not of what the allocator kept after a free)."""
+
+
+class SitesPeak:
+    """The peak resident memory of the sites' own work, read apart from the whole sweep's.
+
+    Every variant loads the model, filters the pairs and ends by writing the table and the
+    heatmaps; between the two lies what differs (DAS, probes, caches). The peak is reset once
+    the pairs are filtered and read when the outputs start, the same two points in every
+    variant; what came before the reset is kept, so the whole sweep's peak is still known.
+    """
+
+    def __init__(self, before_mib: float) -> None:
+        from das_train.training import run as run_module
+        from tasks.datamodule import PairDataModule
+
+        self.before = before_mib
+        self.setup = self.sites = float("nan")
+        filter_with, write_outputs = PairDataModule.filter_with, run_module.write_outputs
+
+        def filtered(*args, **kwargs):
+            done = filter_with(*args, **kwargs)
+            self.setup = memory_mib("VmHWM") - self.before
+            reset_peak_memory()
+            return done
+
+        def writing(*args, **kwargs):
+            self.sites = memory_mib("VmHWM") - self.before
+            return write_outputs(*args, **kwargs)
+
+        PairDataModule.filter_with = filtered
+        run_module.write_outputs = writing
+
+    def whole(self) -> float:
+        """The whole sweep's peak growth: set-up, sites and outputs."""
+        return max(self.setup, memory_mib("VmHWM") - self.before)
 
 
 def sweep_once(args: argparse.Namespace, steps: int, probe_epochs: int | None = None) -> dict[str, dict[str, float]]:
@@ -206,9 +248,10 @@ def one_variant(args: argparse.Namespace) -> None:
             torch.cuda.reset_peak_memory_stats()
             cuda_before = torch.cuda.memory_allocated()
         reset_peak_memory()
-        before = memory_mib("VmRSS")
+        peaks = SitesPeak(memory_mib("VmRSS"))
         figures["sites"] = sweep_once(args, steps=args.max_steps)
-        figures["peak_growth_mib"] = memory_mib("VmHWM") - before
+        figures["peak_growth_mib"] = peaks.whole()
+        figures["sites_peak_growth_mib"] = peaks.sites
         if torch.cuda.is_available():
             figures["peak_cuda_growth_mib"] = (torch.cuda.max_memory_allocated() - cuda_before) / 2**20
     else:
@@ -296,7 +339,7 @@ def print_table(args: argparse.Namespace, timed: dict[str, list[dict[str, Any]]]
     reference = timed["batched"][0]["sites"] if "batched" in timed else None
     header = ["variant", "seconds (median)", "range", "x slower than batched", "max |IIA - batched| per site"]
     if memory:
-        header.append("peak memory growth MiB")
+        header += ["peak memory growth MiB", "of it, the sites' work MiB"]
         if args.device == "cuda":
             header.append("peak CUDA growth MiB")
     lines = []
@@ -310,7 +353,8 @@ def print_table(args: argparse.Namespace, timed: dict[str, list[dict[str, Any]]]
             gap_text = "-"
         line = [name, f"{seconds[name]:.1f}", f"{min(times):.1f}-{max(times):.1f}", ratio, gap_text]
         if memory:
-            line.append(f"{memory[name]['peak_growth_mib']:.1f}" if name in memory else "-")
+            line += [f"{memory[name][key]:.1f}" if name in memory else "-"
+                     for key in ("peak_growth_mib", "sites_peak_growth_mib")]
             if args.device == "cuda":
                 line.append(f"{memory[name].get('peak_cuda_growth_mib', float('nan')):.1f}" if name in memory else "-")
         lines.append(line)
@@ -320,7 +364,9 @@ def print_table(args: argparse.Namespace, timed: dict[str, list[dict[str, Any]]]
             f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}); python "
             f"{platform.python_version()}, torch {torch.__version__}")
     memory_note = ("peak memory growth: how far one more sweep raised the process's peak resident memory above "
-                   "what it held before the sweep (after a warm-up sweep; glibc set to return freed memory)")
+                   "what it held before the sweep (after a warm-up sweep; glibc set to return freed memory); "
+                   "the sites' work: the same, from when the pairs are filtered to when the table and heatmaps "
+                   "are written (every variant loads the model before and writes the outputs after)")
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
     print("\n" + info)
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
