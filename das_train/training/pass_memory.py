@@ -31,6 +31,9 @@ def saved_bytes_of_forward(model: nn.Module, layer: int, component: str, inputs:
 
     The site's activation is made a leaf that requires grad, as a trained intervention's output
     would be; the frozen model's weights need none, so everything below the site saves nothing.
+    The weights and buffers a backward saves (a linear layer keeps its weight) are left out:
+    they are held whether or not a step runs, and a pass of k sites shares them, so counting
+    them would charge every site again for the model itself.
     """
     site = resolve_site(model, layer, component, "pos")
     saved: list[weakref.ref] = []
@@ -60,12 +63,14 @@ def saved_bytes_of_forward(model: nn.Module, layer: int, component: str, inputs:
             parameter.requires_grad_(True)
     # What the graph still holds with the outputs alive (a branch the forward dropped freed its
     # saved tensors, as in a real step), each storage once (views share one).
+    resident = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
     storages = {}
     for ref in saved:
         tensor = ref()
         if tensor is not None:
             storage = tensor.untyped_storage()
-            storages[storage.data_ptr()] = storage.nbytes()
+            if storage.data_ptr() not in resident:
+                storages[storage.data_ptr()] = storage.nbytes()
     del outputs
     return sum(storages.values())
 
