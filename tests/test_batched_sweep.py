@@ -22,6 +22,7 @@ from das_train.training.site_cache import (
     PrefixSkip,
     batched_sites_supported,
     block_modules,
+    collect_base_sites,
     collect_layer,
 )
 
@@ -263,6 +264,32 @@ def test_stacked_probes_equal_probes_fitted_one_by_one():
     assert together[0] > 0.9 and together[2] < 0.6
 
 
+def test_probes_read_through_a_table_of_distinct_rows_equal_probes_on_the_rows_themselves():
+    gen = torch.Generator().manual_seed(2)
+    table = torch.randn(2, 30, 8, generator=gen)  # 2 sites x 30 distinct inputs
+    rows = torch.randint(0, 30, (150,), generator=gen)  # 150 pairs drawing on them
+    labels = (table[0, rows, 0] > 0).long()  # site 0 carries the label in feature 0
+    options = {"max_epochs": 4, "batch_size": 32, "lr": 0.05, "seed": 5}
+    through_table = fit_probes(table, labels, 2, rows=rows, **options)
+    copied = fit_probes(table[:, rows], labels, 2, **options)
+    assert through_table == pytest.approx(copied, abs=1e-9)
+    assert through_table[0] > 0.9
+
+
+def test_the_probe_collection_reads_every_site_in_one_forward_per_chunk():
+    model = neox()
+    loader = batches(n=20, batch_size=8)
+    sites = [(0, "block_input", 1), (1, "block_output", 3), (1, "block_output", 0), (2, "mlp_output", 4)]
+    forwards = []
+    handle = model.gpt_neox.embed_in.register_forward_hook(lambda *a: forwards.append(1))
+    tables, rows = collect_base_sites(model, sites, loader)
+    handle.remove()
+    assert len(forwards) == 3  # 20 distinct bases in chunks of 8, each read at every site at once
+    for (layer, component, position), table in zip(sites, tables):
+        alone = collect_layer(model, layer, component, [position], loader)
+        torch.testing.assert_close(table[rows], alone.base[:, 0], rtol=0, atol=1e-6)
+
+
 # -- a whole sweep both ways --------------------------------------------------------------------
 
 def test_a_small_sweep_batched_equals_the_per_site_sweep(tmp_path):
@@ -329,6 +356,7 @@ def test_a_cut_off_group_fit_resumes_from_its_checkpoint(tmp_path, monkeypatch, 
 
     cfg, model, datamodule, spec = small_gender_run(tmp_path)
     sites = [run_module.Site(1, "block_output", 1, "name"), run_module.Site(1, "block_output", 3, "last")]
+    probes = batched_sweep.sweep_probes(cfg, model, datamodule, spec, [(site, 0) for site in sites])
     real_make_trainer = run_module.make_trainer
 
     def interrupted(*args, **kwargs):
@@ -338,12 +366,12 @@ def test_a_cut_off_group_fit_resumes_from_its_checkpoint(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(run_module, "make_trainer", interrupted)
     with pytest.raises(Interrupt):
-        batched_sweep.fit_site_group(cfg, model, datamodule, spec, sites, 0, tmp_path)
+        batched_sweep.fit_site_group(cfg, model, datamodule, spec, sites, 0, tmp_path, probes)
     checkpoint = tmp_path / "checkpoints" / "block_output-L1-name+last-s0" / "last.ckpt"
     assert torch.load(checkpoint, weights_only=True)["global_step"] == 20
     monkeypatch.setattr(run_module, "make_trainer", real_make_trainer)
     with caplog.at_level("INFO", logger="das_train"):
-        rows = batched_sweep.fit_site_group(cfg, model, datamodule, spec, sites, 0, tmp_path)
+        rows = batched_sweep.fit_site_group(cfg, model, datamodule, spec, sites, 0, tmp_path, probes)
     assert "resuming from" in caplog.text
     assert [row["position_name"] for row in rows] == ["name", "last"]
     assert all(0.0 <= row["iia"] <= 1.0 and row["test_pairs"] == 64 for row in rows)

@@ -1,23 +1,24 @@
 """The sweep's fast path: the sites of one (layer, component, seed) trained together on cached
-activations, and their probes fitted together.
+activations, and the probes of the whole sweep fitted together.
 
 The per-site path (:func:`das_train.training.run.fit_site`) trains each site alone: 300 steps of
 a source forward, a base forward and a backward through the whole frozen model, then a probe
-and a control probe, each its own Lightning fit. Here, for each group of sites sharing a layer,
-component and seed:
+and a control probe, each its own Lightning fit. Here:
 
-1. :func:`~das_train.training.site_cache.collect_layer` runs each pair once up to the site and
-   keeps the frozen prefix and the site activations (train and test splits);
-2. :class:`~das_train.training.multi_site.MultiSiteDASModule` trains all the group's
-   interventions in one Lightning fit, each step one forward from the site's block upward on
-   the batch repeated once per site;
-3. :func:`~das_train.training.probe.probes_with_control` fits the group's probes in two
-   stacked fits (variable and control) on the collected base activations.
+1. :func:`sweep_probes` collects every batched site's base activations (one forward per chunk
+   of distinct inputs, all sites at once) and fits all their probes in two stacked fits
+   (variable and control) per seed;
+2. for each group of sites sharing a layer, component and seed,
+   :func:`~das_train.training.site_cache.collect_layer` runs each distinct input once up to the
+   site and keeps the frozen prefix and the site activations (train and test splits);
+3. :class:`~das_train.training.multi_site.MultiSiteDASModule` trains the group's interventions
+   in one Lightning fit, each step one forward from the site's block upward on the batch
+   repeated once per site.
 
 Every site is built and seeded as the per-site path builds it, and sees the same batches in the
 same order, so the results agree with the per-site path's to float rounding
 (tests/test_batched_sweep.py). Rows are written per group; ``train_seconds`` is the group's
-time divided among its sites.
+time divided among its sites (the probes' shared fit is not in it).
 """
 
 from __future__ import annotations
@@ -45,11 +46,12 @@ from das_train.training.pass_memory import (
     sites_per_pass_within,
     step_costs,
 )
-from das_train.training.probe import probes_with_control
+from das_train.training.probe import ProbeResult, probes_with_control
 from das_train.training.site_cache import (
     LayerActivations,
     PrefixSkip,
     batched_sites_supported,
+    collect_base_sites,
     collect_layer,
     starts_after_block,
 )
@@ -194,10 +196,52 @@ def sites_per_pass(cfg: DictConfig, model: torch.nn.Module, layer: int, componen
     return chosen
 
 
+ProbeKey = tuple[int, str, Any, int]
+"""A probe's site and seed: ``(layer, component, position, seed)``."""
+
+
+def sweep_probes(cfg: DictConfig, model: torch.nn.Module, datamodule, spec: TaskSpec,
+                 jobs: Sequence[tuple[Any, int]]) -> dict[ProbeKey, ProbeResult]:
+    """The probes of every (site, seed) of ``jobs`` that takes the batched path, fitted together.
+
+    A probe fit is a few hundred small steps whose cost is mostly the loop's, whatever the
+    number of probes stacked in it. So rather than two fits per layer, the sites' base
+    activations are collected in one forward per chunk of distinct inputs and all the probes
+    of a seed and width train in one fit for the variable and one for the control. Each probe
+    is what it would be alone (:func:`~das_train.training.probe.fit_probes`). The tables hold
+    one row per distinct base input per site.
+    """
+    batched = [(site, seed) for site, seed in jobs if fallback_reason(cfg, model, site) is None]
+    if not batched:
+        return {}
+    columns = split_columns(datamodule.ordered_dataloader("train"))
+    results: dict[ProbeKey, ProbeResult] = {}
+    for seed in dict.fromkeys(seed for _, seed in batched):
+        sites = [site for site, s in batched if s == seed]
+        tables, rows = collect_base_sites(model, [(s.layer, s.component, s.position) for s in sites],
+                                          datamodule.ordered_dataloader("train"), spec.is_language_model_task)
+        by_width: dict[int, list[int]] = {}
+        for i, table in enumerate(tables):
+            by_width.setdefault(table.shape[-1], []).append(i)
+        for members in by_width.values():
+            stacked = torch.stack([tables[i] for i in members])  # (S, U, w)
+            log.info("probes: %d sites in one fit (seed %d)", len(members), seed)
+            fitted = probes_with_control(
+                stacked, columns[BASE_VARIABLE].long(), columns[BASE_CONTROL].long(), rows=rows,
+                n_classes=spec.variable_values, lr=cfg.sweep.probe.lr, weight_decay=cfg.sweep.probe.weight_decay,
+                max_epochs=cfg.sweep.probe.max_epochs, seed=seed,
+            )
+            for i, probe in zip(members, fitted):
+                results[(sites[i].layer, sites[i].component, sites[i].position, seed)] = probe
+    return results
+
+
 def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Sequence[Any], seed: int,
-                   run_dir: Path, costs: dict[tuple[int, str], int] | None = None) -> list[dict[str, Any]]:
-    """Trains, tests and probes a group of sites of one (layer, component) and seed; returns
-    their result rows in the order of ``sites``. ``costs`` are :func:`one_site_costs`', for
+                   run_dir: Path, probes: dict[ProbeKey, ProbeResult],
+                   costs: dict[tuple[int, str], int] | None = None) -> list[dict[str, Any]]:
+    """Trains and tests a group of sites of one (layer, component) and seed; returns their
+    result rows in the order of ``sites``, with their probes from ``probes``
+    (:func:`sweep_probes`). ``costs`` are :func:`one_site_costs`', for
     ``sweep.sites_per_pass=auto``."""
     from das_train.training.run import (
         distributed_eval_loader,
@@ -220,13 +264,6 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
         log.info("layer %d: blocks return caches or attentions, so the prefix is recomputed", layer)
     train_acts = collect_layer(model, layer, component, positions, datamodule.ordered_dataloader("train"), lm,
                                keep_prefix=template is not None)
-    # The probes go first, so the base activations they read are freed before training.
-    probes = probes_with_control(
-        train_acts.base.transpose(0, 1),  # (sites, N, w), rows in split order like the labels
-        train_columns[BASE_VARIABLE].long(), train_columns[BASE_CONTROL].long(),
-        n_classes=spec.variable_values, lr=cfg.sweep.probe.lr, weight_decay=cfg.sweep.probe.weight_decay,
-        max_epochs=cfg.sweep.probe.max_epochs, seed=seed,
-    )
     train_pairs = cached_pairs(train_columns, train_acts)
     del train_acts
 
@@ -275,9 +312,10 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
     gc.collect()
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # the rows are about to be written
     seconds = round((time.perf_counter() - start) / len(sites), 2)
-    return [result_row(site, seed, iia, probe, member.intervention, test_pairs, seconds)
-            for site, member, iia, probe in zip(sites, members, iias, probes)]
+    return [result_row(site, seed, iia, probes[(site.layer, site.component, site.position, seed)],
+                       member.intervention, test_pairs, seconds)
+            for site, member, iia in zip(sites, members, iias)]
 
 
 __all__ = ["CachedPairs", "cached_pairs", "fallback_reason", "fit_site_group", "group_jobs", "one_site_costs",
-           "sites_per_pass"]
+           "sites_per_pass", "sweep_probes"]

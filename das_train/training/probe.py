@@ -16,14 +16,14 @@ reproducible and independent of what ran before.
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import lightning
 import torch
 from lightning.pytorch.loggers import Logger
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 import das_train as pv
 from das_train.training.das_module import model_inputs
@@ -125,11 +125,11 @@ class LinearProbes(lightning.LightningModule):
         self.val_accuracy = CountingAccuracy()
 
     @torch.no_grad()
-    def set_normalization(self, activations: torch.Tensor) -> None:
-        """Standardizes with the statistics of ``activations`` ``(S, N, D)`` (the training split)."""
-        self.mean.copy_(activations.mean(1))
+    def set_normalization(self, rows: TableRows) -> None:
+        """Standardizes with the statistics of ``rows`` (the training split)."""
+        mean, std = rows.mean_std()
+        self.mean.copy_(mean)
         # Constant features (std 0) are left unscaled rather than divided by zero.
-        std = activations.std(1) if activations.shape[1] > 1 else torch.ones_like(self.std)
         self.std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,14 +145,14 @@ class LinearProbes(lightning.LightningModule):
         return per_row.view(n_probes, batch).mean(1).sum()
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch  # (B, S, D), (B,)
-        loss = self._loss(self(x.transpose(0, 1)), y)
+        x, y = batch  # (S, B, D), (B,)
+        loss = self._loss(self(x), y)
         self.log("train/loss", loss / self.hparams.n_probes, on_step=False, on_epoch=True, batch_size=y.shape[0])
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits = self(x.transpose(0, 1))  # (S, B, C)
+        x, y = batch  # (S, B, D), (B,)
+        logits = self(x)  # (S, B, C)
         self.val_accuracy.update(logits, y.expand(logits.shape[0], -1))
         self.log("val/accuracy", self.val_accuracy, on_step=False, on_epoch=True,
                  prog_bar=True, batch_size=y.shape[0])
@@ -162,10 +162,59 @@ class LinearProbes(lightning.LightningModule):
                                 weight_decay=self.hparams.weight_decay)
 
     @torch.no_grad()
-    def accuracies(self, activations: torch.Tensor, labels: torch.Tensor) -> list[float]:
-        """Each probe's accuracy on ``activations`` ``(S, N, D)`` with ``labels`` ``(N,)``."""
-        predicted = self(activations.to(self.device)).argmax(-1).cpu()  # (S, N)
-        return (predicted == labels.cpu()[None]).float().mean(1).tolist()
+    def accuracies(self, rows: TableRows) -> list[float]:
+        """Each probe's accuracy on the rows of ``rows`` (read a chunk at a time)."""
+        right = torch.zeros(self.hparams.n_probes)
+        for x, y in rows.chunks():
+            right += (self(x.to(self.device)).argmax(-1).cpu() == y[None]).sum(1)
+        return (right / len(rows)).tolist()
+
+
+class TableRows(Dataset):
+    """Labelled rows read from an activation table through an index, a batch at a time.
+
+    ``table`` is ``(S, U, D)``: one slice per probe, a row per distinct input; row ``i`` of the
+    data is ``table[:, index[i]]`` with label ``labels[i]``. A sweep's pairs share their inputs
+    (see :class:`~das_train.training.site_cache.LayerActivations`), so no split is ever copied
+    out whole: each batch gathers its own rows, ``(S, B, D)``.
+    """
+
+    CHUNK = 4096
+    """Rows per chunk when a whole split is read (statistics, accuracy)."""
+
+    def __init__(self, table: torch.Tensor, index: torch.Tensor, labels: torch.Tensor) -> None:
+        if len(index) != len(labels):
+            raise ValueError(f"{len(index)} rows but {len(labels)} labels")
+        self.table, self.index, self.labels = table, index, labels
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.table[:, self.index[i]], self.labels[i]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        picked = torch.as_tensor(indices, dtype=torch.long)
+        return self.table[:, self.index[picked]].float(), self.labels[picked]
+
+    def chunks(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(self), self.CHUNK):
+            yield self.__getitems__(list(range(start, min(start + self.CHUNK, len(self)))))
+
+    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per probe and feature, the rows' mean and (unbiased) standard deviation, ``(S, D)``
+        each, in two passes over the chunks."""
+        total = sum(x.sum(1) for x, _ in self.chunks())
+        mean = total / len(self)
+        if len(self) < 2:
+            return mean, torch.ones_like(mean)
+        squares = sum(((x - mean[:, None]) ** 2).sum(1) for x, _ in self.chunks())
+        return mean, (squares / (len(self) - 1)).sqrt()
+
+
+def _batch_as_is(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collate function for :class:`TableRows` loaders: ``__getitems__`` already stacked it."""
+    return batch
 
 
 def split_indices(n: int, holdout_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,9 +241,14 @@ def fit_probes(
     accelerator: str = "cpu",
     enable_progress_bar: bool = False,
     logger: Logger | bool = False,
+    rows: torch.Tensor | None = None,
 ) -> list[float]:
     """Trains one probe per site on ``activations`` ``(S, N, D)`` with shared ``labels`` ``(N,)``
     and returns each probe's held-out accuracy.
+
+    With ``rows`` ``(N,)``, ``activations`` is a table ``(S, U, D)`` of distinct inputs and
+    example ``i`` is ``activations[:, rows[i]]``: batches are gathered from the table, so a
+    sweep's probes never copy its activations per pair (:class:`TableRows`).
 
     All probes share the seeded split, initialization and batch order, so each result equals
     fitting that site's probe alone with the same seed (:func:`fit_probe`). The same ``seed``
@@ -202,29 +256,28 @@ def fit_probes(
     ``accelerator="cpu"`` by default: a probe is a few thousand multiply-adds per example,
     cheaper on CPU than a device round trip.
     """
-    activations = activations.float()  # (S, N, D)
     labels = labels.long()  # (N,)
-    if activations.dim() != 3 or labels.shape != activations.shape[1:2]:
+    if rows is None:
+        rows = torch.arange(activations.shape[1] if activations.dim() == 3 else 0)
+    if activations.dim() != 3 or labels.shape != rows.shape:
         raise ValueError(
             f"need activations (S, N, D) and labels (N,), got {tuple(activations.shape)} and "
             f"{tuple(labels.shape)}"
+            + ("" if rows.shape == labels.shape else f" for {len(rows)} rows")
         )
     if int(labels.min()) < 0 or int(labels.max()) >= n_classes:
         raise ValueError(f"labels must be in 0..{n_classes - 1}, got {int(labels.min())}..{int(labels.max())}")
-    n_probes, n, width = activations.shape
-    train_idx, test_idx = split_indices(n, holdout_fraction, seed)
+    n_probes, _, width = activations.shape
+    train_idx, test_idx = split_indices(len(rows), holdout_fraction, seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         probes = LinearProbes(n_probes, width, n_classes, lr=lr, weight_decay=weight_decay)
-    rows = activations.transpose(0, 1)  # (N, S, D): a batch of rows carries every probe's input
-    # Each split copied once and used for everything (a sweep's activations can be large).
-    train_rows, held_out_rows = rows[train_idx], rows[test_idx]
-    probes.set_normalization(train_rows.transpose(0, 1))
-    train = DataLoader(
-        TensorDataset(train_rows, labels[train_idx]), batch_size=batch_size,
-        shuffle=True, generator=torch.Generator().manual_seed(seed),
-    )
-    held_out = DataLoader(TensorDataset(held_out_rows, labels[test_idx]), batch_size=4096)
+    train_rows = TableRows(activations, rows[train_idx], labels[train_idx])
+    held_out_rows = TableRows(activations, rows[test_idx], labels[test_idx])
+    probes.set_normalization(train_rows)
+    train = DataLoader(train_rows, batch_size=batch_size, shuffle=True, collate_fn=_batch_as_is,
+                       generator=torch.Generator().manual_seed(seed))
+    held_out = DataLoader(held_out_rows, batch_size=TableRows.CHUNK, collate_fn=_batch_as_is)
     trainer = lightning.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -238,10 +291,10 @@ def fit_probes(
     # Validating every epoch only feeds the logger; without one it is wasted work.
     trainer.fit(probes, train, held_out if logger else None)
     probes.eval()
-    accuracies = probes.accuracies(held_out_rows.transpose(0, 1), labels[test_idx])
-    # The Trainer and its loaders reference each other, so the split copies would wait for the
-    # next cyclic collection: free them now, before the caller's next allocation.
-    del trainer, train, held_out, train_rows, held_out_rows
+    accuracies = probes.accuracies(held_out_rows)
+    # The Trainer and its loaders reference each other: collect them now, before the caller's
+    # next allocation.
+    del trainer, train, held_out
     gc.collect()
     return accuracies
 
@@ -278,8 +331,8 @@ def probes_with_control(
 ) -> list[ProbeResult]:
     """Fits each site's probe on ``variables`` and, with identical settings, on ``controls``.
 
-    ``activations`` is ``(S, N, D)``, one slice per site; ``options`` are :func:`fit_probes`'s.
-    ``n_control_classes`` defaults to ``controls.max() + 1``.
+    ``activations`` is ``(S, N, D)``, one slice per site, or a table read through ``rows``;
+    ``options`` are :func:`fit_probes`'s. ``n_control_classes`` defaults to ``controls.max() + 1``.
     """
     if n_control_classes is None:
         n_control_classes = max(int(controls.max()) + 1, 2)
@@ -300,6 +353,7 @@ def probe_with_control(activations: torch.Tensor, variables: torch.Tensor, contr
 __all__ = [
     "LinearProbes",
     "ProbeResult",
+    "TableRows",
     "collect_activations",
     "fit_probe",
     "fit_probes",

@@ -36,6 +36,7 @@ from das_train.training.batched_sweep import (
     fit_site_group,
     group_jobs,
     one_site_costs,
+    sweep_probes,
 )
 from das_train.training.schema import ConfigError, validate
 from tasks.base import CounterfactualTask, TaskSpec
@@ -462,13 +463,15 @@ def run(cfg: Any) -> Path:
     if done:
         print(f"resuming: {len(done)} finished site runs found in {path}, {len(todo)} to go", flush=True)
     costs = one_site_costs(cfg, model, datamodule, spec, jobs) if todo else None
+    probes = sweep_probes(cfg, model, datamodule, spec, todo)
     bar = tqdm(total=len(todo), desc="sweep", unit="site", disable=not cfg.progress or not is_global_zero())
     for group in group_jobs(todo):
         (site, seed), count = group[0], len(group)
         reason = fallback_reason(cfg, model, site)
         if reason is None:
             bar.set_postfix_str(f"{site.component}-L{site.layer}: {count} sites together, seed {seed}")
-            new_rows = fit_site_group(cfg, model, datamodule, spec, [s for s, _ in group], seed, run_dir, costs)
+            new_rows = fit_site_group(cfg, model, datamodule, spec, [s for s, _ in group], seed, run_dir, probes,
+                                      costs)
         else:
             if cfg.sweep.batched:
                 log.info("%s-L%d one site at a time: %s", site.component, site.layer, reason)

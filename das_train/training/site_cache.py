@@ -118,13 +118,14 @@ class DistinctInputs:
     by value, so the same sentence padded the same way is one input wherever it appears.
     """
 
-    def __init__(self, batches: Iterable[Batch], is_language_model_task: bool) -> None:
+    def __init__(self, batches: Iterable[Batch], is_language_model_task: bool,
+                 sides: Sequence[str] = ("base", "source")) -> None:
         self.rows: dict[str, list[torch.Tensor]] = {}
         self.batch_size = 0
         index: dict[bytes, int] = {}
-        pointers: dict[str, list[int]] = {"base": [], "source": []}
+        pointers: dict[str, list[int]] = {side: [] for side in sides}
         for batch in batches:
-            for side in ("base", "source"):
+            for side in sides:
                 inputs = model_inputs(batch, side, is_language_model_task)
                 names = sorted(inputs)
                 size = len(inputs[names[0]])
@@ -139,11 +140,11 @@ class DistinctInputs:
                         for name in names:
                             self.rows.setdefault(name, []).append(inputs[name][i])
                     pointers[side].append(index[key])
-        if not pointers["base"]:
-            raise ValueError("collect_layer: the batches were empty")
+        if not pointers[sides[0]]:
+            raise ValueError("the batches were empty")
         self.count = len(index)
-        self.base_row = torch.tensor(pointers["base"], dtype=torch.long)
-        self.source_row = torch.tensor(pointers["source"], dtype=torch.long)
+        self.row = {side: torch.tensor(rows, dtype=torch.long) for side, rows in pointers.items()}
+        """Per side, ``(N,)``: the distinct input each pair's base (or source) is."""
 
     def chunks(self) -> Iterator[dict[str, torch.Tensor]]:
         """The distinct inputs in batches of the split's batch size, in order of first use."""
@@ -205,7 +206,59 @@ def collect_layer(
         if keep_prefix:
             prefixes.add(found["prefix"].cpu())
     return LayerActivations(prefixes.result() if keep_prefix else None, sites.result(),
-                            distinct.base_row, distinct.source_row)
+                            distinct.row["base"], distinct.row["source"])
+
+
+@torch.no_grad()
+def collect_base_sites(
+    model: nn.Module,
+    sites: Sequence[tuple[int, str, int | None]],
+    batches: Iterable[Batch],
+    is_language_model_task: bool = True,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Every ``(layer, component, position)`` site's activation on each distinct base input,
+    all in one forward per chunk of inputs (stopped once the deepest site is read): what a
+    sweep's probes read.
+
+    Returns one ``(U, w)`` table per site, in the order of ``sites``, and the ``(N,)`` row of
+    each pair's base in them.
+    """
+    by_hook: dict[tuple[int, str], list[int]] = {}
+    for i, (layer, component, _) in enumerate(sites):
+        by_hook.setdefault((layer, component), []).append(i)
+    device = input_device(model)
+    distinct = DistinctInputs(batches, is_language_model_task, sides=("base",))
+    tables = [RowBuffer(distinct.count) for _ in sites]
+    found: dict[tuple[int, str], torch.Tensor] = {}
+
+    def reader(key: tuple[int, str]):
+        def read(module, args, kwargs, output):
+            found[key] = as_3d(read_hooked(args, kwargs, output)).detach()
+            if len(found) == len(by_hook):
+                raise StopForward
+
+        return read
+
+    for chunk in distinct.chunks():
+        found.clear()
+        with HookSet() as hooks:
+            for key in by_hook:
+                site = resolve_site(model, key[0], key[1], "pos")
+                hooks.add(site.module, site.hook, reader(key))
+            try:
+                model(**{k: v.to(device) for k, v in chunk.items()})
+            except StopForward:
+                pass
+        missing = sorted(set(by_hook) - set(found))
+        if missing:
+            raise RuntimeError(f"the forward pass never reached {missing}")
+        for key, members in by_hook.items():
+            acts = found[key]  # (chunk, seq, w)
+            index = _positions_index([sites[i][2] for i in members], acts.shape[1]).to(acts.device)
+            picked = acts[:, index].cpu()  # (chunk, members, w)
+            for j, i in enumerate(members):
+                tables[i].add(picked[:, j])
+    return [table.result() for table in tables], distinct.row["base"]
 
 
 class RowBuffer:
@@ -320,5 +373,5 @@ class PrefixSkip:
             handle.remove()
 
 
-__all__ = ["LayerActivations", "PrefixSkip", "batched_sites_supported", "block_modules", "collect_layer",
-           "starts_after_block"]
+__all__ = ["LayerActivations", "PrefixSkip", "batched_sites_supported", "block_modules", "collect_base_sites",
+           "collect_layer", "starts_after_block"]
