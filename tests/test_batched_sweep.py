@@ -15,10 +15,12 @@ import transformers
 from conftest import random_pair_rows
 from torch.utils.data import DataLoader
 
+from das_train.training import batched_sweep
 from das_train.training.das_module import DASModule
 from das_train.training.multi_site import CACHED_PREFIX, CACHED_SOURCES, MultiSiteDASModule
 from das_train.training.probe import fit_probe, fit_probes
 from das_train.training.site_cache import (
+    DistinctInputs,
     PrefixSkip,
     batched_sites_supported,
     block_modules,
@@ -282,12 +284,50 @@ def test_the_probe_collection_reads_every_site_in_one_forward_per_chunk():
     sites = [(0, "block_input", 1), (1, "block_output", 3), (1, "block_output", 0), (2, "mlp_output", 4)]
     forwards = []
     handle = model.gpt_neox.embed_in.register_forward_hook(lambda *a: forwards.append(1))
-    tables, rows = collect_base_sites(model, sites, loader)
+    bases = DistinctInputs(loader, True, sides=("base",))
+    tables = collect_base_sites(model, sites, bases)
+    rows = bases.row["base"]
     handle.remove()
     assert len(forwards) == 3  # 20 distinct bases in chunks of 8, each read at every site at once
     for (layer, component, position), table in zip(sites, tables):
         alone = collect_layer(model, layer, component, [position], loader)
         torch.testing.assert_close(table[rows], alone.base[:, 0], rtol=0, atol=1e-6)
+
+
+def test_probe_waves_keep_each_wave_within_the_budget_and_the_sites_in_order():
+    model = neox()  # hidden 32: a site's table of 100 rows, twice over, is 25,600 bytes
+    sites = [(layer, "block_output", p) for layer in range(3) for p in (0, 1)]
+    assert batched_sweep.probe_waves(model, sites, 100, 1e9) == [sites]
+    assert batched_sweep.probe_waves(model, sites, 100, 2 * 25_600) == [sites[0:2], sites[2:4], sites[4:6]]
+    assert batched_sweep.probe_waves(model, sites, 100, 1.0) == [[site] for site in sites]  # over budget: alone
+
+
+def test_sweep_probes_in_waves_equal_sweep_probes_at_once(tmp_path):
+    import sys
+    from pathlib import Path
+
+    from omegaconf import open_dict
+
+    from das_train.training import run as run_module
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_run import small_gender_run
+
+    cfg, model, datamodule, spec = small_gender_run(tmp_path)
+    jobs = [(run_module.Site(layer, "block_output", p, name), 0)
+            for layer in (0, 1) for p, name in ((1, "name"), (3, "last"))]
+    forwards = []
+    handle = model.get_input_embeddings().register_forward_hook(lambda *a: forwards.append(1))
+    at_once = batched_sweep.sweep_probes(cfg, model, datamodule, spec, jobs)
+    chunks = len(forwards)
+    with open_dict(cfg):
+        cfg.sweep.probe.tables_mib = 1e-6  # every site its own wave
+    in_waves = batched_sweep.sweep_probes(cfg, model, datamodule, spec, jobs)
+    handle.remove()
+    assert len(forwards) - chunks == 4 * chunks  # one pass over the distinct bases per wave
+    assert in_waves.keys() == at_once.keys() and len(at_once) == 4
+    for key in at_once:
+        assert in_waves[key] == at_once[key], key
 
 
 # -- a whole sweep both ways --------------------------------------------------------------------
@@ -340,7 +380,6 @@ def test_a_cut_off_group_fit_resumes_from_its_checkpoint(tmp_path, monkeypatch, 
     import sys
     from pathlib import Path
 
-    from das_train.training import batched_sweep
     from das_train.training import run as run_module
 
     sys.path.insert(0, str(Path(__file__).parent))

@@ -39,6 +39,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from das_train.core.devices import input_device
+from das_train.core.sites import resolve_site
 from das_train.training.das_module import DASModule, model_inputs
 from das_train.training.multi_site import CACHED_PREFIX, CACHED_SOURCES, MultiSiteDASModule
 from das_train.training.pass_memory import (
@@ -48,6 +49,7 @@ from das_train.training.pass_memory import (
 )
 from das_train.training.probe import ProbeResult, probes_with_control
 from das_train.training.site_cache import (
+    DistinctInputs,
     LayerActivations,
     PrefixSkip,
     batched_sites_supported,
@@ -208,32 +210,60 @@ def sweep_probes(cfg: DictConfig, model: torch.nn.Module, datamodule, spec: Task
     number of probes stacked in it. So rather than two fits per layer, the sites' base
     activations are collected in one forward per chunk of distinct inputs and all the probes
     of a seed and width train in one fit for the variable and one for the control. Each probe
-    is what it would be alone (:func:`~das_train.training.probe.fit_probes`). The tables hold
-    one row per distinct base input per site.
+    is what it would be alone (:func:`~das_train.training.probe.fit_probes`).
+
+    The tables hold one row per distinct base input per site. Where all the sites' tables
+    would exceed ``sweep.probe.tables_mib``, the sites are taken in waves that each fit within
+    it (one more pass over the inputs per wave), so a large model's sweep holds a bounded
+    share of its activations rather than every layer's at once.
     """
-    batched = [(site, seed) for site, seed in jobs if fallback_reason(cfg, model, site) is None]
-    if not batched:
+    seeds_of: dict[tuple[int, str, Any], list[int]] = {}
+    for site, seed in jobs:
+        if fallback_reason(cfg, model, site) is None:
+            seeds_of.setdefault((site.layer, site.component, site.position), []).append(seed)
+    if not seeds_of:
         return {}
     columns = split_columns(datamodule.ordered_dataloader("train"))
+    bases = DistinctInputs(datamodule.ordered_dataloader("train"), spec.is_language_model_task, sides=("base",))
     results: dict[ProbeKey, ProbeResult] = {}
-    for seed in dict.fromkeys(seed for _, seed in batched):
-        sites = [site for site, s in batched if s == seed]
-        tables, rows = collect_base_sites(model, [(s.layer, s.component, s.position) for s in sites],
-                                          datamodule.ordered_dataloader("train"), spec.is_language_model_task)
-        by_width: dict[int, list[int]] = {}
-        for i, table in enumerate(tables):
-            by_width.setdefault(table.shape[-1], []).append(i)
-        for members in by_width.values():
-            stacked = torch.stack([tables[i] for i in members])  # (S, U, w)
-            log.info("probes: %d sites in one fit (seed %d)", len(members), seed)
-            fitted = probes_with_control(
-                stacked, columns[BASE_VARIABLE].long(), columns[BASE_CONTROL].long(), rows=rows,
-                n_classes=spec.variable_values, lr=cfg.sweep.probe.lr, weight_decay=cfg.sweep.probe.weight_decay,
-                max_epochs=cfg.sweep.probe.max_epochs, seed=seed,
-            )
-            for i, probe in zip(members, fitted):
-                results[(sites[i].layer, sites[i].component, sites[i].position, seed)] = probe
+    for wave in probe_waves(model, list(seeds_of), bases.count, cfg.sweep.probe.tables_mib * 2**20):
+        tables = collect_base_sites(model, wave, bases)
+        for seed in dict.fromkeys(seed for key in wave for seed in seeds_of[key]):
+            by_width: dict[int, list[int]] = {}
+            for i, key in enumerate(wave):
+                if seed in seeds_of[key]:
+                    by_width.setdefault(tables[i].shape[-1], []).append(i)
+            for members in by_width.values():
+                log.info("probes: %d sites in one fit (seed %d)", len(members), seed)
+                fitted = probes_with_control(
+                    torch.stack([tables[i] for i in members]),  # (S, U, w)
+                    columns[BASE_VARIABLE].long(), columns[BASE_CONTROL].long(), rows=bases.row["base"],
+                    n_classes=spec.variable_values, lr=cfg.sweep.probe.lr,
+                    weight_decay=cfg.sweep.probe.weight_decay, max_epochs=cfg.sweep.probe.max_epochs, seed=seed,
+                )
+                for i, probe in zip(members, fitted):
+                    results[(*wave[i], seed)] = probe
+        del tables
+        gc.collect()
     return results
+
+
+def probe_waves(model: torch.nn.Module, sites: Sequence[tuple[int, str, Any]], rows: int,
+                budget_bytes: float) -> list[list[tuple[int, str, Any]]]:
+    """``sites`` in order, cut into waves whose float32 tables of ``rows`` rows each (twice
+    over, for the stacked copy a fit reads) stay within ``budget_bytes``; a site over the
+    budget alone is a wave of its own. A site of unknown width is a wave of its own."""
+    waves: list[list[tuple[int, str, Any]]] = []
+    used = math.inf
+    for key in sites:
+        width = resolve_site(model, key[0], key[1], "pos").width
+        cost = math.inf if width is None else 2 * rows * width * 4
+        if used + cost > budget_bytes:
+            waves.append([])
+            used = 0
+        waves[-1].append(key)
+        used += cost
+    return waves
 
 
 def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Sequence[Any], seed: int,
@@ -318,4 +348,4 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
 
 
 __all__ = ["CachedPairs", "cached_pairs", "fallback_reason", "fit_site_group", "group_jobs", "one_site_costs",
-           "sites_per_pass", "sweep_probes"]
+           "probe_waves", "sites_per_pass", "sweep_probes"]

@@ -110,6 +110,10 @@ class ProbeConfig:
     """The probe's learning rate."""
     weight_decay: float = 0.0
     """The probe's weight decay."""
+    tables_mib: float = 1024
+    """With sweep.batched: most memory the probes' activation tables (one row per distinct
+    base input per site) hold at once; beyond it the sites are collected and fitted in waves,
+    one more pass over the training inputs each."""
 
 
 @dataclass
@@ -227,7 +231,7 @@ POSITIVE = {
     ("model", "n_layer"), ("model", "hidden"), ("model", "heads"), ("model", "max_steps"),
     ("task", "n_train"), ("task", "n_val"), ("task", "n_test"), ("intervention", "low_rank_dimension"),
     ("intervention", "lr"), ("trainer", "devices"), ("trainer", "num_nodes"), ("trainer", "max_steps"),
-    ("trainer", "batch_size"), ("sweep", "probe", "max_epochs"), ("sweep", "num_shards"), ("intervention", "temperature_start"),
+    ("trainer", "batch_size"), ("sweep", "probe", "max_epochs"), ("sweep", "probe", "tables_mib"), ("sweep", "num_shards"), ("intervention", "temperature_start"),
     ("intervention", "temperature_end"), ("tracing", "window"), ("tracing", "samples"), ("tracing", "facts"),
     ("tracing", "noise_scale"), ("steering", "max_new_tokens"), ("steering", "temperature"), ("steering", "samples"),
 }

@@ -213,22 +213,20 @@ def collect_layer(
 def collect_base_sites(
     model: nn.Module,
     sites: Sequence[tuple[int, str, int | None]],
-    batches: Iterable[Batch],
-    is_language_model_task: bool = True,
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Every ``(layer, component, position)`` site's activation on each distinct base input,
-    all in one forward per chunk of inputs (stopped once the deepest site is read): what a
-    sweep's probes read.
+    bases: DistinctInputs,
+) -> list[torch.Tensor]:
+    """Every ``(layer, component, position)`` site's activation on each distinct input of
+    ``bases``, all in one forward per chunk of inputs (stopped once the deepest site is read):
+    what a sweep's probes read.
 
-    Returns one ``(U, w)`` table per site, in the order of ``sites``, and the ``(N,)`` row of
-    each pair's base in them.
+    Returns one ``(U, w)`` table per site, in the order of ``sites``; ``bases.row["base"]`` is
+    each pair's row in them.
     """
     by_hook: dict[tuple[int, str], list[int]] = {}
     for i, (layer, component, _) in enumerate(sites):
         by_hook.setdefault((layer, component), []).append(i)
     device = input_device(model)
-    distinct = DistinctInputs(batches, is_language_model_task, sides=("base",))
-    tables = [RowBuffer(distinct.count) for _ in sites]
+    tables = [RowBuffer(bases.count) for _ in sites]
     found: dict[tuple[int, str], torch.Tensor] = {}
 
     def reader(key: tuple[int, str]):
@@ -239,7 +237,7 @@ def collect_base_sites(
 
         return read
 
-    for chunk in distinct.chunks():
+    for chunk in bases.chunks():
         found.clear()
         with HookSet() as hooks:
             for key in by_hook:
@@ -258,7 +256,7 @@ def collect_base_sites(
             picked = acts[:, index].cpu()  # (chunk, members, w)
             for j, i in enumerate(members):
                 tables[i].add(picked[:, j])
-    return [table.result() for table in tables], distinct.row["base"]
+    return [table.result() for table in tables]
 
 
 class RowBuffer:
@@ -373,5 +371,5 @@ class PrefixSkip:
             handle.remove()
 
 
-__all__ = ["LayerActivations", "PrefixSkip", "batched_sites_supported", "block_modules", "collect_base_sites",
+__all__ = ["DistinctInputs", "LayerActivations", "PrefixSkip", "batched_sites_supported", "block_modules", "collect_base_sites",
            "collect_layer", "starts_after_block"]
