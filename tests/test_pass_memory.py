@@ -135,7 +135,7 @@ def test_collect_layer_stores_each_distinct_input_once():
         for side in ("base", "source"):
             seen = {}
 
-            def read_output(module, args, output):
+            def read_output(module, args, output, seen=seen):
                 seen["site"] = output[0] if isinstance(output, tuple) else output
 
             handle = block.register_forward_hook(read_output)

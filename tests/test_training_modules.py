@@ -95,6 +95,27 @@ def test_five_das_steps_reproduce_the_recorded_losses():
     assert recorder.losses == pytest.approx(GOLDEN_LOSSES, abs=1e-4)
 
 
+def test_a_training_forward_computes_the_last_positions_logits_only():
+    from das_train.core.builtin_models import MLPClassifier, MLPConfig
+    from das_train.training.das_module import prediction_only_options
+
+    model = tiny_neox()
+    module = make_module(model)
+    assert module.call_options == {"logits_to_keep": 1}
+    head_rows = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda m, args, out: head_rows.append(args[0].shape[1]))
+    batch = next(iter(loader()))
+    with torch.no_grad():
+        kept = module(batch)
+        module.call_options = {}
+        whole = module(batch)  # every position's logits, the last one read
+    handle.remove()
+    assert head_rows == [1, batch["base_input_ids"].shape[1]]
+    torch.testing.assert_close(kept, whole, rtol=0, atol=1e-6)
+    # A model whose forward has no such option is called as it is.
+    assert prediction_only_options(MLPClassifier(MLPConfig(input_dim=4, h_dim=8, n_layer=1))) == {}
+
+
 def test_das_leaves_the_model_unchanged_and_iit_trains_it():
     model = tiny_neox().train()
     before = copy.deepcopy(model.state_dict())

@@ -720,13 +720,16 @@ class IntervenableModel(nn.Module):
         output_original_output: bool = False,
         return_dict: bool | None = None,
         use_cache: bool | None = None,
+        logits_to_keep: int | None = None,
     ):
         """Runs the base with every configured intervention applied.
 
         Returns ``(original_outputs, intervened_outputs)``; ``original_outputs`` is ``None``
         unless ``output_original_output``. With collect interventions, the first element is
         ``(original_outputs, [collected activations, ...])``. ``return_dict=True`` returns an
-        :class:`IntervenableOutput` instead.
+        :class:`IntervenableOutput` instead. ``use_cache`` and ``logits_to_keep`` are passed to
+        a Hugging Face model's forward as given (``logits_to_keep=1``: the last position's
+        logits only).
         """
         plan = self._plan(base, sources, unit_locations, source_representations, subspaces)
         extra: dict[str, Any] = {}
@@ -734,6 +737,8 @@ class IntervenableModel(nn.Module):
             extra["labels"] = labels
         if use_cache is not None:
             extra["use_cache"] = use_cache
+        if logits_to_keep is not None:
+            extra["logits_to_keep"] = logits_to_keep
         original = self._call_model(base, extra) if output_original_output else None
         collected: dict[int, torch.Tensor] = {}
         active = [i for i, a in enumerate(plan.active) if a]

@@ -27,6 +27,7 @@ Batches are dicts with the pair columns of :mod:`tasks.base` (``base_input_ids``
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -96,6 +97,24 @@ def prediction_logits(outputs: Any) -> torch.Tensor:
     return logits.reshape(logits.shape[0], -1, logits.shape[-1])[:, -1]
 
 
+PREDICTION_ONLY = {"logits_to_keep": 1}
+"""Keyword options of a Hugging Face causal LM that leave the prediction's logits unchanged but
+skip work a training forward never reads: the language-model head at every position but the
+last (on a 50k vocabulary, that head's logits are a large share of a step's memory). The
+key/value cache is left as the model's config has it: turning it off made GPT-NeoX's attention
+build a full mask and keep it for the backward, more memory for no time saved."""
+
+
+def prediction_only_options(model: nn.Module) -> dict[str, Any]:
+    """The :data:`PREDICTION_ONLY` options that ``model``'s forward accepts (none for a model
+    without them, such as the built-in MLP and GRU)."""
+    try:
+        accepted = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {name: value for name, value in PREDICTION_ONLY.items() if name in accepted}
+
+
 def _intervention_class(name: str, iit: bool) -> type[Intervention]:
     """Looks ``name`` up in the registry and checks it can be trained in this mode."""
     if name not in INTERVENTION_REGISTRY:
@@ -151,6 +170,7 @@ class DASModule(lightning.LightningModule):
         self.iit = iit
         self.position = position
         self.is_language_model_task = is_language_model_task
+        self.call_options = prediction_only_options(model)
         if low_rank_dimension < 1:
             raise ValueError(f"low_rank_dimension must be >= 1, got {low_rank_dimension}")
         if lr <= 0:
@@ -260,7 +280,7 @@ class DASModule(lightning.LightningModule):
         base = model_inputs(batch, "base", self.is_language_model_task)
         source = model_inputs(batch, "source", self.is_language_model_task)
         locations = None if self.position is None else {"sources->base": self.position}
-        _, outputs = self.intervenable(base, [source], unit_locations=locations)
+        _, outputs = self.intervenable(base, [source], unit_locations=locations, **self.call_options)
         return prediction_logits(outputs)
 
     # -- steps ------------------------------------------------------------------------------------
@@ -330,4 +350,4 @@ class DASModule(lightning.LightningModule):
         return float(metric.compute())
 
 
-__all__ = ["DASModule", "model_inputs", "prediction_logits"]
+__all__ = ["DASModule", "model_inputs", "prediction_logits", "prediction_only_options"]

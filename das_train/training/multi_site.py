@@ -32,7 +32,12 @@ from torch import nn
 from das_train.core.devices import place_model
 from das_train.core.hooks import HookSet, as_3d, from_3d, read_hooked, write_hooked
 from das_train.core.sites import resolve_site
-from das_train.training.das_module import DASModule, model_inputs, prediction_logits
+from das_train.training.das_module import (
+    DASModule,
+    model_inputs,
+    prediction_logits,
+    prediction_only_options,
+)
 from das_train.training.metrics import InterchangeInterventionAccuracy, PairCount
 from das_train.training.site_cache import PrefixSkip
 from tasks.base import COUNTERFACTUAL_LABEL
@@ -83,6 +88,7 @@ class MultiSiteDASModule(lightning.LightningModule):
         self.lr = first.lr
         self.boundary_weight = first.boundary_penalty
         self.is_language_model_task = first.is_language_model_task
+        self.call_options = prediction_only_options(model)
         self.test_iia = nn.ModuleList(InterchangeInterventionAccuracy() for _ in sites)
         self.test_pairs = PairCount()  # the sites share the test split: one count for all
         per_pass = sites_per_pass or len(sites)
@@ -139,7 +145,7 @@ class MultiSiteDASModule(lightning.LightningModule):
             skipping = nullcontext()
         with HookSet() as hooks, skipping:
             hooks.add(self.site.module, self.site.hook, self._edit(sites, batch[CACHED_SOURCES], batch_size))
-            outputs = self.model(**repeated)
+            outputs = self.model(**repeated, **self.call_options)
         logits = prediction_logits(outputs)  # (sites * batch, classes)
         return logits.view(n_sites, batch_size, -1)
 
