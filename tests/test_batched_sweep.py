@@ -281,24 +281,30 @@ def test_probes_read_through_a_table_of_distinct_rows_equal_probes_on_the_rows_t
 def test_the_probe_collection_reads_every_site_in_one_forward_per_chunk():
     model = neox()
     loader = batches(n=20, batch_size=8)
-    sites = [(0, "block_input", 1), (1, "block_output", 3), (1, "block_output", 0), (2, "mlp_output", 4)]
+    sites = [(0, "block_input", 1), (1, "block_output", 3), (2, "mlp_activation", 2), (1, "block_output", 0),
+             (2, "mlp_output", 4)]
     forwards = []
     handle = model.gpt_neox.embed_in.register_forward_hook(lambda *a: forwards.append(1))
     bases = DistinctInputs(loader, True, sides=("base",))
-    tables = collect_base_sites(model, sites, bases)
+    groups = collect_base_sites(model, sites, bases)
     rows = bases.row["base"]
     handle.remove()
     assert len(forwards) == 3  # 20 distinct bases in chunks of 8, each read at every site at once
-    for (layer, component, position), table in zip(sites, tables):
-        alone = collect_layer(model, layer, component, [position], loader)
-        torch.testing.assert_close(table[rows], alone.base[:, 0], rtol=0, atol=1e-6)
+    # One (S, U, w) table per width: the MLP activation is 64 wide, the rest 32.
+    assert [(members, table.shape) for members, table in groups] == [
+        ([0, 1, 3, 4], (4, 20, HIDDEN)), ([2], (1, 20, 64))]
+    for members, table in groups:
+        for k, i in enumerate(members):
+            layer, component, position = sites[i]
+            alone = collect_layer(model, layer, component, [position], loader)
+            torch.testing.assert_close(table[k, rows], alone.base[:, 0], rtol=0, atol=1e-6)
 
 
 def test_probe_waves_keep_each_wave_within_the_budget_and_the_sites_in_order():
-    model = neox()  # hidden 32: a site's table of 100 rows, twice over, is 25,600 bytes
+    model = neox()  # hidden 32: a site's table of 100 rows is 12,800 bytes
     sites = [(layer, "block_output", p) for layer in range(3) for p in (0, 1)]
     assert batched_sweep.probe_waves(model, sites, 100, 1e9) == [sites]
-    assert batched_sweep.probe_waves(model, sites, 100, 2 * 25_600) == [sites[0:2], sites[2:4], sites[4:6]]
+    assert batched_sweep.probe_waves(model, sites, 100, 2 * 12_800) == [sites[0:2], sites[2:4], sites[4:6]]
     assert batched_sweep.probe_waves(model, sites, 100, 1.0) == [[site] for site in sites]  # over budget: alone
 
 

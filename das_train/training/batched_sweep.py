@@ -227,37 +227,37 @@ def sweep_probes(cfg: DictConfig, model: torch.nn.Module, datamodule, spec: Task
     bases = DistinctInputs(datamodule.ordered_dataloader("train"), spec.is_language_model_task, sides=("base",))
     results: dict[ProbeKey, ProbeResult] = {}
     for wave in probe_waves(model, list(seeds_of), bases.count, cfg.sweep.probe.tables_mib * 2**20):
-        tables = collect_base_sites(model, wave, bases)
+        groups = collect_base_sites(model, wave, bases)
         for seed in dict.fromkeys(seed for key in wave for seed in seeds_of[key]):
-            by_width: dict[int, list[int]] = {}
-            for i, key in enumerate(wave):
-                if seed in seeds_of[key]:
-                    by_width.setdefault(tables[i].shape[-1], []).append(i)
-            for members in by_width.values():
-                log.info("probes: %d sites in one fit (seed %d)", len(members), seed)
+            for members, table in groups:
+                wanted = [j for j, i in enumerate(members) if seed in seeds_of[wave[i]]]
+                if not wanted:
+                    continue
+                # A seed that only some of the group's sites still need (a resumed run) reads a copy.
+                stacked = table if len(wanted) == len(members) else table[wanted]
+                log.info("probes: %d sites in one fit (seed %d)", len(wanted), seed)
                 fitted = probes_with_control(
-                    torch.stack([tables[i] for i in members]),  # (S, U, w)
-                    columns[BASE_VARIABLE].long(), columns[BASE_CONTROL].long(), rows=bases.row["base"],
+                    stacked, columns[BASE_VARIABLE].long(), columns[BASE_CONTROL].long(), rows=bases.row["base"],
                     n_classes=spec.variable_values, lr=cfg.sweep.probe.lr,
                     weight_decay=cfg.sweep.probe.weight_decay, max_epochs=cfg.sweep.probe.max_epochs, seed=seed,
                 )
-                for i, probe in zip(members, fitted):
-                    results[(*wave[i], seed)] = probe
-        del tables
+                for j, probe in zip(wanted, fitted):
+                    results[(*wave[members[j]], seed)] = probe
+        del groups
         gc.collect()
     return results
 
 
 def probe_waves(model: torch.nn.Module, sites: Sequence[tuple[int, str, Any]], rows: int,
                 budget_bytes: float) -> list[list[tuple[int, str, Any]]]:
-    """``sites`` in order, cut into waves whose float32 tables of ``rows`` rows each (twice
-    over, for the stacked copy a fit reads) stay within ``budget_bytes``; a site over the
-    budget alone is a wave of its own. A site of unknown width is a wave of its own."""
+    """``sites`` in order, cut into waves whose tables of ``rows`` rows each (counted as
+    float32) stay within ``budget_bytes``; a site over the budget, or of unknown width, is a
+    wave of its own."""
     waves: list[list[tuple[int, str, Any]]] = []
     used = math.inf
     for key in sites:
         width = resolve_site(model, key[0], key[1], "pos").width
-        cost = math.inf if width is None else 2 * rows * width * 4
+        cost = math.inf if width is None else rows * width * 4
         if used + cost > budget_bytes:
             waves.append([])
             used = 0

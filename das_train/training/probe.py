@@ -179,13 +179,17 @@ class TableRows(Dataset):
     out whole: each batch gathers its own rows, ``(S, B, D)``.
     """
 
-    CHUNK = 4096
-    """Rows per chunk when a whole split is read (statistics, accuracy)."""
+    CHUNK_BYTES = 2**20
+    """Most bytes a chunk of rows takes when a whole split is read (statistics, accuracy): a
+    chunk holds every probe's copy of its rows, so with many probes stacked a fixed row count
+    would be a large allocation (4,096 rows of 20 probes of width 64 are 21 MB)."""
 
     def __init__(self, table: torch.Tensor, index: torch.Tensor, labels: torch.Tensor) -> None:
         if len(index) != len(labels):
             raise ValueError(f"{len(index)} rows but {len(labels)} labels")
         self.table, self.index, self.labels = table, index, labels
+        row_bytes = table.shape[0] * table.shape[-1] * 4  # float32 (S, D) per row
+        self.chunk_rows = max(1, self.CHUNK_BYTES // row_bytes)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -198,8 +202,8 @@ class TableRows(Dataset):
         return self.table[:, self.index[picked]].float(), self.labels[picked]
 
     def chunks(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for start in range(0, len(self), self.CHUNK):
-            yield self.__getitems__(list(range(start, min(start + self.CHUNK, len(self)))))
+        for start in range(0, len(self), self.chunk_rows):
+            yield self.__getitems__(list(range(start, min(start + self.chunk_rows, len(self)))))
 
     def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per probe and feature, the rows' mean and (unbiased) standard deviation, ``(S, D)``
@@ -277,7 +281,7 @@ def fit_probes(
     probes.set_normalization(train_rows)
     train = DataLoader(train_rows, batch_size=batch_size, shuffle=True, collate_fn=_batch_as_is,
                        generator=torch.Generator().manual_seed(seed))
-    held_out = DataLoader(held_out_rows, batch_size=TableRows.CHUNK, collate_fn=_batch_as_is)
+    held_out = DataLoader(held_out_rows, batch_size=held_out_rows.chunk_rows, collate_fn=_batch_as_is)
     trainer = lightning.Trainer(
         accelerator=accelerator,
         devices=1,

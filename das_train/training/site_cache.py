@@ -214,20 +214,23 @@ def collect_base_sites(
     model: nn.Module,
     sites: Sequence[tuple[int, str, int | None]],
     bases: DistinctInputs,
-) -> list[torch.Tensor]:
+) -> list[tuple[list[int], torch.Tensor]]:
     """Every ``(layer, component, position)`` site's activation on each distinct input of
     ``bases``, all in one forward per chunk of inputs (stopped once the deepest site is read):
     what a sweep's probes read.
 
-    Returns one ``(U, w)`` table per site, in the order of ``sites``; ``bases.row["base"]`` is
-    each pair's row in them.
+    Returns the sites grouped by width, in order of their first site: each group's indices
+    into ``sites`` and its ``(S, U, w)`` table, filled in place, so the probes of a group read
+    it as it is (never stacked into a second copy). ``bases.row["base"]`` is each pair's row.
     """
     by_hook: dict[tuple[int, str], list[int]] = {}
     for i, (layer, component, _) in enumerate(sites):
         by_hook.setdefault((layer, component), []).append(i)
     device = input_device(model)
-    tables = [RowBuffer(bases.count) for _ in sites]
     found: dict[tuple[int, str], torch.Tensor] = {}
+    groups: dict[int, tuple[list[int], torch.Tensor]] = {}
+    slot: dict[int, tuple[int, int]] = {}  # site -> (width, its slice in the width's table)
+    filled = 0
 
     def reader(key: tuple[int, str]):
         def read(module, args, kwargs, output):
@@ -250,13 +253,23 @@ def collect_base_sites(
         missing = sorted(set(by_hook) - set(found))
         if missing:
             raise RuntimeError(f"the forward pass never reached {missing}")
+        if not groups:  # the first chunk gives every site's width: allocate the tables
+            for i, (layer, component, _) in enumerate(sites):
+                acts = found[(layer, component)]
+                members = groups.setdefault(acts.shape[-1], ([], acts))[0]
+                slot[i] = (acts.shape[-1], len(members))
+                members.append(i)
+            groups = {w: (members, torch.empty(len(members), bases.count, w, dtype=like.dtype))
+                      for w, (members, like) in groups.items()}
         for key, members in by_hook.items():
             acts = found[key]  # (chunk, seq, w)
             index = _positions_index([sites[i][2] for i in members], acts.shape[1]).to(acts.device)
             picked = acts[:, index].cpu()  # (chunk, members, w)
             for j, i in enumerate(members):
-                tables[i].add(picked[:, j])
-    return [table.result() for table in tables]
+                width, k = slot[i]
+                groups[width][1][k, filled : filled + len(picked)] = picked[:, j]
+        filled += len(next(iter(chunk.values())))
+    return list(groups.values())
 
 
 class RowBuffer:
