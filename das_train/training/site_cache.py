@@ -5,14 +5,17 @@ base, although nothing below the intervened layer changes while an intervention 
 group of sites at one (layer, component), :func:`collect_layer` runs the model once on each
 distinct input of a split (pairs share bases and sources) and keeps, per distinct input:
 
-- its input to the layer's block (a base's *frozen prefix*), so training can start at the
-  block instead of at the embeddings (:class:`PrefixSkip`);
+- its input to the layer's block (a base's *frozen prefix*), or the block's output where the
+  site is that output, so training can start at the block, or above it, instead of at the
+  embeddings (:class:`PrefixSkip`);
 - the component's activation at each swept position: a source's is what an interchange
-  writes in, a base's what the probes read.
+  writes in.
 
-Each collection pass stops right after the site (nothing above it is needed). Activations are
-kept on CPU in the model's dtype, one layer at a time, so a big model's sweep holds one layer's
-worth, not all of them.
+:func:`collect_base_sites` reads many sites of any layers the same way, one forward per chunk
+of distinct bases, for the sweep's probes. Each collection pass stops right after the deepest
+site it reads (nothing above it is needed). Activations are kept on CPU in the model's dtype:
+the training cache one layer at a time, the probes' tables within a memory budget, so a big
+model's sweep never holds every layer's activations at once.
 """
 
 from __future__ import annotations
