@@ -195,7 +195,7 @@ class TableRows(Dataset):
         return len(self.index)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.table[:, self.index[i]], self.labels[i]
+        return self.table[:, self.index[i]].float(), self.labels[i]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         picked = torch.as_tensor(indices, dtype=torch.long)

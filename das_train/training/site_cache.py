@@ -155,6 +155,21 @@ class DistinctInputs:
             yield {name: torch.stack(rows[start : start + self.batch_size]) for name, rows in self.rows.items()}
 
 
+def run_until_read(model: nn.Module, inputs: Mapping[str, torch.Tensor],
+                   readers: Sequence[tuple[nn.Module, str, Any]]) -> None:
+    """One forward of ``inputs`` (moved to the model's input device) with each ``(module,
+    hook, read)`` reader hooked; a reader raises :class:`StopForward` once nothing above it is
+    needed, which ends the pass there."""
+    device = input_device(model)
+    with HookSet() as hooks:
+        for module, hook, read in readers:
+            hooks.add(module, hook, read)
+        try:
+            model(**{k: v.to(device) for k, v in inputs.items()})
+        except StopForward:
+            pass
+
+
 @torch.no_grad()
 def collect_layer(
     model: nn.Module,
@@ -174,7 +189,6 @@ def collect_layer(
     block = resolve_site(model, layer, "block_input", "pos")
     site = resolve_site(model, layer, component, "pos")
     after_block = starts_after_block(model, layer, component)
-    device = input_device(model)
     found: dict[str, torch.Tensor] = {}
 
     def read_prefix(module, args, kwargs, output):
@@ -190,16 +204,12 @@ def collect_layer(
     distinct = DistinctInputs(batches, is_language_model_task)
     prefixes, sites = RowBuffer(distinct.count), RowBuffer(distinct.count)
     index: torch.Tensor | None = None
+    readers = [(site.module, site.hook, read_site)]
+    if keep_prefix and not after_block:
+        readers.insert(0, (block.module, "input", read_prefix))
     for chunk in distinct.chunks():
         found.clear()
-        with HookSet() as hooks:
-            if keep_prefix and not after_block:
-                hooks.add(block.module, "input", read_prefix)
-            hooks.add(site.module, site.hook, read_site)
-            try:
-                model(**{k: v.to(device) for k, v in chunk.items()})
-            except StopForward:
-                pass
+        run_until_read(model, chunk, readers)
         if "site" not in found:
             raise RuntimeError(f"the forward pass never reached {site.description}")
         acts = found["site"]  # (chunk, seq, w)
@@ -229,7 +239,6 @@ def collect_base_sites(
     by_hook: dict[tuple[int, str], list[int]] = {}
     for i, (layer, component, _) in enumerate(sites):
         by_hook.setdefault((layer, component), []).append(i)
-    device = input_device(model)
     found: dict[tuple[int, str], torch.Tensor] = {}
     groups: dict[int, tuple[list[int], torch.Tensor]] = {}
     slot: dict[int, tuple[int, int]] = {}  # site -> (width, its slice in the width's table)
@@ -243,16 +252,13 @@ def collect_base_sites(
 
         return read
 
+    readers = []
+    for key in by_hook:
+        site = resolve_site(model, key[0], key[1], "pos")
+        readers.append((site.module, site.hook, reader(key)))
     for chunk in bases.chunks():
         found.clear()
-        with HookSet() as hooks:
-            for key in by_hook:
-                site = resolve_site(model, key[0], key[1], "pos")
-                hooks.add(site.module, site.hook, reader(key))
-            try:
-                model(**{k: v.to(device) for k, v in chunk.items()})
-            except StopForward:
-                pass
+        run_until_read(model, chunk, readers)
         missing = sorted(set(by_hook) - set(found))
         if missing:
             raise RuntimeError(f"the forward pass never reached {missing}")
@@ -329,12 +335,8 @@ class PrefixSkip:
             seen["output"] = output
             raise StopForward
 
-        with HookSet() as hooks, torch.no_grad():
-            hooks.add(block, "output", look)
-            try:
-                model(**inputs)
-            except StopForward:
-                pass
+        with torch.no_grad():
+            run_until_read(model, inputs, [(block, "output", look)])
         output = seen.get("output")
         if torch.is_tensor(output):
             return "tensor"
