@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from das_train.training import batched_sweep
 from das_train.training.das_module import DASModule
-from das_train.training.multi_site import CACHED_PREFIX, CACHED_SOURCES, MultiSiteDASModule
+from das_train.training.multi_site import CACHED_PREFIX, CACHED_SOURCES, MultiSiteDASModule, row_of
 from das_train.training.probe import fit_probe, fit_probes
 from das_train.training.site_cache import (
     DistinctInputs,
@@ -176,7 +176,7 @@ def site_modules(model, layer, component, positions, seed=0, **options):
                                              (1, "attention_output")])
 def test_batched_sites_give_each_site_its_own_intervened_logits(family, layer, component):
     model = MAKERS[family]()
-    positions = [0, 2, 4]
+    positions = [0, 2, -1]  # a position from the end, as a task may name the last token
     sites = site_modules(model, layer, component, positions, intervention="RotatedSpaceIntervention",
                          low_rank_dimension=4)
     with torch.no_grad():  # random rotations, so every site's edit shows in its logits
@@ -334,6 +334,12 @@ def test_sweep_probes_in_waves_equal_sweep_probes_at_once(tmp_path):
     assert in_waves.keys() == at_once.keys() and len(at_once) == 4
     for key in at_once:
         assert in_waves[key] == at_once[key], key
+
+
+def test_a_sites_row_counts_positions_from_the_end_and_refuses_one_out_of_range():
+    assert row_of(-1, 4) == 3 and row_of(2, 4) == 2 and row_of(None, 1) == 0
+    with pytest.raises(IndexError, match="position 4 out of range for a sequence of 4"):
+        row_of(4, 4)
 
 
 # -- a whole sweep both ways --------------------------------------------------------------------

@@ -50,6 +50,20 @@ CACHED_SOURCES = "cached_sources"
 """Batch column: ``(batch, sites, w)`` the source's activation at each site's position."""
 
 
+def repeat_rows(x: torch.Tensor, times: int) -> torch.Tensor:
+    """``x`` stacked ``times`` times along its first dimension (itself, not a copy, once)."""
+    return x if times == 1 else x.repeat(times, *([1] * (x.dim() - 1)))
+
+
+def row_of(position: int | None, seq: int) -> int:
+    """The row of ``position`` in a sequence of ``seq`` (``None``, a vector task's whole
+    activation, is row 0 of its one-position sequence)."""
+    row = 0 if position is None else position
+    if not -seq <= row < seq:
+        raise IndexError(f"position {position} out of range for a sequence of {seq}")
+    return row % seq
+
+
 class MultiSiteDASModule(lightning.LightningModule):
     """Trains the interventions of several :class:`DASModule` sites of one (layer, component).
 
@@ -92,6 +106,7 @@ class MultiSiteDASModule(lightning.LightningModule):
         self.test_iia = nn.ModuleList(InterchangeInterventionAccuracy() for _ in sites)
         self.test_pairs = PairCount()  # the sites share the test split: one count for all
         per_pass = sites_per_pass or len(sites)
+        self._rows_cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
         self.passes = [range(start, min(start + per_pass, len(sites))) for start in range(0, len(sites), per_pass)]
 
     # -- the frozen model: placed once on the module's device, never moved back ----------------
@@ -117,19 +132,27 @@ class MultiSiteDASModule(lightning.LightningModule):
             value = read_hooked(args, kwargs, output)
             x3 = as_3d(value)  # (sites * batch, seq, w)
             per_site = x3.view(n_sites, batch_size, *x3.shape[1:])  # (sites, batch, seq, w)
-            index = torch.tensor([0 if self.positions[k] is None else self.positions[k] for k in sites],
-                                 device=x3.device)
-            edited = []
-            for j, k in enumerate(sites):
-                base = per_site[j, :, index[j]].unsqueeze(1)  # (batch, 1, w)
-                source = sources[:, k].unsqueeze(1).to(base.device)  # (batch, 1, w)
-                edited.append(self.interventions[k](base, source).squeeze(1))  # (batch, w)
-            rows = (torch.arange(n_sites, device=x3.device)[:, None],
-                    torch.arange(batch_size, device=x3.device)[None, :], index[:, None])
-            new = per_site.index_put(rows, torch.stack(edited).to(x3.dtype))  # out of place: autograd
+            # Plain ints, so each site's row is a view (no index tensor built per call).
+            positions = [row_of(self.positions[k], x3.shape[1]) for k in sites]
+            edited = [self.interventions[k](per_site[j, :, p : p + 1], sources[:, k : k + 1].to(x3.device))
+                      for j, (k, p) in enumerate(zip(sites, positions))]  # each (batch, 1, w)
+            rows = self._write_rows(n_sites, batch_size, tuple(positions), x3.device)
+            # Out of place, so autograd sees the write.
+            new = per_site.index_put(rows, torch.cat(edited, dim=1).transpose(0, 1).to(x3.dtype))
             return write_hooked(args, kwargs, output, from_3d(new.view(x3.shape), value))
 
         return edit
+
+    def _write_rows(self, n_sites: int, batch_size: int, positions: tuple[int, ...],
+                    device: torch.device) -> tuple[torch.Tensor, ...]:
+        """``index_put`` indices of each copy's site row, made once per pass shape: every step
+        of a fit asks for the same few."""
+        key = (n_sites, batch_size, positions, device)
+        if key not in self._rows_cache:
+            self._rows_cache[key] = (torch.arange(n_sites, device=device)[:, None],
+                                     torch.arange(batch_size, device=device)[None, :],
+                                     torch.tensor(positions, device=device)[:, None])
+        return self._rows_cache[key]
 
     def forward(self, batch: Batch, sites: range | None = None) -> torch.Tensor:
         """Intervened prediction logits of ``sites`` (default: all), ``(sites, batch, classes)``."""
@@ -137,10 +160,9 @@ class MultiSiteDASModule(lightning.LightningModule):
         base = model_inputs(batch, "base", self.is_language_model_task)
         batch_size = next(iter(base.values())).shape[0]
         n_sites = len(sites)
-        repeated = {k: v.repeat(n_sites, *([1] * (v.dim() - 1))) for k, v in base.items()}
+        repeated = {k: repeat_rows(v, n_sites) for k, v in base.items()}
         if self.prefix_skip is not None:
-            prefix = batch[CACHED_PREFIX]
-            skipping = self.prefix_skip.active(prefix.repeat(n_sites, *([1] * (prefix.dim() - 1))))
+            skipping = self.prefix_skip.active(repeat_rows(batch[CACHED_PREFIX], n_sites))
         else:
             skipping = nullcontext()
         with HookSet() as hooks, skipping:
