@@ -336,6 +336,42 @@ def test_sweep_probes_in_waves_equal_sweep_probes_at_once(tmp_path):
         assert in_waves[key] == at_once[key], key
 
 
+def test_a_sweeps_splits_are_read_once_and_give_what_their_loaders_give(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_run import small_gender_run
+
+    cfg, model, datamodule, spec = small_gender_run(tmp_path)
+    splits = batched_sweep.SplitReader(datamodule, spec.is_language_model_task)
+    for split in ("train", "test"):
+        loader = datamodule.ordered_dataloader(split)
+        read = batched_sweep.split_columns(loader)
+        columns = splits.columns(split)
+        assert columns.keys() == read.keys() and "source_input_ids" in columns
+        assert all(torch.equal(columns[name], read[name]) for name in read)
+        assert splits.columns(split) is columns  # read once
+        found, direct = splits.inputs(split), DistinctInputs(loader, spec.is_language_model_task)
+        assert splits.inputs(split) is found
+        assert found.count == direct.count and found.batch_size == direct.batch_size == loader.batch_size
+        assert all(torch.equal(found.row[side], direct.row[side]) for side in ("base", "source"))
+        for a, b in zip(found.chunks(), direct.chunks(), strict=True):
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        # A collection from the inputs found once is the collection from the loader.
+        once = collect_layer(model, 1, "block_output", [1, 3], found)
+        again = collect_layer(model, 1, "block_output", [1, 3], loader)
+        assert torch.equal(once.site_table, again.site_table) and torch.equal(once.prefix_table, again.prefix_table)
+    bases = splits.inputs("train", sides=("base",))
+    assert set(bases.row) == {"base"} and bases.count <= splits.inputs("train").count
+    with pytest.raises(ValueError, match="both sides"):
+        collect_layer(model, 1, "block_output", [1], bases)
+    # Training batches carry no source inputs and no probe labels: the cache stands for them.
+    pairs = batched_sweep.cached_pairs(splits.columns("train"), collect_layer(model, 1, "block_output", [1],
+                                                                              splits.inputs("train")))
+    assert set(pairs.columns) == {"base_input_ids", "base_attention_mask", "counterfactual_label"}
+
+
 def test_a_sites_row_counts_positions_from_the_end_and_refuses_one_out_of_range():
     assert row_of(-1, 4) == 3 and row_of(2, 4) == 2 and row_of(None, 1) == 0
     with pytest.raises(IndexError, match="position 4 out of range for a sequence of 4"):

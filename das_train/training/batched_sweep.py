@@ -64,6 +64,9 @@ from tasks.base import (
     BASE_MASK,
     BASE_VARIABLE,
     COUNTERFACTUAL_LABEL,
+    SOURCE_EMBEDS,
+    SOURCE_IDS,
+    SOURCE_MASK,
     TaskSpec,
 )
 
@@ -108,8 +111,13 @@ def whole_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return batch
 
 
-PAIR_COLUMNS = (BASE_IDS, BASE_MASK, BASE_EMBEDS, COUNTERFACTUAL_LABEL, BASE_VARIABLE, BASE_CONTROL)
-"""The columns of a split the batched path reads: inputs and labels, no source inputs."""
+PAIR_COLUMNS = (BASE_IDS, BASE_MASK, BASE_EMBEDS, COUNTERFACTUAL_LABEL, BASE_VARIABLE, BASE_CONTROL,
+                SOURCE_IDS, SOURCE_MASK, SOURCE_EMBEDS)
+"""The columns of a split the batched path reads: inputs (for the caches), labels (for training
+and the probes)."""
+TRAINING_COLUMNS = (BASE_IDS, BASE_MASK, BASE_EMBEDS, COUNTERFACTUAL_LABEL)
+"""The columns a training batch carries next to the cache: no source inputs (the cache holds
+what the sources give) and no probe labels."""
 
 
 def split_columns(loader: DataLoader) -> dict[str, torch.Tensor]:
@@ -126,9 +134,43 @@ def split_columns(loader: DataLoader) -> dict[str, torch.Tensor]:
     return {name: torch.cat(values) for name, values in parts.items()}
 
 
+class SplitReader:
+    """The splits of one sweep, each read once: its pair columns and its distinct inputs.
+
+    Every group of a sweep trains on the same training pairs and tests on the same test pairs;
+    reading a split goes through the Arrow dataset row by row, so the sweep reads each once
+    here instead of twice per group. The distinct inputs are found in batches of the split
+    loader's size, so each collection runs the model on chunks of the size training uses.
+    """
+
+    def __init__(self, datamodule, is_language_model_task: bool) -> None:
+        self.datamodule = datamodule
+        self.is_language_model_task = is_language_model_task
+        self._columns: dict[str, dict[str, torch.Tensor]] = {}
+        self._inputs: dict[tuple[str, tuple[str, ...]], DistinctInputs] = {}
+
+    def columns(self, split: str) -> dict[str, torch.Tensor]:
+        """:func:`split_columns` of ``split``."""
+        if split not in self._columns:
+            self._columns[split] = split_columns(self.datamodule.ordered_dataloader(split))
+        return self._columns[split]
+
+    def inputs(self, split: str, sides: Sequence[str] = ("base", "source")) -> DistinctInputs:
+        """The distinct inputs of ``split``'s pairs on ``sides``."""
+        key = (split, tuple(sides))
+        if key not in self._inputs:
+            columns = self.columns(split)
+            size = self.datamodule.ordered_dataloader(split).batch_size or len(next(iter(columns.values())))
+            total = len(next(iter(columns.values())))
+            batches = ({name: value[start : start + size] for name, value in columns.items()}
+                       for start in range(0, total, size))
+            self._inputs[key] = DistinctInputs(batches, self.is_language_model_task, sides=sides)
+        return self._inputs[key]
+
+
 def cached_pairs(columns: dict[str, torch.Tensor], activations: LayerActivations) -> CachedPairs:
     """A split's inputs and counterfactual labels next to one layer's cached activations."""
-    wanted = {name: value for name, value in columns.items() if name not in (BASE_VARIABLE, BASE_CONTROL)}
+    wanted = {name: value for name, value in columns.items() if name in TRAINING_COLUMNS}
     lookups = {CACHED_SOURCES: (activations.site_table, activations.source_row)}
     if activations.prefix_table is not None:
         lookups[CACHED_PREFIX] = (activations.prefix_table, activations.base_row)
@@ -203,7 +245,7 @@ ProbeKey = tuple[int, str, Any, int]
 
 
 def sweep_probes(cfg: DictConfig, model: torch.nn.Module, datamodule, spec: TaskSpec,
-                 jobs: Sequence[tuple[Any, int]]) -> dict[ProbeKey, ProbeResult]:
+                 jobs: Sequence[tuple[Any, int]], splits: SplitReader | None = None) -> dict[ProbeKey, ProbeResult]:
     """The probes of every (site, seed) of ``jobs`` that takes the batched path, fitted together.
 
     A probe fit is a few hundred small steps whose cost is mostly the loop's, whatever the
@@ -223,8 +265,9 @@ def sweep_probes(cfg: DictConfig, model: torch.nn.Module, datamodule, spec: Task
             seeds_of.setdefault((site.layer, site.component, site.position), []).append(seed)
     if not seeds_of:
         return {}
-    columns = split_columns(datamodule.ordered_dataloader("train"))
-    bases = DistinctInputs(datamodule.ordered_dataloader("train"), spec.is_language_model_task, sides=("base",))
+    splits = splits or SplitReader(datamodule, spec.is_language_model_task)
+    columns = splits.columns("train")
+    bases = splits.inputs("train", sides=("base",))
     results: dict[ProbeKey, ProbeResult] = {}
     for wave in probe_waves(model, list(seeds_of), bases.count, cfg.sweep.probe.tables_mib * 2**20):
         groups = collect_base_sites(model, wave, bases)
@@ -268,11 +311,12 @@ def probe_waves(model: torch.nn.Module, sites: Sequence[tuple[int, str, Any]], r
 
 def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Sequence[Any], seed: int,
                    run_dir: Path, probes: dict[ProbeKey, ProbeResult],
-                   costs: dict[tuple[int, str], int] | None = None) -> list[dict[str, Any]]:
+                   costs: dict[tuple[int, str], int] | None = None,
+                   splits: SplitReader | None = None) -> list[dict[str, Any]]:
     """Trains and tests a group of sites of one (layer, component) and seed; returns their
     result rows in the order of ``sites``, with their probes from ``probes``
     (:func:`sweep_probes`). ``costs`` are :func:`one_site_costs`', for
-    ``sweep.sites_per_pass=auto``."""
+    ``sweep.sites_per_pass=auto``; ``splits`` the sweep's splits, read once for all groups."""
     from das_train.training.run import (
         distributed_eval_loader,
         distributed_train_loader,
@@ -285,14 +329,15 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
     layer, component = sites[0].layer, sites[0].component
     lm = spec.is_language_model_task
     positions = [site.position for site in sites]
-    train_columns = split_columns(datamodule.ordered_dataloader("train"))
+    splits = splits or SplitReader(datamodule, lm)
+    train_columns = splits.columns("train")
     # A block-output site starts above its block; other sites start at their block, and below
     # layer 0 there is nothing to skip. Blocks returning caches cannot be skipped.
     after_block = starts_after_block(model, layer, component)
     template = _template(model, train_columns, lm) if layer > 0 or after_block else None
     if (layer > 0 or after_block) and template is None:
         log.info("layer %d: blocks return caches or attentions, so the prefix is recomputed", layer)
-    train_acts = collect_layer(model, layer, component, positions, datamodule.ordered_dataloader("train"), lm,
+    train_acts = collect_layer(model, layer, component, positions, splits.inputs("train"), lm,
                                keep_prefix=template is not None)
     train_pairs = cached_pairs(train_columns, train_acts)
     del train_acts
@@ -325,9 +370,9 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
     trainer.fit(module, train_dataloaders=distributed_train_loader(cfg, train),
                 ckpt_path=str(last) if last.exists() else None)
     # The test split's cache is made only now, next to the training one rather than with it.
-    test_acts = collect_layer(model, layer, component, positions, datamodule.ordered_dataloader("test"), lm,
+    test_acts = collect_layer(model, layer, component, positions, splits.inputs("test"), lm,
                               keep_prefix=template is not None)
-    test = DataLoader(cached_pairs(split_columns(datamodule.ordered_dataloader("test")), test_acts),
+    test = DataLoader(cached_pairs(splits.columns("test"), test_acts),
                       batch_size=cfg.trainer.batch_size, collate_fn=whole_batch)
     del test_acts
     tested = trainer.test(module, dataloaders=distributed_eval_loader(test), verbose=False)
@@ -347,5 +392,5 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
             for site, member, iia in zip(sites, members, iias)]
 
 
-__all__ = ["CachedPairs", "cached_pairs", "fallback_reason", "fit_site_group", "group_jobs", "one_site_costs",
+__all__ = ["CachedPairs", "SplitReader", "cached_pairs", "fallback_reason", "fit_site_group", "group_jobs", "one_site_costs",
            "probe_waves", "sites_per_pass", "sweep_probes"]

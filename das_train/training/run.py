@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from das_train.core.sites import table_for
 from das_train.training import reports
 from das_train.training.batched_sweep import (
+    SplitReader,
     fallback_reason,
     fit_site_group,
     group_jobs,
@@ -463,15 +464,16 @@ def run(cfg: Any) -> Path:
     if done:
         print(f"resuming: {len(done)} finished site runs found in {path}, {len(todo)} to go", flush=True)
     costs = one_site_costs(cfg, model, datamodule, spec, jobs) if todo else None
-    probes = sweep_probes(cfg, model, datamodule, spec, todo)
+    splits = SplitReader(datamodule, spec.is_language_model_task)
+    probes = sweep_probes(cfg, model, datamodule, spec, todo, splits)
     bar = tqdm(total=len(todo), desc="sweep", unit="site", disable=not cfg.progress or not is_global_zero())
     for group in group_jobs(todo):
         (site, seed), count = group[0], len(group)
         reason = fallback_reason(cfg, model, site)
         if reason is None:
-            bar.set_postfix_str(f"{site.component}-L{site.layer}: {count} sites together, seed {seed}")
+            bar.set_postfix_str(f"{site.component}-L{site.layer}: {count} sites in one fit, seed {seed}")
             new_rows = fit_site_group(cfg, model, datamodule, spec, [s for s, _ in group], seed, run_dir, probes,
-                                      costs)
+                                      costs, splits)
         else:
             if cfg.sweep.batched:
                 log.info("%s-L%d one site at a time: %s", site.component, site.layer, reason)

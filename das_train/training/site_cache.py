@@ -176,11 +176,14 @@ def collect_layer(
     layer: int,
     component: str,
     positions: Sequence[int | None],
-    batches: Iterable[Batch],
+    batches: Iterable[Batch] | DistinctInputs,
     is_language_model_task: bool = True,
     keep_prefix: bool = True,
 ) -> LayerActivations:
     """Runs each distinct base and source input up to the site once; see the module docstring.
+
+    ``batches`` are a split's pair batches, or their :class:`DistinctInputs` already found
+    (bases and sources), which a sweep finds once for all its layers.
 
     The prefix is the block's input, or for a block-output site the site's whole activation
     (:func:`starts_after_block`). ``keep_prefix=False`` keeps none (a layer-0 block input has
@@ -201,7 +204,9 @@ def collect_layer(
         found["site"] = as_3d(value)
         raise StopForward
 
-    distinct = DistinctInputs(batches, is_language_model_task)
+    distinct = batches if isinstance(batches, DistinctInputs) else DistinctInputs(batches, is_language_model_task)
+    if set(distinct.row) != {"base", "source"}:
+        raise ValueError(f"collect_layer needs the distinct inputs of both sides, got {sorted(distinct.row)}")
     prefixes, sites = RowBuffer(distinct.count), RowBuffer(distinct.count)
     index: torch.Tensor | None = None
     readers = [(site.module, site.hook, read_site)]
