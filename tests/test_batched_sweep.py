@@ -385,31 +385,17 @@ def test_a_small_sweep_batched_equals_the_per_site_sweep(tmp_path):
     ``sites_per_pass`` auto (the default: one site per pass low down, both together at L2) and
     all in one pass: the same IIA, probe and control accuracies, and trained rotations equal to
     float rounding."""
-    import csv
     import sys
     from pathlib import Path
 
-    from safetensors.torch import load_file
-
-    from das_train import cli
-    from das_train.training import run as run_module
-
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_run import small_overrides
+    from test_run import small_sweep
 
-    results = {}
     ways = {"auto": ["sweep.batched=true"], "one_pass": ["sweep.batched=true", "sweep.sites_per_pass=null"],
             "per_site": ["sweep.batched=false"]}
-    for way, chosen in ways.items():
-        overrides = small_overrides(tmp_path / way, "sweep.layers=[0,2]", "sweep.positions=[name,last]",
-                                    *chosen, "trainer.max_steps=30")
-        overrides = [o if not o.startswith("cache_dir=") else f"cache_dir={tmp_path}/cache" for o in overrides]
-        run_dir = run_module.run(cli.check("gender_tiny", overrides))
-        with (run_dir / "results.csv").open() as handle:
-            rows = list(csv.DictReader(handle))
-        weights = {p.name: load_file(str(p / "interventions.safetensors"))
-                   for p in sorted((run_dir / "interventions").iterdir())}
-        results[way] = rows, weights
+    results = {way: small_sweep(tmp_path, way, "sweep.layers=[0,2]", "sweep.positions=[name,last]", *chosen,
+                                "trainer.max_steps=30")
+               for way, chosen in ways.items()}
     rows_p, weights_p = results["per_site"]
     for way in ("auto", "one_pass"):
         rows_b, weights_b = results[way]

@@ -29,6 +29,21 @@ def small_overrides(run_dir, *extra):
             "sweep.probe.max_epochs=3", *extra]
 
 
+def small_sweep(tmp_path, name, *extra):
+    """A small gender_tiny sweep in ``tmp_path / name`` (the tiny model cached in ``tmp_path``
+    for every sweep of a test): its ``results.csv`` rows and each site's saved weights."""
+    from safetensors.torch import load_file
+
+    overrides = small_overrides(tmp_path / name, *extra)
+    overrides = [o if not o.startswith("cache_dir=") else f"cache_dir={tmp_path}/cache" for o in overrides]
+    run_dir = run_module.run(cli.check("gender_tiny", overrides))
+    with (run_dir / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    weights = {p.name: load_file(str(p / "interventions.safetensors"))
+               for p in sorted((run_dir / "interventions").iterdir())}
+    return rows, weights
+
+
 def test_every_recipe_is_documented_and_composes():
     assert set(RECIPES) >= {"gender_tiny", "gender_pythia", "capitals_gpt2", "hierarchical_equality"}
     for recipe in RECIPES:

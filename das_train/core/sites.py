@@ -59,6 +59,10 @@ class ArchitectureTable:
     components: dict[str, ComponentSpec] = field(default_factory=dict)
     recurrent: bool = False
     """The layer modules are called once per time step (unit ``t``)."""
+    causal: bool = False
+    """Position ``p``'s activations depend on the inputs at positions ``0..p`` only (a decoder
+    language model, a recurrent network); not for a bidirectional encoder or a model without
+    positions."""
 
 
 def _cfg(config: Any, *names: str, default: Any = None) -> Any:
@@ -153,6 +157,7 @@ GPT2 = ArchitectureTable(
             _n_heads,
         ),
     },
+    causal=True,
 )
 
 GPT_NEOX = ArchitectureTable(
@@ -175,6 +180,7 @@ GPT_NEOX = ArchitectureTable(
             _n_heads,
         ),
     },
+    causal=True,
 )
 
 # Llama and its descendants share module names; grouped-query attention makes the key and
@@ -198,6 +204,7 @@ LLAMA = ArchitectureTable(
             _n_kv_heads,
         ),
     },
+    causal=True,
 )
 
 GPT_NEO = ArchitectureTable(
@@ -217,6 +224,7 @@ GPT_NEO = ArchitectureTable(
             _n_heads,
         ),
     },
+    causal=True,
 )
 
 # BERT-style encoders: attention_output and mlp_output are the sub-layers' projections,
@@ -269,6 +277,7 @@ GRU = ArchitectureTable(
         "cell_output": ComponentSpec("cells.{layer}", "output", lambda c: int(c.h_dim)),
     },
     recurrent=True,
+    causal=True,
 )
 
 TABLES: tuple[ArchitectureTable, ...] = (GPT2, GPT_NEOX, LLAMA, GPT_NEO, BERT, MLP, GRU)

@@ -90,6 +90,8 @@ class BoundlessRotatedSpaceIntervention(
         source_representation: a constant source used in place of a source run.
     """
 
+    keeps_base_for_equal_source = True
+
     config_fields: ClassVar[tuple[str, ...]] = ("embed_dim", "subspace_partition")
 
     def __init__(
@@ -177,6 +179,8 @@ class SigmoidMaskIntervention(
         source_representation: a constant source used in place of a source run.
     """
 
+    keeps_base_for_equal_source = True
+
     config_fields: ClassVar[tuple[str, ...]] = ("embed_dim", "subspace_partition")
 
     def __init__(
@@ -230,6 +234,8 @@ class SigmoidMaskRotatedSpaceIntervention(
         subspace_partition: ``[[start, end), ...]`` ranges of the rotated coordinates.
         source_representation: a constant source used in place of a source run.
     """
+
+    keeps_base_for_equal_source = True
 
     config_fields: ClassVar[tuple[str, ...]] = ("embed_dim", "subspace_partition")
 

@@ -154,6 +154,8 @@ class RotatedSpaceIntervention(TrainableIntervention, DistributedRepresentationI
         source_representation: a constant source used in place of a source run.
     """
 
+    keeps_base_for_equal_source = True
+
     config_fields: ClassVar[tuple[str, ...]] = (
         "embed_dim",
         "subspace_partition",
@@ -225,6 +227,8 @@ class LowRankRotatedSpaceIntervention(
         subspace_partition: ``[[start, end), ...]`` ranges of the ``k`` coordinates.
         source_representation: a constant source used in place of a source run.
     """
+
+    keeps_base_for_equal_source = True
 
     config_fields: ClassVar[tuple[str, ...]] = (
         "embed_dim",

@@ -34,6 +34,8 @@ def _require_source(name: str, source: torch.Tensor | None) -> torch.Tensor:
 class VanillaIntervention(LocalistRepresentationIntervention):
     """Interchange: the base takes the source's values (on ``subspaces`` only, if given)."""
 
+    keeps_base_for_equal_source = True
+
     def forward(self, base, source=None, subspaces: Subspaces = None):
         source = _require_source(type(self).__name__, source).to(base.dtype)
         mask = self.subspace_mask(subspaces, base)

@@ -28,7 +28,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -312,11 +312,14 @@ def probe_waves(model: torch.nn.Module, sites: Sequence[tuple[int, str, Any]], r
 def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Sequence[Any], seed: int,
                    run_dir: Path, probes: dict[ProbeKey, ProbeResult],
                    costs: dict[tuple[int, str], int] | None = None,
-                   splits: SplitReader | None = None) -> list[dict[str, Any]]:
+                   splits: SplitReader | None = None,
+                   untrained: Mapping[Any, str] | None = None) -> list[dict[str, Any]]:
     """Trains and tests a group of sites of one (layer, component) and seed; returns their
     result rows in the order of ``sites``, with their probes from ``probes``
     (:func:`sweep_probes`). ``costs`` are :func:`one_site_costs`', for
-    ``sweep.sites_per_pass=auto``; ``splits`` the sweep's splits, read once for all groups."""
+    ``sweep.sites_per_pass=auto``; ``splits`` the sweep's splits, read once for all groups;
+    ``untrained`` maps the positions tested untrained to why
+    (:func:`~das_train.training.shared_prefix.untrained_reason`)."""
     from das_train.training.run import (
         distributed_eval_loader,
         distributed_train_loader,
@@ -357,9 +360,14 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
         # The same sampler and generator as the datamodule's, so the batches are fit_site's.
         generator=torch.Generator().manual_seed(datamodule.seed) if datamodule.shuffle else None,
     )
-    per_pass = sites_per_pass(cfg, model, layer, component, len(sites), costs, train_columns, lm)
+    untrained = untrained or {}
+    trained = [k for k, site in enumerate(sites) if site.position not in untrained]
+    for site in sites:
+        if site.position in untrained:
+            log.info("%s seed %d: %s", site.key, seed, untrained[site.position])
+    per_pass = sites_per_pass(cfg, model, layer, component, max(len(trained), 1), costs, train_columns, lm)
     skip = PrefixSkip(model, layer, component, template) if template else None
-    module = MultiSiteDASModule(model, members, skip, sites_per_pass=per_pass)
+    module = MultiSiteDASModule(model, members, skip, sites_per_pass=per_pass, trained=trained)
 
     version = f"{component}-L{layer}-{'+'.join(s.position_name for s in sites)}-s{seed}"
     ckpt_dir = run_dir / "checkpoints" / version
@@ -367,8 +375,9 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
     last = ckpt_dir / "last.ckpt"
     if last.exists():
         log.info("%s: resuming from %s", version, last)
-    trainer.fit(module, train_dataloaders=distributed_train_loader(cfg, train),
-                ckpt_path=str(last) if last.exists() else None)
+    if trained:
+        trainer.fit(module, train_dataloaders=distributed_train_loader(cfg, train),
+                    ckpt_path=str(last) if last.exists() else None)
     # The test split's cache is made only now, next to the training one rather than with it.
     test_acts = collect_layer(model, layer, component, positions, splits.inputs("test"), lm,
                               keep_prefix=template is not None)

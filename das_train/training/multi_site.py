@@ -55,6 +55,12 @@ def repeat_rows(x: torch.Tensor, times: int) -> torch.Tensor:
     return x if times == 1 else x.repeat(times, *([1] * (x.dim() - 1)))
 
 
+def passes_of(sites: Sequence[int], per_pass: int | None) -> list[list[int]]:
+    """``sites`` cut into passes of ``per_pass`` (``None``: one pass), in order."""
+    size = per_pass or max(len(sites), 1)
+    return [list(sites[start : start + size]) for start in range(0, len(sites), size)]
+
+
 def row_of(position: int | None, seq: int) -> int:
     """The row of ``position`` in a sequence of ``seq`` (``None``, a vector task's whole
     activation, is row 0 of its one-position sequence)."""
@@ -75,10 +81,12 @@ class MultiSiteDASModule(lightning.LightningModule):
         sites_per_pass: how many sites share one forward pass (``None``: all). The activations
             held for the backward grow with it; a step accumulates the gradients of its passes
             before the optimizer steps, so the result does not depend on it.
+        trained: the indices of the sites that train (default: all); the others are only
+            tested, with their interventions as built (:mod:`das_train.training.shared_prefix`).
     """
 
     def __init__(self, model: nn.Module, sites: Sequence[DASModule], prefix_skip: PrefixSkip | None,
-                 sites_per_pass: int | None = None) -> None:
+                 sites_per_pass: int | None = None, trained: Sequence[int] | None = None) -> None:
         super().__init__()
         if sites_per_pass is not None and sites_per_pass < 1:
             raise ValueError(f"sites_per_pass must be >= 1 or None, got {sites_per_pass}")
@@ -105,9 +113,14 @@ class MultiSiteDASModule(lightning.LightningModule):
         self.call_options = prediction_only_options(model)
         self.test_iia = nn.ModuleList(InterchangeInterventionAccuracy() for _ in sites)
         self.test_pairs = PairCount()  # the sites share the test split: one count for all
-        per_pass = sites_per_pass or len(sites)
         self._rows_cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
-        self.passes = [range(start, min(start + per_pass, len(sites))) for start in range(0, len(sites), per_pass)]
+        self.trained = list(range(len(sites))) if trained is None else sorted(trained)
+        if any(not 0 <= k < len(sites) for k in self.trained):
+            raise ValueError(f"trained sites {self.trained} out of range for {len(sites)} sites")
+        self.passes = passes_of(range(len(sites)), sites_per_pass)
+        """The test passes: every site, ``sites_per_pass`` at a time."""
+        self.training_passes = passes_of(self.trained, sites_per_pass)
+        """The training passes: the trained sites only."""
 
     # -- the frozen model: placed once on the module's device, never moved back ----------------
     # As in DASModule: moved once, left in place at teardown; a model accelerate placed stays
@@ -124,7 +137,7 @@ class MultiSiteDASModule(lightning.LightningModule):
         return self
 
     # -- forward ----------------------------------------------------------------------------------
-    def _edit(self, sites: range, sources: torch.Tensor, batch_size: int) -> Callable[..., Any]:
+    def _edit(self, sites: Sequence[int], sources: torch.Tensor, batch_size: int) -> Callable[..., Any]:
         """The hook that gives copy j of the repeated batch the intervention of ``sites[j]``."""
         n_sites = len(sites)
 
@@ -154,7 +167,7 @@ class MultiSiteDASModule(lightning.LightningModule):
                                      torch.tensor(positions, device=device)[:, None])
         return self._rows_cache[key]
 
-    def forward(self, batch: Batch, sites: range | None = None) -> torch.Tensor:
+    def forward(self, batch: Batch, sites: Sequence[int] | None = None) -> torch.Tensor:
         """Intervened prediction logits of ``sites`` (default: all), ``(sites, batch, classes)``."""
         sites = range(len(self.positions)) if sites is None else sites
         base = model_inputs(batch, "base", self.is_language_model_task)
@@ -187,7 +200,7 @@ class MultiSiteDASModule(lightning.LightningModule):
         optimizer = self.optimizers()
         optimizer.zero_grad()
         losses, penalties = [], []
-        for sites in self.passes:
+        for sites in self.training_passes:
             site_losses = self.site_losses(self(batch, sites), labels)
             loss = site_losses.sum()
             boundary = [self.interventions[k].boundary_sparsity_loss().reshape(()) for k in sites
@@ -201,7 +214,7 @@ class MultiSiteDASModule(lightning.LightningModule):
             losses.append(site_losses.detach())
         optimizer.step()
         if penalties:
-            self.log("train/boundary", torch.stack(penalties).sum() / len(self.positions), on_step=True,
+            self.log("train/boundary", torch.stack(penalties).sum() / len(self.trained), on_step=True,
                      on_epoch=False, batch_size=size)
         self.log("train/loss", torch.cat(losses).mean(), on_step=True, on_epoch=False, prog_bar=True,
                  batch_size=size)
@@ -218,7 +231,7 @@ class MultiSiteDASModule(lightning.LightningModule):
         self.log("test/pairs", self.test_pairs, on_step=False, on_epoch=True, batch_size=size)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = [p for site in self.sites for p in site.intervenable.get_trainable_parameters()]
+        params = [p for k in self.trained for p in self.sites[k].intervenable.get_trainable_parameters()]
         return torch.optim.Adam(params, lr=self.lr)
 
 

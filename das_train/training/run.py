@@ -40,6 +40,7 @@ from das_train.training.batched_sweep import (
     sweep_probes,
 )
 from das_train.training.schema import ConfigError, validate
+from das_train.training.shared_prefix import shared_prefix, untrained_reason
 from tasks.base import CounterfactualTask, TaskSpec
 
 log = logging.getLogger("das_train")
@@ -289,8 +290,11 @@ def make_trainer(cfg: DictConfig, run_dir: Path, version: str, ckpt_dir: Path) -
 # -- one site ---------------------------------------------------------------------------------------
 
 
-def fit_site(cfg: DictConfig, model, datamodule, spec: TaskSpec, site: Site, seed: int, run_dir: Path) -> dict[str, Any]:
-    """Trains and evaluates DAS at one site, then the probe; returns the result row."""
+def fit_site(cfg: DictConfig, model, datamodule, spec: TaskSpec, site: Site, seed: int, run_dir: Path,
+             untrained: str | None = None) -> dict[str, Any]:
+    """Trains and evaluates DAS at one site, then the probe; returns the result row.
+    ``untrained`` (why, :func:`~das_train.training.shared_prefix.untrained_reason`) tests the
+    intervention as built instead of training it."""
     from das_train.training.das_module import DASModule
     from das_train.training.probe import collect_activations, probe_with_control
 
@@ -308,7 +312,11 @@ def fit_site(cfg: DictConfig, model, datamodule, spec: TaskSpec, site: Site, see
     last = ckpt_dir / "last.ckpt"
     if last.exists():
         log.info("%s: resuming from %s", version, last)
-    trainer.fit(module, train_dataloaders=train_loader(cfg, datamodule), ckpt_path=str(last) if last.exists() else None)
+    if untrained:
+        log.info("%s seed %d: %s", site.key, seed, untrained)
+    else:
+        trainer.fit(module, train_dataloaders=train_loader(cfg, datamodule),
+                    ckpt_path=str(last) if last.exists() else None)
     tested = trainer.test(module, dataloaders=distributed_eval_loader(datamodule.test_dataloader()), verbose=False)
     iia = float(tested[0]["test/iia"]) if tested else math.nan
     test_pairs = int(tested[0]["test/pairs"]) if tested else 0
@@ -339,6 +347,22 @@ def result_row(site: Site, seed: int, iia: float, probe, intervention, test_pair
         "selectivity": probe.selectivity, "intervention_size": size() if callable(size) else "",
         "test_pairs": test_pairs, "train_seconds": seconds,
     }
+
+
+def untrained_positions(cfg: DictConfig, model, splits: SplitReader, spec: TaskSpec,
+                        sites: list[Site]) -> dict[Any, str]:
+    """The swept positions tested untrained, with why (:mod:`das_train.training.shared_prefix`):
+    those every training and test pair's base and source agree up to."""
+    if not cfg.sweep.skip_shared_prefix:
+        return {}
+    lm = spec.is_language_model_task
+    prefix, seq = shared_prefix([splits.columns("train"), splits.columns("test")], lm)
+    found = {}
+    for site in sites:
+        reason = untrained_reason(cfg, model, site.position, prefix, seq)
+        if reason is not None:
+            found[site.position] = reason
+    return found
 
 
 # -- the whole run -------------------------------------------------------------------------------
@@ -465,6 +489,7 @@ def run(cfg: Any) -> Path:
         print(f"resuming: {len(done)} finished site runs found in {path}, {len(todo)} to go", flush=True)
     costs = one_site_costs(cfg, model, datamodule, spec, jobs) if todo else None
     splits = SplitReader(datamodule, spec.is_language_model_task)
+    untrained = untrained_positions(cfg, model, splits, spec, sites) if todo else {}
     probes = sweep_probes(cfg, model, datamodule, spec, todo, splits)
     bar = tqdm(total=len(todo), desc="sweep", unit="site", disable=not cfg.progress or not is_global_zero())
     for group in group_jobs(todo):
@@ -473,14 +498,15 @@ def run(cfg: Any) -> Path:
         if reason is None:
             bar.set_postfix_str(f"{site.component}-L{site.layer}: {count} sites in one fit, seed {seed}")
             new_rows = fit_site_group(cfg, model, datamodule, spec, [s for s, _ in group], seed, run_dir, probes,
-                                      costs, splits)
+                                      costs, splits, untrained)
         else:
             if cfg.sweep.batched:
                 log.info("%s-L%d one site at a time: %s", site.component, site.layer, reason)
             new_rows = []
             for site, seed in group:
                 bar.set_postfix_str(f"{site.key} seed {seed}")
-                new_rows.append(fit_site(cfg, model, datamodule, spec, site, seed, run_dir))
+                new_rows.append(fit_site(cfg, model, datamodule, spec, site, seed, run_dir,
+                                         untrained.get(site.position)))
         rows += new_rows
         if is_global_zero():
             reports.write_rows(path, rows)

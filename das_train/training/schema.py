@@ -146,6 +146,12 @@ class SweepConfig:
     (measured on a batch), the bound of a per-site loop; a number fixes it; null puts all of a
     layer's sites in one pass (fastest on small models, most memory). Gradients are accumulated
     over a step's passes, so results do not depend on it."""
+    skip_shared_prefix: bool = True
+    """Test untrained, rather than train, the sites where every pair's base and source agree on
+    all positions up to the site's (a BOS token, a template's fixed opening): there an
+    interchange returns the base whatever its parameters, so the IIA is the same and training
+    would only follow rounding noise (das_train/training/shared_prefix.py). Causal models, DAS
+    interventions without a boundary penalty; the log names the sites."""
 
 
 @dataclass
