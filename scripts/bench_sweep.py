@@ -9,6 +9,8 @@ the test pairs, and a probe and a control probe at each site. Variants:
   than the costliest one-site step);
 - ``batched_one_pass``: the same with ``sweep.sites_per_pass=null`` (all of a layer's sites in
   one pass: fastest, most memory);
+- ``batched_train_all``: the same with ``sweep.skip_shared_prefix=false`` (the BOS sites, where
+  every pair's source equals its base, trained rather than tested untrained);
 - ``per_site``: the same run with ``sweep.batched=false`` (a Lightning fit per site);
 - ``loop``: a per-site loop in the style of pyvene's tutorials (build an IntervenableModel per
   site, a plain PyTorch training loop running source and base every step), on das_train,
@@ -27,7 +29,7 @@ filtering the pairs) and the shared end (writing the table and heatmaps, which t
 too).
 
     python scripts/bench_sweep.py [--max-steps N] [--repeats R] [--no-memory]
-        [--variants batched,batched_one_pass,per_site,loop,pyvene_loop] [--device cpu|cuda] [--out FILE.md]
+        [--variants batched,batched_one_pass,batched_train_all,per_site,loop,pyvene_loop] [--device cpu|cuda] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -47,33 +49,35 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ("batched", "batched_one_pass", "per_site", "loop", "pyvene_loop")
+VARIANTS = ("batched", "batched_one_pass", "batched_train_all", "per_site", "loop", "pyvene_loop")
+RECIPE_VARIANTS = {"batched": [], "batched_one_pass": ["sweep.sites_per_pass=null"],
+                   "batched_train_all": ["sweep.skip_shared_prefix=false"], "per_site": ["sweep.batched=false"]}
+"""The variants that run the recipe, with their overrides."""
 
 
-def overrides(args: argparse.Namespace, run_dir: Path, batched: bool, steps: int, probe_epochs: int | None) -> list[str]:
+def overrides(args: argparse.Namespace, run_dir: Path, steps: int, probe_epochs: int | None) -> list[str]:
     accelerator = "gpu" if args.device == "cuda" else "cpu"
-    all_in_one = ["sweep.sites_per_pass=null"] if args.variant == "batched_one_pass" else []
     epochs = [f"sweep.probe.max_epochs={probe_epochs}"] if probe_epochs is not None else []
     return [f"run_dir={run_dir}", f"cache_dir={args.cache}", "progress=false", "logger=none",
             f"trainer.max_steps={steps}", f"trainer.accelerator={accelerator}",
-            f"sweep.batched={str(batched).lower()}", *all_in_one, *epochs]
+            *RECIPE_VARIANTS.get(args.variant, []), *epochs]
 
 
-def config(args: argparse.Namespace, run_dir: Path, batched: bool, steps: int, probe_epochs: int | None = None):
+def config(args: argparse.Namespace, run_dir: Path, steps: int, probe_epochs: int | None = None):
     from das_train import cli
     from das_train.training import run as run_module
 
-    chosen = overrides(args, run_dir, batched, steps, probe_epochs)
+    chosen = overrides(args, run_dir, steps, probe_epochs)
     return run_module.as_run_config(cli.check("gender_tiny", chosen))
 
 
-def run_recipe(args: argparse.Namespace, run_dir: Path, batched: bool, steps: int,
+def run_recipe(args: argparse.Namespace, run_dir: Path, steps: int,
                probe_epochs: int | None = None) -> dict[str, dict[str, float]]:
     import csv
 
     from das_train.training import run as run_module
 
-    out = run_module.run(config(args, run_dir, batched, steps, probe_epochs))
+    out = run_module.run(config(args, run_dir, steps, probe_epochs))
     with (out / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     return {f"{r['component']}-L{r['layer']}-{r['position_name']}": {
@@ -90,7 +94,7 @@ def run_loop(args: argparse.Namespace, run_dir: Path, pv, steps: int,
     from das_train.training.probe import collect_activations, probe_with_control
     from tasks.datamodule import PairDataModule
 
-    cfg = config(args, run_dir, batched=False, steps=steps, probe_epochs=probe_epochs)
+    cfg = config(args, run_dir, steps=steps, probe_epochs=probe_epochs)
     task = run_module.load_task(cfg.task.name)
     model, tokenizer = run_module.build_model(cfg, task)
     device = torch.device(args.device)
@@ -214,8 +218,8 @@ def sweep_once(args: argparse.Namespace, steps: int, probe_epochs: int | None = 
     import das_train
 
     run_dir = Path(tempfile.mkdtemp(prefix=f"bench_sweep_{args.variant}_"))
-    if args.variant in ("batched", "batched_one_pass", "per_site"):
-        return run_recipe(args, run_dir, args.variant != "per_site", steps, probe_epochs)
+    if args.variant in RECIPE_VARIANTS:
+        return run_recipe(args, run_dir, steps, probe_epochs)
     if args.variant == "loop":
         return run_loop(args, run_dir, das_train, steps, probe_epochs)
     import pyvene
