@@ -242,6 +242,34 @@ def test_batched_training_takes_the_per_site_steps(sites_per_pass):
                               together[0].intervention.rotate_layer.weight, atol=1e-3)
 
 
+def test_untrained_sites_are_tested_but_neither_trained_nor_given_to_the_optimizer():
+    """``trained`` leaves the other sites out of the training passes, the optimizer and DDP's
+    reducer (no gradient), and a test before training leaves the cached write indices usable
+    by a training step (indices made under inference mode cannot be saved for a backward)."""
+    model = neox()
+    positions = [0, 2, 3]
+    sites = site_modules(model, 1, "block_output", positions, intervention="LowRankRotatedSpaceIntervention",
+                         low_rank_dimension=2)
+    loader = batches(n=16)
+    acts = collect_layer(model, 1, "block_output", positions, loader)
+    first = next(iter(loader))
+    template = PrefixSkip.output_template(model, {"input_ids": first["base_input_ids"]})
+    multi = MultiSiteDASModule(model, sites, PrefixSkip(model, 1, "block_output", template), trained=[1, 2])
+    assert multi.passes == [[0, 1, 2]] and multi.training_passes == [[1, 2]]
+    assert not any(p.requires_grad for p in sites[0].intervention.parameters())
+    assert all(p.requires_grad for k in (1, 2) for p in sites[k].intervention.parameters())
+    optimized = {id(p) for group in multi.configure_optimizers().param_groups for p in group["params"]}
+    assert optimized == {id(p) for k in (1, 2) for p in sites[k].intervention.parameters()}
+    batch = with_cache(first, acts, slice(0, 8))
+    with torch.inference_mode():
+        multi(batch, [1, 2])  # a test first: its indices are inference tensors
+    logits = multi(batch, [1, 2])
+    multi.site_losses(logits, first["counterfactual_label"]).sum().backward()
+    assert sites[1].intervention.rotate_layer.parametrizations.weight.original.grad is not None
+    with pytest.raises(ValueError, match="out of range"):
+        MultiSiteDASModule(model, sites, None, trained=[3])
+
+
 def test_unsupported_sites_say_why():
     model = neox()
     assert batched_sites_supported(model, 1, "block_output") is None

@@ -261,25 +261,25 @@ def test_shard_index_is_checked():
 
 def _cli(run_dir, cache, *extra):
     # 63 test pairs: an odd split, which two processes cannot share evenly.
+    positions = [e for e in extra if e.startswith("sweep.positions=")] or ["sweep.positions=[last]"]
     command = [sys.executable, "-m", "das_train", "recipe=gender_tiny", f"run_dir={run_dir}", f"cache_dir={cache}",
                "progress=false", "logger=none", "trainer.max_steps=12",
                "task.n_train=192", "task.n_val=32", "task.n_test=63", "sweep.probe.max_epochs=2",
-               "sweep.layers=[1]", "sweep.positions=[last]", "sweep.include_embeddings=false",
-               "trainer.accelerator=cpu", *extra]
+               "sweep.layers=[1]", "sweep.include_embeddings=false", "trainer.accelerator=cpu",
+               *positions, *[e for e in extra if not e.startswith("sweep.positions=")]]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def _ddp_outcome(run_dir):
-    """(IIA, test pairs evaluated, test pairs kept by the filter, learned weights) of a
-    one-site run."""
+def _ddp_outcome(run_dir, position_name="last"):
+    """(IIA, test pairs evaluated, test pairs kept by the filter, learned weights) of one site."""
     import json
 
     from safetensors.torch import load_file
 
     with (run_dir / "results.csv").open() as handle:
-        (row,) = list(csv.DictReader(handle))
-    (saved,) = list((run_dir / "interventions").iterdir())
+        (row,) = [r for r in csv.DictReader(handle) if r["position_name"] == position_name]
+    (saved,) = list((run_dir / "interventions").glob(f"*-{position_name}-s*"))
     kept = json.loads((run_dir / "run_info.json").read_text())["dataset"]["kept"]["test"]
     assert row.get("test_pairs"), "the sweep path that wrote this row did not count its test pairs"
     return (float(row["iia"]), int(row["test_pairs"]), kept,
@@ -294,12 +294,15 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
     DistributedSampler would have evaluated one pair twice.
     """
     cache = tmp_path / "cache"
-    _cli(tmp_path / "one", cache, "trainer.shuffle=false", "trainer.devices=1", "trainer.batch_size=16")
-    _cli(tmp_path / "two", cache, "trainer.shuffle=false", "trainer.devices=2", "trainer.strategy=ddp",
+    # With the BOS site beside it: a group whose untrained site DDP must not wait a gradient for.
+    group = "sweep.positions=[bos,last]"
+    _cli(tmp_path / "one", cache, group, "trainer.shuffle=false", "trainer.devices=1", "trainer.batch_size=16")
+    _cli(tmp_path / "two", cache, group, "trainer.shuffle=false", "trainer.devices=2", "trainer.strategy=ddp",
          "trainer.batch_size=8")
 
     iia_one, pairs_one, kept, weights_one = _ddp_outcome(tmp_path / "one")
     iia_two, pairs_two, kept_two, weights_two = _ddp_outcome(tmp_path / "two")
+    assert _ddp_outcome(tmp_path / "two", "bos")[0] == _ddp_outcome(tmp_path / "one", "bos")[0]
     assert kept == kept_two and kept % 2 == 1  # the case under test: an odd test split
     assert pairs_one == pairs_two == kept
     assert iia_one == iia_two

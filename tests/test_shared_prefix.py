@@ -90,11 +90,15 @@ def test_a_site_is_left_untrained_only_where_the_rule_holds():
     assert untrained_reason(settings(), model, None, prefix=2, seq=4) is None  # no positions
     assert untrained_reason(settings(sweep__skip_shared_prefix=False), model, 0, prefix=2, seq=4) is None
     assert untrained_reason(settings(intervention__iit=True), model, 0, prefix=2, seq=4) is None
-    # A boundary penalty is a loss of its own, data or not.
+    # A boundary penalty is a loss of its own, data or not; boundless DAS's training is also
+    # its temperature schedule, which a skipped site would not follow.
+    assert untrained_reason(settings(intervention__boundary_penalty=0.1), model, 0, prefix=2, seq=4) is None
     boundless = settings(intervention__type="BoundlessRotatedSpaceIntervention")
-    assert untrained_reason(boundless, model, 0, prefix=2, seq=4) is not None
-    boundless.intervention.boundary_penalty = 0.1
     assert untrained_reason(boundless, model, 0, prefix=2, seq=4) is None
+    assert untrained_reason(settings(intervention__type="SigmoidMaskIntervention"), model, 0, 2, 4) is not None
+    # Not trainable, or not given a pair's source: never.
+    assert untrained_reason(settings(intervention__type="VanillaIntervention"), model, 0, 2, 4) is None
+    assert untrained_reason(settings(intervention__type="SkipIntervention"), model, 0, 2, 4) is None
     # An autoencoder changes the base even given it as the source.
     assert untrained_reason(settings(intervention__type="AutoencoderIntervention"), model, 0, 2, 4) is None
     # A bidirectional encoder's position 0 sees the whole sequence.

@@ -162,6 +162,7 @@ class SkipIntervention(VanillaIntervention, BasisAgnosticIntervention):
     """
 
     source_kind: ClassVar[str] = "module_input"
+    keeps_base_for_equal_source = False  # its source is the module's input, never a pair's
 
 
 __all__ = [

@@ -160,7 +160,7 @@ class SplitReader:
         key = (split, tuple(sides))
         if key not in self._inputs:
             columns = self.columns(split)
-            size = self.datamodule.ordered_dataloader(split).batch_size or len(next(iter(columns.values())))
+            size = self.datamodule.ordered_dataloader(split).batch_size
             total = len(next(iter(columns.values())))
             batches = ({name: value[start : start + size] for name, value in columns.items()}
                        for start in range(0, total, size))
@@ -340,10 +340,11 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
     template = _template(model, train_columns, lm) if layer > 0 or after_block else None
     if (layer > 0 or after_block) and template is None:
         log.info("layer %d: blocks return caches or attentions, so the prefix is recomputed", layer)
-    train_acts = collect_layer(model, layer, component, positions, splits.inputs("train"), lm,
-                               keep_prefix=template is not None)
-    train_pairs = cached_pairs(train_columns, train_acts)
-    del train_acts
+    untrained = untrained or {}
+    trained = [k for k, site in enumerate(sites) if site.position not in untrained]
+    for site in sites:
+        if site.position in untrained:
+            log.info("%s seed %d: %s", site.key, seed, untrained[site.position])
 
     members = []
     for site in sites:
@@ -355,29 +356,33 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
             lr=cfg.intervention.lr, boundary_penalty=cfg.intervention.boundary_penalty,
             iit=False, is_language_model_task=lm,
         ))
-    train = DataLoader(
-        train_pairs, batch_size=cfg.trainer.batch_size, shuffle=datamodule.shuffle, collate_fn=whole_batch,
-        # The same sampler and generator as the datamodule's, so the batches are fit_site's.
-        generator=torch.Generator().manual_seed(datamodule.seed) if datamodule.shuffle else None,
-    )
-    untrained = untrained or {}
-    trained = [k for k, site in enumerate(sites) if site.position not in untrained]
-    for site in sites:
-        if site.position in untrained:
-            log.info("%s seed %d: %s", site.key, seed, untrained[site.position])
-    per_pass = sites_per_pass(cfg, model, layer, component, max(len(trained), 1), costs, train_columns, lm)
+    per_pass = (sites_per_pass(cfg, model, layer, component, len(trained), costs, train_columns, lm)
+                if trained else None)
     skip = PrefixSkip(model, layer, component, template) if template else None
     module = MultiSiteDASModule(model, members, skip, sites_per_pass=per_pass, trained=trained)
 
-    version = f"{component}-L{layer}-{'+'.join(s.position_name for s in sites)}-s{seed}"
+    # Named by the sites that train, so a resumed run whose trained set changed (a changed
+    # sweep.skip_shared_prefix) starts afresh instead of loading an optimizer of other shapes.
+    version = f"{component}-L{layer}-{'+'.join(sites[k].position_name for k in trained) or 'untrained'}-s{seed}"
     ckpt_dir = run_dir / "checkpoints" / version
     trainer = make_trainer(cfg, run_dir, version, ckpt_dir)
-    last = ckpt_dir / "last.ckpt"
-    if last.exists():
-        log.info("%s: resuming from %s", version, last)
     if trained:
+        # Every site's source column, as the edit reads sources by site index.
+        train_acts = collect_layer(model, layer, component, positions, splits.inputs("train"), lm,
+                                   keep_prefix=template is not None)
+        train = DataLoader(
+            cached_pairs(train_columns, train_acts), batch_size=cfg.trainer.batch_size, shuffle=datamodule.shuffle,
+            collate_fn=whole_batch,
+            # The same sampler and generator as the datamodule's, so the batches are fit_site's.
+            generator=torch.Generator().manual_seed(datamodule.seed) if datamodule.shuffle else None,
+        )
+        del train_acts
+        last = ckpt_dir / "last.ckpt"
+        if last.exists():
+            log.info("%s: resuming from %s", version, last)
         trainer.fit(module, train_dataloaders=distributed_train_loader(cfg, train),
                     ckpt_path=str(last) if last.exists() else None)
+        del train  # the Trainer still holds it: collected with it below
     # The test split's cache is made only now, next to the training one rather than with it.
     test_acts = collect_layer(model, layer, component, positions, splits.inputs("test"), lm,
                               keep_prefix=template is not None)
@@ -392,7 +397,7 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
             member.intervenable.save(str(run_dir / "interventions" / f"{site.key}-s{seed}"))
     # The Trainer, its loaders and the module reference each other: collect them here, so the
     # group's cache is freed before the next group's.
-    del trainer, module, train, test, train_pairs
+    del trainer, module, test
     gc.collect()
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # the rows are about to be written
     seconds = round((time.perf_counter() - start) / len(sites), 2)

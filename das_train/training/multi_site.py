@@ -121,6 +121,11 @@ class MultiSiteDASModule(lightning.LightningModule):
         """The test passes: every site, ``sites_per_pass`` at a time."""
         self.training_passes = passes_of(self.trained, sites_per_pass)
         """The training passes: the trained sites only."""
+        for k, intervention in enumerate(self.interventions):
+            if k not in self.trained:
+                # Out of the optimizer and of DDP's reducer, which fails on parameters that
+                # never reach the loss.
+                intervention.requires_grad_(False)
 
     # -- the frozen model: placed once on the module's device, never moved back ----------------
     # As in DASModule: moved once, left in place at teardown; a model accelerate placed stays
@@ -159,8 +164,9 @@ class MultiSiteDASModule(lightning.LightningModule):
     def _write_rows(self, n_sites: int, batch_size: int, positions: tuple[int, ...],
                     device: torch.device) -> tuple[torch.Tensor, ...]:
         """``index_put`` indices of each copy's site row, made once per pass shape: every step
-        of a fit asks for the same few."""
-        key = (n_sites, batch_size, positions, device)
+        of a fit asks for the same few. Tensors made under inference mode (a test) cannot be
+        saved for a backward, so they are kept apart from those made for training."""
+        key = (n_sites, batch_size, positions, device, torch.is_inference_mode_enabled())
         if key not in self._rows_cache:
             self._rows_cache[key] = (torch.arange(n_sites, device=device)[:, None],
                                      torch.arange(batch_size, device=device)[None, :],

@@ -40,7 +40,7 @@ from das_train.training.batched_sweep import (
     sweep_probes,
 )
 from das_train.training.schema import ConfigError, validate
-from das_train.training.shared_prefix import shared_prefix, untrained_reason
+from das_train.training.shared_prefix import can_skip, shared_prefix, untrained_reason
 from tasks.base import CounterfactualTask, TaskSpec
 
 log = logging.getLogger("das_train")
@@ -310,11 +310,11 @@ def fit_site(cfg: DictConfig, model, datamodule, spec: TaskSpec, site: Site, see
     )
     trainer = make_trainer(cfg, run_dir, version, ckpt_dir)
     last = ckpt_dir / "last.ckpt"
-    if last.exists():
-        log.info("%s: resuming from %s", version, last)
     if untrained:
         log.info("%s seed %d: %s", site.key, seed, untrained)
     else:
+        if last.exists():
+            log.info("%s: resuming from %s", version, last)
         trainer.fit(module, train_dataloaders=train_loader(cfg, datamodule),
                     ckpt_path=str(last) if last.exists() else None)
     tested = trainer.test(module, dataloaders=distributed_eval_loader(datamodule.test_dataloader()), verbose=False)
@@ -353,7 +353,7 @@ def untrained_positions(cfg: DictConfig, model, splits: SplitReader, spec: TaskS
                         sites: list[Site]) -> dict[Any, str]:
     """The swept positions tested untrained, with why (:mod:`das_train.training.shared_prefix`):
     those every training and test pair's base and source agree up to."""
-    if not cfg.sweep.skip_shared_prefix:
+    if not can_skip(cfg, model):
         return {}
     lm = spec.is_language_model_task
     prefix, seq = shared_prefix([splits.columns("train"), splits.columns("test")], lm)

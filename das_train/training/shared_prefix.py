@@ -4,8 +4,8 @@ In a causal model (a decoder language model, a recurrent network) the activation
 ``p`` depend on the inputs at positions ``0..p`` only. Where every pair's base and source agree
 on those inputs (a BOS token, the fixed opening words of a template), the source's activation
 at ``p`` is the base's, at every layer. An intervention that swaps part of the source into the
-base (``keeps_base_for_equal_source``: DAS's rotations, low-rank or full, boundless, the
-sigmoid masks) then returns the base whatever its parameters: the counterfactual loss does not
+base (``keeps_base_for_equal_source``: DAS's rotations, low-rank or full, the sigmoid masks)
+then returns the base whatever its parameters: the counterfactual loss does not
 depend on them, its gradient is zero up to rounding, and the IIA is the unintervened model's.
 Training there is wasted work that ends, at best, where it began; at worst Adam, which divides
 by the gradient's size, walks the parameters along rounding noise.
@@ -14,8 +14,9 @@ So with ``sweep.skip_shared_prefix`` (the default) such sites are tested with th
 interventions instead of trained: the same IIA, the initial (seeded) parameters, the probes
 fitted as everywhere, and a log line saying why. A sweep over every position of a templated
 task has them wherever the template is fixed before its first differing word: in
-``gender_tiny`` that is the BOS column, 5 of the 20 sites. Not where the loss has a term of its
-own (a boundary penalty), nor in IIT, which trains the model itself.
+``gender_tiny`` that is the BOS column, 5 of the 20 sites. Not where training is more than the
+counterfactual loss (a boundary penalty; boundless DAS's temperature schedule), nor in IIT,
+which trains the model itself.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import nn
 
 from das_train.core.sites import table_for
 from das_train.interventions.base import INTERVENTION_REGISTRY
+from das_train.interventions.masks import BoundlessRotatedSpaceIntervention
 from das_train.training.das_module import model_inputs
 
 
@@ -60,18 +62,28 @@ def shared_prefix_length(columns: Mapping[str, torch.Tensor], is_language_model_
     return len(agree) if len(differing) == 0 else int(differing[0])
 
 
+def can_skip(cfg: DictConfig, model: nn.Module) -> bool:
+    """Whether this run's intervention and model allow any site to go untrained, whatever its
+    position: a trainable interchange intervention that keeps the base given it as source,
+    trained by the counterfactual loss alone (no boundary penalty, no temperature schedule,
+    which is part of a boundless intervention's training), in DAS, on a causal model."""
+    if not cfg.sweep.skip_shared_prefix or cfg.intervention.iit or cfg.intervention.boundary_penalty:
+        return False
+    cls = INTERVENTION_REGISTRY.get(cfg.intervention.type)
+    if cls is None or not (cls.trainable and cls.source_kind == "interchange" and cls.keeps_base_for_equal_source):
+        return False
+    if issubclass(cls, BoundlessRotatedSpaceIntervention):
+        return False
+    table = table_for(model)
+    return table is not None and table.causal
+
+
 def untrained_reason(cfg: DictConfig, model: nn.Module, position: int | None, prefix: int,
                      seq: int) -> str | None:
     """Why the site at ``position`` is tested untrained (see the module docstring), or ``None``
     when it trains. ``prefix`` is :func:`shared_prefix_length` over the training and test
     pairs together, ``seq`` their sequence length."""
-    if not cfg.sweep.skip_shared_prefix or cfg.intervention.iit or position is None:
-        return None
-    cls = INTERVENTION_REGISTRY.get(cfg.intervention.type)
-    if cls is None or not cls.keeps_base_for_equal_source or cfg.intervention.boundary_penalty:
-        return None
-    table = table_for(model)
-    if table is None or not table.causal or not -seq <= position < seq:
+    if position is None or not -seq <= position < seq or not can_skip(cfg, model):
         return None
     row = position % seq
     if row >= prefix:
@@ -95,4 +107,4 @@ def shared_prefix(splits: Iterable[Mapping[str, torch.Tensor]], is_language_mode
     return (prefix or 0), seq
 
 
-__all__ = ["shared_prefix", "shared_prefix_length", "untrained_reason"]
+__all__ = ["can_skip", "shared_prefix", "shared_prefix_length", "untrained_reason"]
