@@ -8,6 +8,7 @@ problem is reported at once: unknown keys, unknown group options, wrong types, b
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import sys
 from pathlib import Path
@@ -19,9 +20,27 @@ GROUPS = ("model", "task", "intervention", "trainer", "logger", "sweep")
 DEFAULT_RECIPE = "gender_tiny"
 
 
+def shipped_recipes_dir() -> Path:
+    """The recipes that ship with das_train (``recipes/`` of a checkout, installed as the
+    package data of ``das_train.recipes``), found through importlib so a wheel has them too."""
+    return Path(str(importlib.resources.files("das_train.recipes")))
+
+
 def recipes_dir() -> Path:
-    """``recipes/`` beside the package (a checkout), or where DAS_TRAIN_RECIPES points."""
-    return Path(os.environ.get("DAS_TRAIN_RECIPES", Path(__file__).resolve().parent.parent / "recipes"))
+    """Where recipes are looked up by name: ``$DAS_TRAIN_RECIPES`` (a user's own folder) when
+    set, else the shipped recipes."""
+    own = os.environ.get("DAS_TRAIN_RECIPES")
+    return Path(own).expanduser() if own else shipped_recipes_dir()
+
+
+def recipe_file(recipe: str) -> Path | None:
+    """The YAML file of ``recipe``: a path (``recipe=my/own.yaml``), or a name looked up in
+    :func:`recipes_dir`; ``None`` when there is none."""
+    if recipe.endswith((".yaml", ".yml")) or os.sep in recipe:
+        path = Path(recipe).expanduser()
+        return path.resolve() if path.is_file() else None
+    path = recipes_dir() / f"{recipe}.yaml"
+    return path if path.is_file() else None
 
 
 def available_recipes() -> list[str]:
@@ -49,8 +68,9 @@ def _group_options(group: str) -> list[str]:
 def override_problems(recipe: str, overrides: list[str]) -> tuple[list[str], list[str]]:
     """(problems, usable overrides): unknown recipe, keys and group options are problems."""
     problems, usable = [], []
-    if recipe not in available_recipes():
-        problems.append(f"unknown recipe {recipe!r}; available: {available_recipes()}")
+    if recipe_file(recipe) is None:
+        problems.append(f"unknown recipe {recipe!r}; available in {recipes_dir()}: {available_recipes()} "
+                        "(or give a path to a YAML file, or set DAS_TRAIN_RECIPES to your own folder)")
     keys = schema_keys()
     for override in overrides:
         if "=" not in override:
@@ -85,8 +105,9 @@ def compose(recipe: str, overrides: list[str]):
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(recipes_dir()), version_base="1.3"):
-        return hydra_compose(config_name=recipe, overrides=overrides)
+    path = recipe_file(recipe)
+    with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
+        return hydra_compose(config_name=path.stem, overrides=overrides)
 
 
 def check(recipe: str, overrides: list[str]):
@@ -94,7 +115,7 @@ def check(recipe: str, overrides: list[str]):
     from omegaconf import OmegaConf
 
     problems, usable = override_problems(recipe, overrides)
-    if recipe not in available_recipes():
+    if recipe_file(recipe) is None:
         raise ConfigError(problems)
     # A multirun value list (a=1,2) is checked through its first value.
     single = []
@@ -129,4 +150,5 @@ def main(argv: list[str] | None = None) -> None:
         run(cfg)
 
     sys.argv = [sys.argv[0], *flags, *overrides]
-    hydra.main(version_base="1.3", config_path=str(recipes_dir()), config_name=recipe)(entry)()
+    path = recipe_file(recipe)
+    hydra.main(version_base="1.3", config_path=str(path.parent), config_name=path.stem)(entry)()

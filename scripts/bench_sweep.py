@@ -92,7 +92,7 @@ def run_loop(args: argparse.Namespace, run_dir: Path, pv, steps: int,
 
     from das_train.training import run as run_module
     from das_train.training.probe import collect_activations, probe_with_control
-    from tasks.datamodule import PairDataModule
+    from das_train.tasks.datamodule import PairDataModule
 
     cfg = config(args, run_dir, steps=steps, probe_epochs=probe_epochs)
     task = run_module.load_task(cfg.task.name)
@@ -190,7 +190,7 @@ class SitesPeak:
 
     def __init__(self, before_mib: float) -> None:
         from das_train.training import run as run_module
-        from tasks.datamodule import PairDataModule
+        from das_train.tasks.datamodule import PairDataModule
 
         self.before = before_mib
         self.setup = self.sites = float("nan")

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from das_train.core.devices import input_device
-from tasks.base import (
+from das_train.tasks.base import (
     BASE_EMBEDS,
     BASE_IDS,
     BASE_LABEL,
@@ -39,7 +39,7 @@ from tasks.base import (
     CounterfactualTask,
     TaskSpec,
 )
-from tasks.tokenizers import settings_fingerprint, tokenizer_fingerprint
+from das_train.tasks.tokenizers import settings_fingerprint, tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
 

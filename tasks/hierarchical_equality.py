@@ -211,7 +211,7 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-# -- counterfactual pairs for the training framework (tasks.base contract) ---------------------
+# -- counterfactual pairs for the training framework (das_train.tasks.base contract) ---------------------
 
 
 # Imported here, not at the top, because this part was appended to the experiment's module.
@@ -219,7 +219,7 @@ from typing import ClassVar  # noqa: E402
 
 from datasets import Dataset, Features, List, Value  # noqa: E402
 
-from tasks.base import (  # noqa: E402
+from das_train.tasks.base import (  # noqa: E402
     BASE_CONTROL,
     BASE_EMBEDS,
     BASE_LABEL,

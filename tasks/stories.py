@@ -7,7 +7,7 @@ and the word's topic comes along. The tiny gender model (untied embeddings, a vo
 names) does not respond to it, so offline steering needs a free-text model with tied
 embeddings: :func:`story_corpus` writes seeded stories from templates over word lists,
 and :func:`train_story_lm` trains a small GPT-2 on them in well under a minute, cached like
-``tasks.tiny_model``.
+``das_train.tasks.tiny_model``.
 
 Three choices, each found by measurement while building this, make steering act as on a real
 model: on the word and its topic, with the text still readable.
@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from tasks.tiny_model import save_pretrained_atomically
-from tasks.tokenizers import settings_fingerprint, tokenizer_fingerprint, word_level_tokenizer
+from das_train.tasks.tiny_model import save_pretrained_atomically
+from das_train.tasks.tokenizers import settings_fingerprint, tokenizer_fingerprint, word_level_tokenizer
 
 logger = logging.getLogger(__name__)
 

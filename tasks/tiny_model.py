@@ -22,7 +22,7 @@ from typing import ClassVar, Protocol
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from tasks.tokenizers import encode_sentences, settings_fingerprint, tokenizer_fingerprint
+from das_train.tasks.tokenizers import encode_sentences, settings_fingerprint, tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from datasets import Dataset, Features, List, Value
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from tasks.base import BASE_IDS, BASE_MASK, LABEL_COLUMNS, SOURCE_IDS, SOURCE_MASK
+from das_train.tasks.base import BASE_IDS, BASE_MASK, LABEL_COLUMNS, SOURCE_IDS, SOURCE_MASK
 
 logger = logging.getLogger(__name__)
 

@@ -57,7 +57,7 @@ from das_train.training.site_cache import (
     collect_layer,
     starts_after_block,
 )
-from tasks.base import (
+from das_train.tasks.base import (
     BASE_CONTROL,
     BASE_EMBEDS,
     BASE_IDS,

@@ -20,7 +20,7 @@ Two modes:
   2.6 no longer switches modules to train mode; it warns about modules left in eval mode), so
   call ``model.train()`` first to train it with dropout.
 
-Batches are dicts with the pair columns of :mod:`tasks.base` (``base_input_ids``,
+Batches are dicts with the pair columns of :mod:`das_train.tasks.base` (``base_input_ids``,
 ``base_attention_mask``, ``source_input_ids``, ... or ``base_inputs_embeds``, ... and
 ``counterfactual_label``), as a ``datasets.Dataset`` in torch format yields them.
 """
@@ -42,7 +42,7 @@ from das_train.interventions.base import INTERVENTION_REGISTRY, Intervention
 from das_train.training.das_loop import boundary_penalty as total_boundary_penalty
 from das_train.training.das_loop import counterfactual_loss
 from das_train.training.metrics import InterchangeInterventionAccuracy, PairCount
-from tasks.base import (
+from das_train.tasks.base import (
     BASE_EMBEDS,
     BASE_IDS,
     BASE_MASK,

@@ -40,7 +40,7 @@ from das_train.training.das_module import (
 )
 from das_train.training.metrics import InterchangeInterventionAccuracy, PairCount
 from das_train.training.site_cache import PrefixSkip
-from tasks.base import COUNTERFACTUAL_LABEL
+from das_train.tasks.base import COUNTERFACTUAL_LABEL
 
 Batch = Mapping[str, torch.Tensor]
 

@@ -12,6 +12,7 @@ cut-off fit from its last checkpoint. At the end it writes the table and the hea
 from __future__ import annotations
 
 import importlib
+import importlib.resources
 import inspect
 import json
 import logging
@@ -41,7 +42,7 @@ from das_train.training.batched_sweep import (
 )
 from das_train.training.schema import ConfigError, validate
 from das_train.training.shared_prefix import can_skip, shared_prefix, untrained_reason
-from tasks.base import CounterfactualTask, TaskSpec
+from das_train.tasks.base import CounterfactualTask, TaskSpec
 
 log = logging.getLogger("das_train")
 
@@ -66,9 +67,9 @@ class Site:
 def load_task(name: str) -> CounterfactualTask:
     """The CounterfactualTask defined in ``tasks/<name>.py`` (found by name, no registry)."""
     try:
-        module = importlib.import_module(f"tasks.{name}")
+        module = importlib.import_module(f"das_train.tasks.{name}")
     except ModuleNotFoundError as err:
-        available = sorted(p.stem for p in Path(__file__).resolve().parents[2].joinpath("tasks").glob("*.py")
+        available = sorted(p.stem for p in Path(str(importlib.resources.files("das_train.tasks"))).glob("*.py")
                            if not p.stem.startswith("_"))
         raise ConfigError([f"task.name={name!r}: no module tasks/{name}.py; available: {available}"]) from err
     classes = [
@@ -128,14 +129,14 @@ def build_model(cfg: DictConfig, task: CounterfactualTask):
     if cfg.model.kind == "hub":
         return _hub_model(cfg)
     if cfg.model.kind == "tiny" and hasattr(task, "build_tokenizer"):
-        from tasks.tiny_model import train_tiny_lm
+        from das_train.tasks.tiny_model import train_tiny_lm
 
         tokenizer = task.build_tokenizer()
         model = train_tiny_lm(task, tokenizer, n_layer=cfg.model.n_layer, hidden=cfg.model.hidden,
                               heads=cfg.model.heads, max_steps=cfg.model.max_steps, seed=cfg.seed,
                               cache_dir=cache)
         return model.eval(), tokenizer
-    from tasks.hierarchical_equality import ExperimentSize, train_model
+    from das_train.tasks.hierarchical_equality import ExperimentSize, train_model
 
     # kind=mlp, or kind=tiny on a vector task: the task's own small model is the MLP.
     equality = getattr(task, "equality", None)
@@ -456,7 +457,7 @@ def run(cfg: Any) -> Path:
     lightning.seed_everything(cfg.seed, verbose=False)
     task = load_task(cfg.task.name)
     model, tokenizer = build_model(cfg, task)
-    from tasks.datamodule import PairDataModule
+    from das_train.tasks.datamodule import PairDataModule
 
     datamodule = PairDataModule(
         task, tokenizer, n_train=cfg.task.n_train, n_val=cfg.task.n_val, n_test=cfg.task.n_test,
