@@ -17,6 +17,12 @@ The sites are given as :class:`~das_train.training.das_module.DASModule` instanc
 as the per-site path builds them (same seeds, so the same initial rotations); their
 interventions are registered here, and each one's ``intervenable`` saves it as the per-site path
 would.
+
+Under DDP a step is several backward passes (one per pass of ``sites_per_pass``), each reaching
+only its own sites' parameters, and some sites train not at all. DDP's reducer expects every
+parameter in every backward and fails otherwise, so it is kept out of the step
+(:func:`hand_synced`) and the step's summed gradients are averaged over the processes by hand,
+once, before the optimizer steps: the average DDP would have taken, whatever the passes.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from typing import Any
 import lightning
 import torch
 from torch import nn
+
+from torch.nn.parallel import DistributedDataParallel
 
 from das_train.core.devices import place_model
 from das_train.core.hooks import HookSet, as_3d, from_3d, read_hooked, write_hooked
@@ -68,6 +76,35 @@ def row_of(position: int | None, seq: int) -> int:
     if not -seq <= row < seq:
         raise IndexError(f"position {position} out of range for a sequence of {seq}")
     return row % seq
+
+
+def hand_synced(wrapper: nn.Module | None) -> bool:
+    """Turns off DDP's own gradient reduction on ``wrapper`` (the strategy's model) for the
+    current step; ``True`` when it is a DDP wrapper, whose gradients the caller must then
+    average itself.
+
+    With ``require_backward_grad_sync`` off, Lightning's manual backward does not arm the
+    reducer, so backward passes only accumulate local gradients. Lightning turns the flag back
+    on after each training step's forward, so this is called at the start of every step.
+    """
+    if not isinstance(wrapper, DistributedDataParallel):
+        return False
+    wrapper.require_backward_grad_sync = False
+    return True
+
+
+def average_gradients(parameters: Sequence[nn.Parameter]) -> None:
+    """Each parameter's gradient replaced by its mean over the processes, in one all-reduce
+    (a parameter without a gradient counts as zero there, as it would in DDP)."""
+    world = torch.distributed.get_world_size()
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    start = 0
+    for p, g in zip(parameters, grads):
+        p.grad = flat[start : start + g.numel()].view_as(g).clone()
+        start += g.numel()
 
 
 class MultiSiteDASModule(lightning.LightningModule):
@@ -205,6 +242,7 @@ class MultiSiteDASModule(lightning.LightningModule):
         size = int(labels.shape[0])
         optimizer = self.optimizers()
         optimizer.zero_grad()
+        sync_by_hand = hand_synced(self.trainer.strategy.model)
         losses, penalties = [], []
         for sites in self.training_passes:
             site_losses = self.site_losses(self(batch, sites), labels)
@@ -218,6 +256,8 @@ class MultiSiteDASModule(lightning.LightningModule):
                     loss = loss + self.boundary_weight * penalty
             self.manual_backward(loss)
             losses.append(site_losses.detach())
+        if sync_by_hand:
+            average_gradients(self.trained_parameters())
         optimizer.step()
         if penalties:
             self.log("train/boundary", torch.stack(penalties).sum() / len(self.trained), on_step=True,
@@ -236,9 +276,11 @@ class MultiSiteDASModule(lightning.LightningModule):
         self.test_pairs.update(labels)
         self.log("test/pairs", self.test_pairs, on_step=False, on_epoch=True, batch_size=size)
 
+    def trained_parameters(self) -> list[nn.Parameter]:
+        return [p for k in self.trained for p in self.sites[k].intervenable.get_trainable_parameters()]
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = [p for k in self.trained for p in self.sites[k].intervenable.get_trainable_parameters()]
-        return torch.optim.Adam(params, lr=self.lr)
+        return torch.optim.Adam(self.trained_parameters(), lr=self.lr)
 
 
 __all__ = ["CACHED_PREFIX", "CACHED_SOURCES", "MultiSiteDASModule"]
