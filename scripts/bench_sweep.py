@@ -90,9 +90,9 @@ def run_loop(args: argparse.Namespace, run_dir: Path, pv, steps: int,
     import lightning
     import torch
 
+    from das_train.tasks.datamodule import PairDataModule
     from das_train.training import run as run_module
     from das_train.training.probe import collect_activations, probe_with_control
-    from das_train.tasks.datamodule import PairDataModule
 
     cfg = config(args, run_dir, steps=steps, probe_epochs=probe_epochs)
     task = run_module.load_task(cfg.task.name)
@@ -189,8 +189,8 @@ class SitesPeak:
     """
 
     def __init__(self, before_mib: float) -> None:
-        from das_train.training import run as run_module
         from das_train.tasks.datamodule import PairDataModule
+        from das_train.training import run as run_module
 
         self.before = before_mib
         self.setup = self.sites = float("nan")

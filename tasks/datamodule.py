@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from das_train.core.devices import input_device
+from das_train.core.fault_points import fault_point
 from das_train.tasks.base import (
     BASE_EMBEDS,
     BASE_IDS,
@@ -281,6 +282,7 @@ def _save_atomically(pairs: DatasetDict, path: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
         pairs.save_to_disk(str(staging))
+        fault_point("pairs")
         os.rename(staging, path)
         logger.info("cached %s pairs at %s", {s: len(pairs[s]) for s in pairs}, path)
     except OSError:

@@ -37,7 +37,11 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from das_train.tasks.tiny_model import save_pretrained_atomically
-from das_train.tasks.tokenizers import settings_fingerprint, tokenizer_fingerprint, word_level_tokenizer
+from das_train.tasks.tokenizers import (
+    settings_fingerprint,
+    tokenizer_fingerprint,
+    word_level_tokenizer,
+)
 
 logger = logging.getLogger(__name__)
 

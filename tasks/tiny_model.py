@@ -22,6 +22,7 @@ from typing import ClassVar, Protocol
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from das_train.core.fault_points import fault_point
 from das_train.tasks.tokenizers import encode_sentences, settings_fingerprint, tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -170,6 +171,7 @@ def save_pretrained_atomically(model: PreTrainedModel, target: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         model.save_pretrained(staging)
+        fault_point("model")
         os.rename(staging, target)
         logger.info("saved the tiny model to %s", target)
     except OSError:

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from das_train import cli
+from das_train.tasks.facts import FactsTask
 from das_train.training import run as run_module
 from das_train.training import tracing
-from das_train.tasks.facts import FactsTask
 
 
 def _overrides(run_dir, cache_dir, *extra):

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from das_train.core.config import IntervenableConfig, RepresentationConfig
+from das_train.core.fault_points import fault_point
 from das_train.core.files import atomic_write
 from das_train.interventions.base import INTERVENTION_REGISTRY, Intervention, LambdaIntervention
 
@@ -72,6 +73,7 @@ def save_intervenable(intervenable, save_directory: str, save_to_hf_hub: bool = 
     directory.mkdir(parents=True, exist_ok=True)
     document, tensors = intervenable_state(intervenable)
     atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    fault_point("save_intervention")
     atomic_write(
         directory / CONFIG_NAME,
         lambda tmp: Path(tmp).write_text(json.dumps(document, indent=2, default=_json_default)),

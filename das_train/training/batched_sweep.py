@@ -40,6 +40,18 @@ from torch.utils.data import DataLoader, Dataset
 
 from das_train.core.devices import input_device
 from das_train.core.sites import resolve_site
+from das_train.tasks.base import (
+    BASE_CONTROL,
+    BASE_EMBEDS,
+    BASE_IDS,
+    BASE_MASK,
+    BASE_VARIABLE,
+    COUNTERFACTUAL_LABEL,
+    SOURCE_EMBEDS,
+    SOURCE_IDS,
+    SOURCE_MASK,
+    TaskSpec,
+)
 from das_train.training.das_module import DASModule, model_inputs
 from das_train.training.multi_site import CACHED_PREFIX, CACHED_SOURCES, MultiSiteDASModule
 from das_train.training.pass_memory import (
@@ -56,18 +68,6 @@ from das_train.training.site_cache import (
     collect_base_sites,
     collect_layer,
     starts_after_block,
-)
-from das_train.tasks.base import (
-    BASE_CONTROL,
-    BASE_EMBEDS,
-    BASE_IDS,
-    BASE_MASK,
-    BASE_VARIABLE,
-    COUNTERFACTUAL_LABEL,
-    SOURCE_EMBEDS,
-    SOURCE_IDS,
-    SOURCE_MASK,
-    TaskSpec,
 )
 
 log = logging.getLogger("das_train")

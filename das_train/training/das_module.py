@@ -39,9 +39,6 @@ from torch import nn
 from das_train.core.devices import input_device, is_dispatched, place_model
 from das_train.core.model import IntervenableModel
 from das_train.interventions.base import INTERVENTION_REGISTRY, Intervention
-from das_train.training.das_loop import boundary_penalty as total_boundary_penalty
-from das_train.training.das_loop import counterfactual_loss
-from das_train.training.metrics import InterchangeInterventionAccuracy, PairCount
 from das_train.tasks.base import (
     BASE_EMBEDS,
     BASE_IDS,
@@ -51,6 +48,9 @@ from das_train.tasks.base import (
     SOURCE_IDS,
     SOURCE_MASK,
 )
+from das_train.training.das_loop import boundary_penalty as total_boundary_penalty
+from das_train.training.das_loop import counterfactual_loss
+from das_train.training.metrics import InterchangeInterventionAccuracy, PairCount
 
 Batch = Mapping[str, torch.Tensor]
 

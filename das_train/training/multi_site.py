@@ -34,12 +34,12 @@ from typing import Any
 import lightning
 import torch
 from torch import nn
-
 from torch.nn.parallel import DistributedDataParallel
 
 from das_train.core.devices import place_model
 from das_train.core.hooks import HookSet, as_3d, from_3d, read_hooked, write_hooked
 from das_train.core.sites import resolve_site
+from das_train.tasks.base import COUNTERFACTUAL_LABEL
 from das_train.training.das_module import (
     DASModule,
     model_inputs,
@@ -48,7 +48,6 @@ from das_train.training.das_module import (
 )
 from das_train.training.metrics import InterchangeInterventionAccuracy, PairCount
 from das_train.training.site_cache import PrefixSkip
-from das_train.tasks.base import COUNTERFACTUAL_LABEL
 
 Batch = Mapping[str, torch.Tensor]
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from das_train.core.fault_points import fault_point
 from das_train.core.files import atomic_write_text
 
 ROW_FIELDS = (
@@ -127,6 +128,7 @@ def write_tables(run_dir: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str
     for site in sites:
         writer.writerow({k: site[k] for k in fields})
     atomic_write_text(run_dir / "table.csv", buffer.getvalue())
+    fault_point("write_table")
     atomic_write_text(run_dir / "table.md", markdown_table(sites))
     return sites
 
@@ -171,6 +173,7 @@ def write_heatmaps(run_dir: Path, sites: Sequence[dict[str, Any]], title: str) -
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120)
+        fault_point("write_heatmaps")
         os.replace(tmp, path)
     finally:
         plt.close(fig)

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from das_train.core.sites import table_for
+from das_train.tasks.base import CounterfactualTask, TaskSpec
 from das_train.training import reports
 from das_train.training.batched_sweep import (
     SplitReader,
@@ -42,7 +43,6 @@ from das_train.training.batched_sweep import (
 )
 from das_train.training.schema import ConfigError, validate
 from das_train.training.shared_prefix import can_skip, shared_prefix, untrained_reason
-from das_train.tasks.base import CounterfactualTask, TaskSpec
 
 log = logging.getLogger("das_train")
 
