@@ -128,7 +128,7 @@ class IntervenableModel(nn.Module):
         self.interventions = InterventionDict()
         self._entries: list[_Entry] = []
         self._build()
-        self.disable_model_gradients()
+        self._freeze_model()
         device = self._model_device()
         if device is not None:
             self.interventions.to(device)
@@ -252,12 +252,25 @@ class IntervenableModel(nn.Module):
         return self
 
     def disable_model_gradients(self) -> None:
-        """Freezes the wrapped model (the default): only interventions train."""
+        """Freezes the wrapped model and puts it back in eval mode, undoing
+        :meth:`enable_model_gradients` (pyvene 0.1.8 does the same). Construction freezes the
+        model too, but leaves its train/eval mode as the caller set it."""
+        self.model.eval()
+        self._freeze_model()
+
+    def _freeze_model(self) -> None:
         for p in self.model.parameters():
             p.requires_grad_(False)
 
     def enable_model_gradients(self) -> None:
-        """Unfreezes the wrapped model, for interchange intervention training (IIT)."""
+        """Unfreezes the wrapped model and puts it in train mode, for interchange intervention
+        training (IIT).
+
+        Train mode turns the model's dropout on, as pyvene 0.1.8 does here (it calls
+        ``model.train()``), so an IIT loop written for pyvene trains the same way. Call
+        ``eval()`` afterwards for a deterministic forward with gradients.
+        """
+        self.model.train()
         for p in self.model.parameters():
             p.requires_grad_(True)
 
