@@ -10,6 +10,8 @@ is shared by all positions of a site; positions are never flattened into one lon
 ``source_kind`` tells the hook core where the second argument comes from:
 
 - ``"interchange"``: the same site in a source run, or a constant ``source_representation``;
+- ``"optional"``: as ``"interchange"`` when the call gives a source or a constant, otherwise
+  ``None`` (a plain function, which pyvene applies whether or not a source is given);
 - ``"constant"``: only a constant (from the config or the call), otherwise ``None``;
 - ``"none"``: nothing (zero, noise, collect);
 - ``"module_input"``: the hooked module's own input, so its output can be skipped.
@@ -155,8 +157,13 @@ class DistributedRepresentationIntervention(Intervention):
 class LambdaIntervention(Intervention):
     """Wraps a plain function ``fn(base, source)`` or ``fn(base, source, subspaces)``.
 
-    Functions cannot be saved: a config holding one raises on ``save``.
+    Called with the source run's units when the call gives a source (or a constant), and with
+    ``source=None`` otherwise, as pyvene does: ``{"intervention": lambda b, s: b * 0.5}`` called
+    without sources still halves the base. Functions cannot be saved: a config holding one
+    raises on ``save``.
     """
+
+    source_kind: ClassVar[str] = "optional"
 
     def __init__(self, fn, embed_dim: int | None = None) -> None:
         super().__init__(embed_dim=embed_dim)
