@@ -118,9 +118,12 @@ class IntervenableModel(nn.Module):
             :class:`RepresentationConfig`.
         model: any ``nn.Module``; Hugging Face models of a known family get named
             components, any module gets module-path components.
+        use_fast: pyvene's switch to assume every example of a batch shares one location.
+            Accepted and ignored: per-example locations here already take one vectorized
+            gather, so there is nothing to speed up and no shortcut that could go wrong.
     """
 
-    def __init__(self, config: Any, model: nn.Module) -> None:
+    def __init__(self, config: Any, model: nn.Module, use_fast: bool = False) -> None:
         super().__init__()
         self.config: IntervenableConfig = as_config(config)
         self.mode = self.config.mode

@@ -43,6 +43,12 @@ class Intervention(nn.Module):
         subspace_partition: ``[[start, end), ...]`` ranges of the last dimension; when given,
             ``subspaces`` name partitions by index instead of single dimensions.
         source_representation: a constant source used in place of a source run.
+        **pyvene_keywords: accepted and ignored. pyvene builds every intervention with the whole
+            representation config as keywords (``input_dim``, ``interchange_dim``,
+            ``low_rank_dimension``, ``use_fast``, ``layer``, ...), and subclasses written for it
+            forward them with ``super().__init__(**kwargs)``; pyvene's base classes ignore the
+            ones they do not use, and so does this one. This is the one documented exception
+            to typed constructors (DESIGN.md section 5), kept for compatibility.
     """
 
     source_kind: ClassVar[str] = "interchange"
@@ -64,6 +70,7 @@ class Intervention(nn.Module):
         embed_dim: int | None = None,
         subspace_partition: Sequence[Sequence[int]] | None = None,
         source_representation: torch.Tensor | None = None,
+        **pyvene_keywords: Any,
     ) -> None:
         super().__init__()
         self.embed_dim = None if embed_dim is None else int(embed_dim)
@@ -128,6 +135,14 @@ class TrainableIntervention(Intervention):
     """An intervention with parameters that ``get_trainable_parameters()`` hands to an optimizer."""
 
     trainable: ClassVar[bool] = True
+
+
+class SharedWeightsTrainableIntervention(TrainableIntervention):
+    """pyvene's base class for trainable interventions meant to be shared between sites.
+
+    Sharing here is declared in the config (``intervention_link_key``), so this class only
+    marks the intent; it exists so that code subclassing it runs unchanged.
+    """
 
 
 class ConstantSourceIntervention(Intervention):
