@@ -33,6 +33,7 @@ from das_train.interventions.base import (
     Intervention,
     LambdaIntervention,
     LocalistRepresentationIntervention,
+    SharedWeightsTrainableIntervention,
     SourcelessIntervention,
     TrainableIntervention,
 )

@@ -485,6 +485,10 @@ def test_enable_model_gradients_trains_through_the_interchange():
     pv_gpt2.enable_model_gradients()
     # run counterfactual forward as usual
     assert all(p.requires_grad for p in gpt2.parameters())
+    # As in pyvene, enabling gradients switches on train mode (dropout); turn dropout off so
+    # the run can be compared with the hand computation below.
+    assert gpt2.training
+    gpt2.eval()
     base = tokenizer("The capital of Spain is", return_tensors="pt")
     source = tokenizer("The capital of Italy is", return_tensors="pt")
     _, out = pv_gpt2(base, [source], {"sources->base": 3})

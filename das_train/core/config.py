@@ -122,6 +122,10 @@ class IntervenableConfig:
     source 1, whose result patches source 2, ..., and the last patches the base."""
     sorted_keys: list[str] | None = None
     """Keys in order, as saved; informational."""
+    model_type: Any = None
+    """pyvene's (deprecated) model type, a class such as ``type(gpt2)`` or its name. Kept as
+    given (saved as its ``str``) so programs that pass or read it run; nothing here uses it:
+    the architecture is read off the model itself."""
 
     def __init__(
         self,
@@ -129,10 +133,11 @@ class IntervenableConfig:
         intervention_types: Any = None,
         mode: str = "parallel",
         sorted_keys: list[str] | None = None,
+        model_type: Any = None,
         **legacy: Any,
     ) -> None:
         # `**legacy` only absorbs fields pyvene wrote into its saved config.json files
-        # (model_type, intervention_dimensions, ...), so those files still load.
+        # (intervention_dimensions, ...), so those files still load.
         if representations is None:
             representations = [RepresentationConfig()]
         if isinstance(representations, (Mapping, RepresentationConfig)):
@@ -143,6 +148,7 @@ class IntervenableConfig:
             raise ValueError(f"mode={mode!r} is not allowed; allowed: {list(MODES)}")
         self.mode = mode
         self.sorted_keys = sorted_keys
+        self.model_type = model_type
         self._check_types()
 
     def _check_types(self) -> None:
@@ -196,6 +202,7 @@ class IntervenableConfig:
             "intervention_types": types,
             "mode": self.mode,
             "sorted_keys": self.sorted_keys,
+            "model_type": None if self.model_type is None else str(self.model_type),
         }
 
     def to_json(self) -> str:
@@ -208,6 +215,7 @@ class IntervenableConfig:
             intervention_types=data.get("intervention_types"),
             mode=data.get("mode", "parallel"),
             sorted_keys=data.get("sorted_keys"),
+            model_type=data.get("model_type"),
         )
 
     @classmethod

@@ -9,7 +9,10 @@ Accepted ``unit_locations`` (as in the seeds):
 - ``([[[p]]] * n, [[[q]]] * n)``: one entry per intervention, ``None`` for those that take
   no source, each ``[batch][units]``;
 - serial mode: ``{"source_0->source_1": 1, "source_1->base": 4}``, one key per step;
-- unit ``h.pos``: each side is a pair ``(heads, positions)``.
+- unit ``h.pos``: each side is a pair ``(heads, positions)``, a tuple, or a two-element list
+  ``[heads, positions]`` of ``[batch][units]`` lists as pyvene writes it
+  (``([[[[1]] * b, [[4]] * b]], ...)``); three levels of nesting tell that list apart from a
+  ``[batch][units]`` list, which has two.
 
 Every list form becomes a ``(batch, units)`` LongTensor per intervention; a single example's
 list is broadcast over the batch. Negative indices count from the end, as in Python.
@@ -103,15 +106,28 @@ def _to_tensor(spec: Any, batch_size: int, what: str, errors: list[str]) -> torc
     return torch.tensor(rows, dtype=torch.long)
 
 
+def _head_position_pair(entry: Any) -> tuple[Any, Any] | None:
+    """``(heads, positions)`` from a tuple, or from pyvene's list ``[heads, positions]``."""
+    if isinstance(entry, tuple) and len(entry) == 2:
+        return entry
+    if isinstance(entry, list) and len(entry) == 2 and _depth(entry) == 3:
+        return entry[0], entry[1]
+    return None
+
+
 def _to_location(entry: Any, unit: str, batch_size: int, what: str, errors: list[str]) -> Location | None:
     if entry is None:
         return None
     if unit == "h.pos":
-        if not (isinstance(entry, tuple) and len(entry) == 2):
-            errors.append(f"{what}: unit 'h.pos' needs a (heads, positions) pair, got {entry!r}")
+        pair = _head_position_pair(entry)
+        if pair is None:
+            errors.append(
+                f"{what}: unit 'h.pos' needs a (heads, positions) tuple, or a list "
+                f"[heads, positions] of [batch][units] lists; got {entry!r}"
+            )
             return None
-        heads = _to_tensor(entry[0], batch_size, f"{what} heads", errors)
-        positions = _to_tensor(entry[1], batch_size, f"{what} positions", errors)
+        heads = _to_tensor(pair[0], batch_size, f"{what} heads", errors)
+        positions = _to_tensor(pair[1], batch_size, f"{what} positions", errors)
         return Location(units=positions, heads=heads)
     return Location(units=_to_tensor(entry, batch_size, what, errors))
 

@@ -118,9 +118,12 @@ class IntervenableModel(nn.Module):
             :class:`RepresentationConfig`.
         model: any ``nn.Module``; Hugging Face models of a known family get named
             components, any module gets module-path components.
+        use_fast: pyvene's switch to assume every example of a batch shares one location.
+            Accepted and ignored: per-example locations here already take one vectorized
+            gather, so there is nothing to speed up and no shortcut that could go wrong.
     """
 
-    def __init__(self, config: Any, model: nn.Module) -> None:
+    def __init__(self, config: Any, model: nn.Module, use_fast: bool = False) -> None:
         super().__init__()
         self.config: IntervenableConfig = as_config(config)
         self.mode = self.config.mode
@@ -128,7 +131,7 @@ class IntervenableModel(nn.Module):
         self.interventions = InterventionDict()
         self._entries: list[_Entry] = []
         self._build()
-        self.disable_model_gradients()
+        self._freeze_model()
         device = self._model_device()
         if device is not None:
             self.interventions.to(device)
@@ -252,12 +255,25 @@ class IntervenableModel(nn.Module):
         return self
 
     def disable_model_gradients(self) -> None:
-        """Freezes the wrapped model (the default): only interventions train."""
+        """Freezes the wrapped model and puts it back in eval mode, undoing
+        :meth:`enable_model_gradients` (pyvene 0.1.8 does the same). Construction freezes the
+        model too, but leaves its train/eval mode as the caller set it."""
+        self.model.eval()
+        self._freeze_model()
+
+    def _freeze_model(self) -> None:
         for p in self.model.parameters():
             p.requires_grad_(False)
 
     def enable_model_gradients(self) -> None:
-        """Unfreezes the wrapped model, for interchange intervention training (IIT)."""
+        """Unfreezes the wrapped model and puts it in train mode, for interchange intervention
+        training (IIT).
+
+        Train mode turns the model's dropout on, as pyvene 0.1.8 does here (it calls
+        ``model.train()``), so an IIT loop written for pyvene trains the same way. Call
+        ``eval()`` afterwards for a deterministic forward with gradients.
+        """
+        self.model.train()
         for p in self.model.parameters():
             p.requires_grad_(True)
 
@@ -421,8 +437,10 @@ class IntervenableModel(nn.Module):
         for i, e in enumerate(entries):
             kind = e.intervention.source_kind
             src_input = group_inputs[e.group]
-            needs_run = kind == "interchange" and constants[i] is None
-            if needs_run and src_input is None:
+            takes_source = kind in ("interchange", "optional") and constants[i] is None
+            if takes_source and src_input is None and kind == "interchange":
+                # pyvene's "smart jump": `sources=[s, None]` leaves out the interventions of a
+                # group with no source. Kept, but said out loud.
                 logger.warning(
                     "%s needs a source but none was given (sources entry %d is None and there "
                     "is no source_representation): it is skipped in this call", e.key, e.group
@@ -430,6 +448,7 @@ class IntervenableModel(nn.Module):
                 active.append(False)
                 source_of.append(None)
                 continue
+            needs_run = takes_source and src_input is not None
             active.append(True)
             if not needs_run:
                 source_of.append(None)

@@ -85,6 +85,8 @@ def load_pyvene_artifact(directory: Path, document: dict[str, Any], model: nn.Mo
             "low_rank_dimension": rep.low_rank_dimension,
             "subspace_partition": rep.subspace_partition,
             "latent_dim": rep.latent_dim,
+            # Boundless DAS trained by pyvene learned under pyvene's boundary mask.
+            "mask_formula": "pyvene",
         }) if embed_dim is not None else None
         weights = directory / f"intkey_{key}.bin"
         if intervention is not None and weights.exists():

@@ -10,6 +10,8 @@ is shared by all positions of a site; positions are never flattened into one lon
 ``source_kind`` tells the hook core where the second argument comes from:
 
 - ``"interchange"``: the same site in a source run, or a constant ``source_representation``;
+- ``"optional"``: as ``"interchange"`` when the call gives a source or a constant, otherwise
+  ``None`` (a plain function, which pyvene applies whether or not a source is given);
 - ``"constant"``: only a constant (from the config or the call), otherwise ``None``;
 - ``"none"``: nothing (zero, noise, collect);
 - ``"module_input"``: the hooked module's own input, so its output can be skipped.
@@ -41,6 +43,12 @@ class Intervention(nn.Module):
         subspace_partition: ``[[start, end), ...]`` ranges of the last dimension; when given,
             ``subspaces`` name partitions by index instead of single dimensions.
         source_representation: a constant source used in place of a source run.
+        **pyvene_keywords: accepted and ignored. pyvene builds every intervention with the whole
+            representation config as keywords (``input_dim``, ``interchange_dim``,
+            ``low_rank_dimension``, ``use_fast``, ``layer``, ...), and subclasses written for it
+            forward them with ``super().__init__(**kwargs)``; pyvene's base classes ignore the
+            ones they do not use, and so does this one. This is the one documented exception
+            to typed constructors (DESIGN.md section 5), kept for compatibility.
     """
 
     source_kind: ClassVar[str] = "interchange"
@@ -62,6 +70,7 @@ class Intervention(nn.Module):
         embed_dim: int | None = None,
         subspace_partition: Sequence[Sequence[int]] | None = None,
         source_representation: torch.Tensor | None = None,
+        **pyvene_keywords: Any,
     ) -> None:
         super().__init__()
         self.embed_dim = None if embed_dim is None else int(embed_dim)
@@ -128,6 +137,14 @@ class TrainableIntervention(Intervention):
     trainable: ClassVar[bool] = True
 
 
+class SharedWeightsTrainableIntervention(TrainableIntervention):
+    """pyvene's base class for trainable interventions meant to be shared between sites.
+
+    Sharing here is declared in the config (``intervention_link_key``), so this class only
+    marks the intent; it exists so that code subclassing it runs unchanged.
+    """
+
+
 class ConstantSourceIntervention(Intervention):
     """Takes its source from a constant (config or call) rather than from a source run."""
 
@@ -155,8 +172,13 @@ class DistributedRepresentationIntervention(Intervention):
 class LambdaIntervention(Intervention):
     """Wraps a plain function ``fn(base, source)`` or ``fn(base, source, subspaces)``.
 
-    Functions cannot be saved: a config holding one raises on ``save``.
+    Called with the source run's units when the call gives a source (or a constant), and with
+    ``source=None`` otherwise, as pyvene does: ``{"intervention": lambda b, s: b * 0.5}`` called
+    without sources still halves the base. Functions cannot be saved: a config holding one
+    raises on ``save``.
     """
+
+    source_kind: ClassVar[str] = "optional"
 
     def __init__(self, fn, embed_dim: int | None = None) -> None:
         super().__init__(embed_dim=embed_dim)

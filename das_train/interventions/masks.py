@@ -81,6 +81,12 @@ class BoundlessRotatedSpaceIntervention(
     because ``beta * d`` is an integer. (pyvene multiplies in a second factor,
     ``sigmoid(i / T)``, which half-masks coordinate 0 at every temperature; we leave it out.)
 
+    An intervention trained by pyvene learned its rotation and boundary under pyvene's mask,
+    so loading one must keep that mask to reproduce its outputs: ``mask_formula="pyvene"``
+    computes ``sigmoid(i / T) * sigmoid((clamp(beta, 1e-3, 1) * d - i) / T)``. The pyvene
+    artifact loader sets it, and it is saved with the intervention, so the choice survives a
+    save and load here.
+
     Args:
         embed_dim: width ``d`` of one unit; required.
         initial_boundary: starting value of ``intervention_boundaries`` (fraction of ``d``).
@@ -88,11 +94,14 @@ class BoundlessRotatedSpaceIntervention(
             the mask nearly flat at first; anneal it towards ~0.1).
         subspace_partition: ``[[start, end), ...]`` ranges of the rotated coordinates.
         source_representation: a constant source used in place of a source run.
+        mask_formula: ``"centred"`` (ours, above) or ``"pyvene"`` (pyvene 0.1.8's, for
+            interventions it trained).
     """
 
     keeps_base_for_equal_source = True
 
-    config_fields: ClassVar[tuple[str, ...]] = ("embed_dim", "subspace_partition")
+    config_fields: ClassVar[tuple[str, ...]] = ("embed_dim", "subspace_partition", "mask_formula")
+    MASK_FORMULAS: ClassVar[tuple[str, ...]] = ("centred", "pyvene")
 
     def __init__(
         self,
@@ -101,8 +110,13 @@ class BoundlessRotatedSpaceIntervention(
         temperature: float = 50.0,
         subspace_partition: Sequence[Sequence[int]] | None = None,
         source_representation: torch.Tensor | None = None,
+        mask_formula: str = "centred",
     ) -> None:
         dim = require_dim(embed_dim, "embed_dim", type(self).__name__, "the width of one unit")
+        if mask_formula not in self.MASK_FORMULAS:
+            raise ValueError(
+                f"mask_formula={mask_formula!r} is not allowed; allowed: {list(self.MASK_FORMULAS)}"
+            )
         super().__init__(
             embed_dim=dim,
             subspace_partition=subspace_partition,
@@ -112,6 +126,7 @@ class BoundlessRotatedSpaceIntervention(
         # Shape (1,), as in pyvene, so its saved boundaries load here.
         self.intervention_boundaries = nn.Parameter(torch.tensor([float(initial_boundary)]))
         self._init_temperature(temperature)
+        self.mask_formula = mask_formula
 
     def get_boundary_parameters(self) -> nn.Parameter:
         return self.intervention_boundaries
@@ -128,9 +143,20 @@ class BoundlessRotatedSpaceIntervention(
     def boundary_mask(self) -> torch.Tensor:
         """The soft mask over rotated coordinates at the current temperature; shape ``(d,)``."""
         dim = self.embed_dim
+        if self.mask_formula == "pyvene":
+            return self._pyvene_boundary_mask()
         centres = torch.arange(dim, device=self.temperature.device, dtype=torch.float32) + 0.5
         logits = (self.boundary() * dim - centres) / self.temperature  # (d,)
         return torch.sigmoid(logits)
+
+    def _pyvene_boundary_mask(self) -> torch.Tensor:
+        """pyvene 0.1.8's mask, in its order of operations so its outputs are matched exactly."""
+        dim = self.embed_dim
+        index = torch.arange(dim, device=self.temperature.device, dtype=torch.float32)  # (d,)
+        upper = self.intervention_boundaries.clamp(1e-3, 1.0)[0] * dim
+        return torch.sigmoid(index / self.temperature) * torch.sigmoid(
+            (upper - index) / self.temperature
+        )  # (d,)
 
     def intervention_size(self) -> int:
         """How many rotated coordinates the boundary marks (the hard mask's size as ``T -> 0``)."""
@@ -159,7 +185,7 @@ class BoundlessRotatedSpaceIntervention(
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, boundary={self.boundary().item():.3f}, "
-            f"temperature={self.temperature.item():.4g}"
+            f"temperature={self.temperature.item():.4g}, mask_formula={self.mask_formula!r}"
         )
 
 

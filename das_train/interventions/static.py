@@ -2,6 +2,12 @@
 
 Each writes a fresh output with ``torch.where`` or arithmetic, so the tensors it is given are
 never modified, and ``subspaces`` restrict it to chosen dimensions of each unit.
+
+Without ``subspaces``, the interchange, addition, subtraction, zero and collect interventions act
+on the first ``embed_dim`` dimensions of each unit, as pyvene's do (its ``interchange_dim``,
+which starts as ``embed_dim``). Inside an IntervenableModel ``embed_dim`` is the site's width,
+so that is the whole unit; a direct call on wider tensors touches only the leading
+``embed_dim`` columns, and on narrower ones raises rather than guess.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from das_train.interventions.base import (
     SourcelessIntervention,
     Subspaces,
 )
+from das_train.interventions.rotated import first_dims_mask
 
 # Meng et al. (2022) noise: three times the standard deviation of GPT-2 XL's embeddings.
 DEFAULT_NOISE_SCALE = 3 * 0.13462
@@ -31,14 +38,39 @@ def _require_source(name: str, source: torch.Tensor | None) -> torch.Tensor:
     return source
 
 
+def _leading_dims_mask(intervention: Intervention, base: torch.Tensor) -> torch.Tensor | None:
+    """``(width,)`` mask of the first ``embed_dim`` columns, or ``None`` when that is all of them."""
+    dim, width = intervention.embed_dim, base.shape[-1]
+    if dim is None or dim == width:
+        return None
+    if width < dim:
+        raise ValueError(
+            f"{type(intervention).__name__} has embed_dim={dim} but was given units {width} wide; "
+            f"give tensors whose last dimension is at least {dim}"
+        )
+    return first_dims_mask(dim, width, base.device)
+
+
+def _chosen_mask(intervention: Intervention, subspaces: Subspaces, base: torch.Tensor):
+    """The dimensions acted on: ``subspaces`` if given, else the leading ``embed_dim``."""
+    mask = intervention.subspace_mask(subspaces, base)
+    if mask is None:
+        return _leading_dims_mask(intervention, base)
+    return mask
+
+
 class VanillaIntervention(LocalistRepresentationIntervention):
-    """Interchange: the base takes the source's values (on ``subspaces`` only, if given)."""
+    """Interchange: the base takes the source's values (on ``subspaces`` only, if given).
+
+    pyvene's ``use_fast=True`` is accepted and changes nothing: locations and subspaces here
+    take the same vectorized path whether or not every example shares them.
+    """
 
     keeps_base_for_equal_source = True
 
     def forward(self, base, source=None, subspaces: Subspaces = None):
         source = _require_source(type(self).__name__, source).to(base.dtype)
-        mask = self.subspace_mask(subspaces, base)
+        mask = _chosen_mask(self, subspaces, base)
         if mask is None:
             return source.expand_as(base)
         return torch.where(mask, source, base)
@@ -49,7 +81,7 @@ class AdditionIntervention(BasisAgnosticIntervention, LocalistRepresentationInte
 
     def forward(self, base, source=None, subspaces: Subspaces = None):
         source = _require_source(type(self).__name__, source).to(base.dtype)
-        mask = self.subspace_mask(subspaces, base)
+        mask = _chosen_mask(self, subspaces, base)
         if mask is None:
             return base + source
         return base + torch.where(mask, source, torch.zeros_like(source))
@@ -60,7 +92,7 @@ class SubtractionIntervention(BasisAgnosticIntervention, LocalistRepresentationI
 
     def forward(self, base, source=None, subspaces: Subspaces = None):
         source = _require_source(type(self).__name__, source).to(base.dtype)
-        mask = self.subspace_mask(subspaces, base)
+        mask = _chosen_mask(self, subspaces, base)
         if mask is None:
             return base - source
         return base - torch.where(mask, source, torch.zeros_like(source))
@@ -70,25 +102,28 @@ class ZeroIntervention(SourcelessIntervention, LocalistRepresentationInterventio
     """Zero ablation."""
 
     def forward(self, base, source=None, subspaces: Subspaces = None):
-        mask = self.subspace_mask(subspaces, base)
+        mask = _chosen_mask(self, subspaces, base)
         if mask is None:
             return torch.zeros_like(base)
         return base.masked_fill(mask, 0)
 
 
 class CollectIntervention(SourcelessIntervention):
-    """Passes the base through unchanged; the hook core returns what it saw.
+    """Returns what it is given, restricted to ``subspaces``; the model's run is left unchanged.
 
-    With ``subspaces``, only those dimensions are collected (see :meth:`collect`).
+    Called directly, ``forward(base, None, subspaces)`` returns the selected columns of
+    ``base`` (as pyvene's does). Inside an IntervenableModel the hook core calls
+    :meth:`collect` and leaves the activation as it was.
     """
 
     def forward(self, base, source=None, subspaces: Subspaces = None):
-        return base
+        return self.collect(base, subspaces)
 
     def collect(self, base: torch.Tensor, subspaces: Subspaces = None) -> torch.Tensor:
         dims = self.subspace_dims(subspaces, base.shape[0])
         if dims is None:
-            return base
+            leading = _leading_dims_mask(self, base)
+            return base if leading is None else base[..., : self.embed_dim]
         if any(d != dims[0] for d in dims):
             raise ValueError(
                 "CollectIntervention needs the same subspaces for every example, so the "

@@ -204,7 +204,11 @@ class DASModule(lightning.LightningModule):
             # interchange with nothing to learn; DAS swaps a k-dimensional rotated subspace.
             set_interchange_dim(low_rank_dimension)
         if iit:
+            owner_mode = model.training
             self.intervenable.enable_model_gradients()
+            # enable_model_gradients() switches to train mode, as pyvene's does; IIT here keeps
+            # the mode the model's owner chose (module docstring).
+            model.train(owner_mode)
         self.val_iia = InterchangeInterventionAccuracy()
         self.test_iia = InterchangeInterventionAccuracy()
         # Pairs evaluated, across ranks: shows each held-out pair was counted exactly once.
