@@ -110,6 +110,29 @@ def compose(recipe: str, overrides: list[str]):
         return hydra_compose(config_name=path.stem, overrides=overrides)
 
 
+def _sweep_problems(data: dict, schema_clean: bool) -> list[str]:
+    """What :mod:`das_train.training.preflight` finds in a das_sweep config (the task, the
+    sites, the intervention against the model's architecture). Also tried when the schema has
+    found problems, so one run reports them all: each check then runs on its own, and one that
+    a value of the wrong type stops adds nothing (the schema's message names that value)."""
+    from omegaconf import OmegaConf
+
+    from das_train.training.preflight import SWEEP_CHECKS, sweep_problems
+
+    if data.get("job") != "das_sweep" or data.get("sweep", {}).get("merge"):
+        return []
+    cfg = OmegaConf.create(data)
+    if schema_clean:
+        return sweep_problems(cfg)
+    problems = []
+    for sweep_check in SWEEP_CHECKS:
+        try:
+            problems += sweep_check(cfg)
+        except Exception:  # noqa: BLE001 - best effort on a config already known to be invalid
+            continue
+    return problems
+
+
 def check(recipe: str, overrides: list[str]):
     """Composes and validates; raises ConfigError naming every problem."""
     from omegaconf import OmegaConf
@@ -128,6 +151,7 @@ def check(recipe: str, overrides: list[str]):
     data = OmegaConf.to_container(cfg, resolve=True)
     data.pop("hydra", None)
     problems += validate(data)
+    problems += _sweep_problems(data, schema_clean=not problems)
     if problems:
         raise ConfigError(problems)
     return cfg

@@ -109,14 +109,19 @@ FULL = ExperimentSize()
 SMALL = ExperimentSize(train_examples=50_000, model_epochs=8, das_steps=800, batch_size=256, eval_pairs=4_000)
 
 
+def model_config(task: EqualityTask, size: ExperimentSize):
+    """The MLP :func:`train_model` builds; also read before training, so a run's sites and
+    widths are checked without training it."""
+    import das_train as pv
+
+    return pv.MLPConfig(h_dim=size.hidden, n_layer=3, input_dim=4 * task.embedding_dim, num_classes=2)
+
+
 def train_model(task: EqualityTask, size: ExperimentSize, seed: int = 0):
     """A 3-layer MLP trained on the task; returns (model, held-out accuracy)."""
     import das_train as pv
 
-    width = 4 * task.embedding_dim
-    _, _, model = pv.create_mlp_classifier(
-        pv.MLPConfig(h_dim=size.hidden, n_layer=3, input_dim=width, num_classes=2), seed=seed
-    )
+    _, _, model = pv.create_mlp_classifier(model_config(task, size), seed=seed)
     inputs, labels = task.factual(size.train_examples, seed=seed + 1)
     test_inputs, test_labels = task.factual(2_000, seed=seed + 2)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)

@@ -81,6 +81,28 @@ def _train(
     return model, steps
 
 
+def tiny_lm_config(
+    tokenizer: PreTrainedTokenizerBase, n_layer: int, hidden: int, heads: int, length: int
+) -> GPTNeoXConfig:
+    """The architecture :func:`train_tiny_lm` builds for sentences of ``length`` tokens; also
+    read before training, so a run's sites and widths are checked without training it."""
+    special = [t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None]
+    return GPTNeoXConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=n_layer,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+        max_position_embeddings=max(64, length),
+        bos_token_id=special[0] if special else 0,
+        eos_token_id=special[0] if special else 0,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        hidden_dropout=0.0,  # training checks the train-mode logits: they must be the eval ones
+        attention_dropout=0.0,
+    )
+
+
 def train_tiny_lm(
     task: SentenceTask,
     tokenizer: PreTrainedTokenizerBase,
@@ -114,21 +136,7 @@ def train_tiny_lm(
     """
     sentences = task.sentences(tokenizer)
     ids, answers = encode_sentences(tokenizer, sentences)  # (n, length), (n,)
-    special = [t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None]
-    config = GPTNeoXConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        num_hidden_layers=n_layer,
-        num_attention_heads=heads,
-        intermediate_size=4 * hidden,
-        max_position_embeddings=max(64, ids.shape[1]),
-        bos_token_id=special[0] if special else 0,
-        eos_token_id=special[0] if special else 0,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-        hidden_dropout=0.0,  # training checks the train-mode logits: they must be the eval ones
-        attention_dropout=0.0,
-    )
+    config = tiny_lm_config(tokenizer, n_layer, hidden, heads, ids.shape[1])
 
     target: Path | None = None
     if cache_dir is not None:

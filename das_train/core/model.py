@@ -25,6 +25,7 @@ from torch import nn
 from das_train.core import hooks as H
 from das_train.core.config import IntervenableConfig, RepresentationConfig, as_config
 from das_train.core.devices import input_device, is_dispatched
+from das_train.core.input_checks import InputChecks
 from das_train.core.locations import (
     Location,
     LocationError,
@@ -423,6 +424,7 @@ class IntervenableModel(nn.Module):
             errors.append("cannot read the batch size of `base`: give a dict of tensors or a tensor")
             batch = 1
         group_inputs = self._normalize_sources(sources, errors)
+        errors += self._input_problems(base, group_inputs)
         constants = self._constants(source_representations, errors)
         units = [e.site.unit for e in entries]
         groups = [e.group for e in entries]
@@ -501,6 +503,18 @@ class IntervenableModel(nn.Module):
             group_inputs=group_inputs,
             protected=protected,
         )
+
+    def _input_problems(self, base: Any, group_inputs: list[Any]) -> list[str]:
+        """What the model cannot take in the base and each distinct source (see
+        :mod:`das_train.core.input_checks`)."""
+        checks = InputChecks(self.model)
+        checks.add(base, "base")
+        seen = [base]
+        for g, source in enumerate(group_inputs):
+            if source is not None and not any(source is s for s in seen):
+                checks.add(source, f"sources[{g}]")
+                seen.append(source)
+        return checks.problems()
 
     @staticmethod
     def _sizes(site: Site, length: int | None) -> dict[str, Any]:

@@ -285,7 +285,13 @@ TABLES: tuple[ArchitectureTable, ...] = (GPT2, GPT_NEOX, LLAMA, GPT_NEO, BERT, M
 
 def table_for(model: nn.Module) -> ArchitectureTable | None:
     """The table of the model's family, found by ``config.model_type``."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return table_for_config(getattr(model, "config", None))
+
+
+def table_for_config(config: Any) -> ArchitectureTable | None:
+    """The table of a model config's family, so a run's sites can be checked before the
+    model is built."""
+    model_type = getattr(config, "model_type", None)
     for table in TABLES:
         if model_type in table.model_types:
             return table

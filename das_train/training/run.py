@@ -41,6 +41,7 @@ from das_train.training.batched_sweep import (
     one_site_costs,
     sweep_probes,
 )
+from das_train.training import preflight
 from das_train.training.schema import ConfigError, validate
 from das_train.training.shared_prefix import can_skip, shared_prefix, untrained_reason
 
@@ -435,6 +436,8 @@ def _setup_output(cfg: DictConfig, run_dir: Path) -> None:
 def run(cfg: Any) -> Path:
     """Runs the sweep described by ``cfg`` (a composed recipe); returns the run directory."""
     cfg = as_run_config(cfg)
+    if cfg.job == "das_sweep" and not cfg.sweep.merge:
+        preflight.check_sweep(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _setup_output(cfg, run_dir)
@@ -457,6 +460,8 @@ def run(cfg: Any) -> Path:
     lightning.seed_everything(cfg.seed, verbose=False)
     task = load_task(cfg.task.name)
     model, tokenizer = build_model(cfg, task)
+    if cfg.model.kind == "hub":
+        preflight.check_loaded_model(cfg, model, preflight.task_spec(task, tokenizer))
     from das_train.tasks.datamodule import PairDataModule
 
     datamodule = PairDataModule(
@@ -469,6 +474,7 @@ def run(cfg: Any) -> Path:
     dropped = datamodule.filter_with(model)
     kept = {split: len(ds) for split, ds in datamodule.datasets.items()}
     print(f"pairs kept {kept}, dropped by the frozen-model filter {dropped}", flush=True)
+    preflight.check_pairs_left(cfg, kept, dropped)
     if is_global_zero():
         from das_train import __version__
 

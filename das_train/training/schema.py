@@ -9,6 +9,7 @@ with one message that names them all.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -241,6 +242,16 @@ POSITIVE = {
     ("intervention", "temperature_end"), ("tracing", "window"), ("tracing", "samples"), ("tracing", "facts"),
     ("tracing", "noise_scale"), ("steering", "max_new_tokens"), ("steering", "temperature"), ("steering", "samples"),
 }
+NON_NEGATIVE = {
+    ("intervention", "boundary_penalty"), ("sweep", "probe", "weight_decay"), ("steering", "top_k"),
+}
+
+
+def _floats_in(value: Any) -> list[float]:
+    """The float values of a scalar or a list (a nan or inf reaches training and turns every
+    weight into nan without an error, so these are checked up front)."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [v for v in items if isinstance(v, float)]
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
@@ -286,6 +297,11 @@ def _walk(schema: type, data: Any, path: tuple[str, ...], errors: list[str]) -> 
         if not _type_ok(value, annotation):
             errors.append(f"'{where}' = {value!r} has the wrong type; expected {annotation}")
             continue
+        if not all(math.isfinite(v) for v in _floats_in(value)):
+            errors.append(f"'{where}' = {value!r} must be finite (no nan or inf)")
+            continue
+        if key_path in NON_NEGATIVE and value < 0:
+            errors.append(f"'{where}' = {value!r} must be zero or more")
         allowed = ALLOWED_VALUES.get(key_path)
         if allowed is not None and value not in allowed:
             errors.append(f"'{where}' = {value!r} is not allowed; allowed: {list(allowed)}")
