@@ -37,6 +37,7 @@ from das_train.tasks.hierarchical_equality import ExperimentSize, model_config
 from das_train.tasks.tiny_model import tiny_lm_config
 from das_train.training.das_module import _intervention_class
 from das_train.training.schema import ConfigError
+from das_train.training.task_loading import load_task
 
 EVALUATED_SPLITS = ("train", "test")
 """The splits a sweep reads (validation is skipped: IIA is measured once, on the test split)."""
@@ -160,7 +161,6 @@ def planned_model(cfg: DictConfig, task: CounterfactualTask) -> tuple[Any, TaskS
 def planned_site_problems(cfg: DictConfig) -> list[str]:
     """The task exists, and for ``model.kind=tiny|mlp`` the sweep's sites fit the model it
     will train (for ``hub`` they wait for :func:`check_loaded_model`)."""
-    from das_train.training.run import load_task  # run imports this module
 
     try:
         task = load_task(cfg.task.name)

@@ -11,9 +11,6 @@ cut-off fit from its last checkpoint. At the end it writes the table and the hea
 
 from __future__ import annotations
 
-import importlib
-import importlib.resources
-import inspect
 import json
 import logging
 import math
@@ -32,7 +29,7 @@ from tqdm.auto import tqdm
 
 from das_train.core.sites import table_for
 from das_train.tasks.base import CounterfactualTask, TaskSpec
-from das_train.training import reports
+from das_train.training import preflight, reports
 from das_train.training.batched_sweep import (
     SplitReader,
     fallback_reason,
@@ -41,9 +38,9 @@ from das_train.training.batched_sweep import (
     one_site_costs,
     sweep_probes,
 )
-from das_train.training import preflight
 from das_train.training.schema import ConfigError, validate
 from das_train.training.shared_prefix import can_skip, shared_prefix, untrained_reason
+from das_train.training.task_loading import load_task
 
 log = logging.getLogger("das_train")
 
@@ -63,24 +60,6 @@ class Site:
 
 
 # -- building blocks ------------------------------------------------------------------------------
-
-
-def load_task(name: str) -> CounterfactualTask:
-    """The CounterfactualTask defined in ``tasks/<name>.py`` (found by name, no registry)."""
-    try:
-        module = importlib.import_module(f"das_train.tasks.{name}")
-    except ModuleNotFoundError as err:
-        available = sorted(p.stem for p in Path(str(importlib.resources.files("das_train.tasks"))).glob("*.py")
-                           if not p.stem.startswith("_"))
-        raise ConfigError([f"task.name={name!r}: no module tasks/{name}.py; available: {available}"]) from err
-    classes = [
-        obj for obj in vars(module).values()
-        if inspect.isclass(obj) and issubclass(obj, CounterfactualTask) and not inspect.isabstract(obj)
-        and obj.__module__ == module.__name__
-    ]
-    if len(classes) != 1:
-        raise ConfigError([f"tasks/{name}.py must define exactly one CounterfactualTask, found {len(classes)}"])
-    return classes[0]()
 
 
 def _hub_model(cfg: DictConfig):
