@@ -6,7 +6,6 @@ files get the umask's mode."""
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import shutil
@@ -18,9 +17,14 @@ import time
 from pathlib import Path
 
 import pytest
+from datasets import Dataset, DatasetDict
 
+import das_train as pv
 from das_train import cli
 from das_train.core import files
+from das_train.hub import save_pretrained
+from das_train.tasks.datamodule import _save_atomically
+from das_train.tasks.tiny_model import save_pretrained_atomically
 from das_train.training import reports
 from das_train.training import run as run_module
 from das_train.training import run_dir as run_dir_state
@@ -226,6 +230,20 @@ def test_shards_of_differing_configs_are_refused(tmp_path, cache):
     assert not (run_dir / "results.shard-1-of-2.csv").exists()
 
 
+def test_rows_of_a_lost_config_stay_in_the_file_uncounted(tmp_path):
+    """An old results.csv (no fingerprint column) whose config.yaml is gone: its rows are of no
+    known config, so they are not counted, and rewriting the file keeps them as such."""
+    row = dict(zip(reports.ROW_FIELDS, _row(0)))
+    with (tmp_path / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=reports.ROW_FIELDS[:-1], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerow(row)
+    kept, done = run_dir_state.resume_rows(tmp_path, tmp_path / "results.csv", "0123456789ab")
+    assert done == set() and [r["config_fingerprint"] for r in kept] == ["unknown"]
+    reports.write_rows(tmp_path / "results.csv", kept)
+    assert [r["config_fingerprint"] for r in reports.read_rows(tmp_path / "results.csv")] == ["unknown"]
+
+
 def test_rows_are_deduplicated_across_results_files(tmp_path):
     run_dir = tmp_path
     row = dict(zip(reports.ROW_FIELDS, _row(0)))
@@ -318,9 +336,13 @@ def test_temporary_files_of_killed_writers_are_removed_and_live_ones_kept(tmp_pa
     untagged = tmp_path / ".heatmaps.abcd1234.png"
     untagged.write_bytes(b"x")
     os.utime(untagged, (time.time() - 60, time.time() - 60))
+    (tmp_path / ".git").mkdir()
+    not_ours = tmp_path / ".git" / ".index.abcd1234.tmp"  # a run_dir=. must leave other tools' files
+    not_ours.write_text("x")
+    os.utime(not_ours, (time.time() - 60, time.time() - 60))
     removed = files.remove_stale_temporaries(tmp_path)
     assert sorted(removed) == sorted([tmp_path / dead, dead_folder, untagged])
-    assert live.exists() and not dead_folder.exists()
+    assert live.exists() and not_ours.exists() and not dead_folder.exists()
     assert (tmp_path / "sub").exists()
 
 
@@ -337,9 +359,6 @@ def test_a_run_removes_what_a_killed_writer_left(finished, cache):
 
 @pytest.mark.parametrize("umask, file_mode, folder_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
 def test_outputs_get_the_umasks_mode(tmp_path, gpt2, umask, file_mode, folder_mode):
-    import das_train as pv
-    from das_train.hub import save_pretrained
-
     old = os.umask(umask)
     try:
         files.atomic_write_text(tmp_path / "table.md", "x")
@@ -349,8 +368,12 @@ def test_outputs_get_the_umasks_mode(tmp_path, gpt2, umask, file_mode, folder_mo
                                       "intervention_type": pv.LowRankRotatedSpaceIntervention,
                                       "low_rank_dimension": 1}, gpt2)
         save_pretrained(model, str(tmp_path / "saved"))
+        save_pretrained_atomically(gpt2, tmp_path / "cache" / "model")
+        _save_atomically(DatasetDict({"train": Dataset.from_dict({"x": [1]})}), tmp_path / "cache" / "pairs")
     finally:
         os.umask(old)
+    for folder in (tmp_path / "cache" / "model", tmp_path / "cache" / "pairs"):
+        assert stat.S_IMODE(folder.stat().st_mode) == folder_mode, folder
     for path in (tmp_path / "table.md", tmp_path / "heatmaps.png", tmp_path / "saved" / "interventions.safetensors",
                  tmp_path / "saved" / "config.json"):
         assert stat.S_IMODE(path.stat().st_mode) == file_mode, path

@@ -110,10 +110,11 @@ def remove_stale_temporaries(root: Path, older_than: float | None = None) -> lis
                 continue
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
-                subfolders.remove(name)
             else:
                 path.unlink(missing_ok=True)
             removed.append(path)
+        # Other hidden folders (.hydra, a .git or .venv under a run_dir=.) are not ours to clean.
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
     if removed:
         log.info("removed %d temporary files left by killed writers under %s: %s", len(removed), root,
                  ", ".join(str(p.relative_to(root)) for p in removed))

@@ -41,7 +41,10 @@ LATER_FIELDS = ("test_pairs", "config_fingerprint")
 """Columns that files written by earlier versions lack; such rows are read without them."""
 INTEGER_FIELDS = ("layer", "position", "seed")
 FINITE_FIELDS = (*METRICS, "train_seconds")
-FINGERPRINT = re.compile(r"^[0-9a-f]{12}$")
+UNKNOWN_CONFIG = "unknown"
+"""The fingerprint of rows whose config is lost (an old file without the column, its config.yaml
+deleted): kept in the file, never counted as any config's."""
+FINGERPRINT = re.compile(rf"^([0-9a-f]{{12}}|{UNKNOWN_CONFIG})$")
 
 
 def _parsed(record: dict[Any, Any], header: Sequence[str]) -> dict[str, Any]:
@@ -64,7 +67,7 @@ def _parsed(record: dict[Any, Any], header: Sequence[str]) -> dict[str, Any]:
     if "test_pairs" in row:
         row["test_pairs"] = _number(row, "test_pairs", int)
     if "config_fingerprint" in row and not FINGERPRINT.match(row["config_fingerprint"]):
-        raise ValueError(f"config_fingerprint {row['config_fingerprint']!r} is not 12 hex digits")
+        raise ValueError(f"config_fingerprint {row['config_fingerprint']!r} is neither 12 hex digits nor {UNKNOWN_CONFIG}")
     return row
 
 

@@ -273,7 +273,7 @@ def file_rows(results_file: Path, fingerprint: str) -> list[dict[str, Any]]:
             log.warning("%s: %d rows carry no config fingerprint and the config beside them is gone; "
                         "they are not counted", results_file, len(legacy))
         for row in legacy:
-            row["config_fingerprint"] = stored or ""
+            row["config_fingerprint"] = stored or reports.UNKNOWN_CONFIG
     others = sum(row["config_fingerprint"] != fingerprint for row in rows)
     if others:
         log.warning("%s: %d rows of another config are ignored (this config's fingerprint is %s)",
