@@ -134,9 +134,13 @@ class SweepConfig:
     """Which share of the sites this job runs (0 .. num_shards-1); e.g. with Hydra's
     ``-m sweep.shard=0,1,2,3 sweep.num_shards=4`` or one SLURM array task each."""
     num_shards: int = 1
-    """How many jobs share the sweep; each writes results.shard-<i>-of-<n>.csv."""
+    """How many jobs share the sweep; each writes results.shard-<i>-of-<n>.csv and
+    config.shard-<i>.yaml. Shards of differing result-affecting settings are refused (see
+    ``resume``); a site finished by any shard, or by an unsharded run, is counted once."""
     merge: bool = False
-    """Only build the table and heatmaps from the shards' results already in run_dir."""
+    """Only build the table and heatmaps from the shards' results already in run_dir. Refused,
+    writing no table, while a site of the sweep (its plan, sweep_plan.json) has no result: the
+    error names each missing site and the shard that owns it."""
     batched: bool = True
     """Train the sites of a layer together on cached activations (same results as one site at
     a time, several times faster); false trains and probes each site on its own."""
