@@ -128,6 +128,19 @@ def test_resume_with_another_config_is_refused_before_any_work_and_fresh_sets_it
     assert {row["config_fingerprint"] for row in results(run_dir / "results.csv")} == {stored}
 
 
+def test_a_stored_config_without_results_beside_it_protects_nothing(tmp_path, cache):
+    """A run refused for a bad setting has written its config.yaml but no result: the next
+    run may use other settings. Once a result (or a checkpoint) is there, it may not."""
+    cfg = config(tmp_path, cache)
+    (tmp_path / "config.yaml").write_text("trainer:\n  max_steps: 7\n")
+    run_dir_state.check_stored_configs(tmp_path, cfg)
+    for result in ("checkpoints", "results.shard-1-of-2.csv"):
+        (tmp_path / result).mkdir()
+        with pytest.raises(ConfigError, match="trainer.max_steps: 7 -> 4"):
+            run_dir_state.check_stored_configs(tmp_path, cfg)
+        (tmp_path / result).rmdir()
+
+
 def test_rows_of_another_config_are_never_counted_and_old_files_still_resume(finished, cache, trained):
     run_dir = finished
     # A results.csv written before rows carried a fingerprint belongs to the stored config.

@@ -109,9 +109,22 @@ def _load_stored(path: Path) -> dict[str, Any]:
     return data
 
 
+RESULT_PATTERNS = ("results*.csv", "table.csv", "table.md", "heatmaps.png", "tracing.*", "steering.*",
+                   "interventions", "checkpoints")
+"""What a run leaves that a run of another config must not be mixed with (checkpoints too: a
+cut-off fit resumes from them)."""
+
+
+def holds_results(run_dir: Path) -> bool:
+    return any(any(run_dir.glob(pattern)) for pattern in RESULT_PATTERNS)
+
+
 def check_stored_configs(run_dir: Path, cfg: DictConfig) -> None:
     """Refuses, before any work, a run whose results would differ from those stored in
-    ``run_dir``: names every file and setting that differs, and how to go on."""
+    ``run_dir``: names every file and setting that differs, and how to go on. A stored config
+    with no results beside it (its run was refused, or stopped before any) protects nothing."""
+    if not holds_results(run_dir):
+        return
     current = OmegaConf.to_container(cfg, resolve=True)
     problems = []
     for path in stored_config_files(run_dir):
