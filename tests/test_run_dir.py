@@ -317,9 +317,11 @@ def test_a_second_writer_is_refused_at_once_and_a_killed_one_blocks_nobody(tmp_p
         assert time.monotonic() - start < 10
         assert f"pid {holder.pid} on " in str(err.value) and "since 20" in str(err.value)
         assert not (run_dir / "config.yaml").exists()
-        # Another shard's results file has its own lock.
-        with run_dir_state.hold_lock(run_dir / "results.shard-1-of-2.csv"):
-            pass
+        # Another shard's results file has its own lock, but may not set the live one aside.
+        shard = run_dir / "results.shard-1-of-2.csv"
+        with run_dir_state.hold_lock(shard):
+            with pytest.raises(run_dir_state.RunDirLocked, match=f"results.csv.lock \\(held by pid {holder.pid} "):
+                run_dir_state.set_aside(run_dir, run_dir_state.lock_path(shard))
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
