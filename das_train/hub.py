@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from torch import nn
 
-from das_train.core.files import atomic_write_text
+from das_train.core.files import atomic_write, atomic_write_text, temporary_folder
 from das_train.core.loaders import HubUnavailableError
 from das_train.core.serialization import CONFIG_NAME, WEIGHTS_NAME, save_intervenable
 
@@ -352,15 +352,7 @@ def _site_of(folder: str) -> str:
 def _atomic_copy(source: Path, path: Path) -> None:
     if source.resolve() == path.resolve():
         return
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def _write_card(directory: Path, card: ModelCard, repo_id: str | None) -> None:
@@ -380,7 +372,7 @@ def _save(intervenable: IntervenableModel, save_directory: Path, card: ModelCard
     directory.parent.mkdir(parents=True, exist_ok=True)
     # Everything is written next to the target first, so a failure (an unsaveable function
     # intervention, a missing image, a full disk) leaves the target as it was.
-    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    staging = temporary_folder(directory.parent, directory.name)
     try:
         save_intervenable(intervenable, str(staging))
         _write_card(staging, card, repo_id)

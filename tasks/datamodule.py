@@ -15,7 +15,6 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from transformers import PreTrainedTokenizerBase
 
 from das_train.core.devices import input_device
 from das_train.core.fault_points import fault_point
+from das_train.core.files import temporary_folder
 from das_train.tasks.base import (
     BASE_EMBEDS,
     BASE_IDS,
@@ -279,7 +279,7 @@ def _save_atomically(pairs: DatasetDict, path: Path) -> None:
     """save_to_disk into a temporary sibling, then rename, so a cut-off run leaves nothing
     at ``path`` and two processes racing both end with one complete copy."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    staging = temporary_folder(path.parent, path.name)
     try:
         pairs.save_to_disk(str(staging))
         fault_point("pairs")

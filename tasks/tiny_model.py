@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from das_train.core.fault_points import fault_point
+from das_train.core.files import temporary_folder
 from das_train.tasks.tokenizers import encode_sentences, settings_fingerprint, tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def save_pretrained_atomically(model: PreTrainedModel, target: Path) -> None:
     """save_pretrained into a temporary sibling, then rename: a cut-off run leaves no
     half-written model where the next run would load it."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    staging = temporary_folder(target.parent, target.name)
     try:
         model.save_pretrained(staging)
         fault_point("model")

@@ -123,8 +123,9 @@ def test_problems_of_other_keys_do_not_hide_the_sweep_problems():
 
 
 def test_a_hub_model_is_checked_right_after_it_loads(tmp_path, monkeypatch, no_work):
-    from das_train.tasks.gender import GenderTask
     from transformers import GPT2Config, GPT2LMHeadModel
+
+    from das_train.tasks.gender import GenderTask
 
     tokenizer = GenderTask().build_tokenizer()
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tokenizer)))
@@ -139,8 +140,9 @@ def test_a_hub_model_is_checked_right_after_it_loads(tmp_path, monkeypatch, no_w
 
 
 def test_a_hub_model_rank_above_its_width(tmp_path, monkeypatch, no_work):
-    from das_train.tasks.gender import GenderTask
     from transformers import GPT2Config, GPT2LMHeadModel
+
+    from das_train.tasks.gender import GenderTask
 
     tokenizer = GenderTask().build_tokenizer()
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tokenizer)))

@@ -16,6 +16,7 @@ from typing import Any
 import lightning
 from torch import nn
 
+from das_train.core.fault_points import fault_point, requested_fault
 from das_train.interventions.masks import BoundlessRotatedSpaceIntervention
 from das_train.training.das_loop import boundless_temperature
 
@@ -80,3 +81,19 @@ class TemperatureAnnealing(lightning.Callback):
 
 
 __all__ = ["TemperatureAnnealing", "boundless_interventions"]
+
+
+class StopHalfway(lightning.Callback):
+    """Stops the process half way through a fit (``DAS_TRAIN_FAULT=fit_step:...``), after the
+    batch that completes the middle step, so a checkpoint lies behind the stop and steps lie
+    ahead of it: what a crash in the middle of training leaves. Installed only on request."""
+
+    def on_train_batch_end(self, trainer: lightning.Trainer, *args: Any) -> None:
+        if trainer.global_step >= max(trainer.max_steps // 2, 1):
+            fault_point("fit_step")
+
+
+def fault_callbacks() -> list[lightning.Callback]:
+    """:class:`StopHalfway` when the fault-injection variable asks for a mid-fit stop."""
+    request = requested_fault()
+    return [StopHalfway()] if request is not None and request[0] == "fit_step" else []

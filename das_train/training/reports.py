@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
-import os
-import tempfile
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from das_train.core.fault_points import fault_point
-from das_train.core.files import atomic_write_text
+from das_train.core.files import atomic_write, atomic_write_text
+
+log = logging.getLogger("das_train")
 
 ROW_FIELDS = (
     "layer",
@@ -33,24 +35,87 @@ ROW_FIELDS = (
     "intervention_size",
     "train_seconds",
     "test_pairs",
+    "config_fingerprint",
 )
 METRICS = ("iia", "probe_accuracy", "control_accuracy", "selectivity")
+LATER_FIELDS = ("test_pairs", "config_fingerprint")
+"""Columns that files written by earlier versions lack; such rows are read without them."""
+INTEGER_FIELDS = ("layer", "position", "seed")
+FINITE_FIELDS = (*METRICS, "train_seconds")
+UNKNOWN_CONFIG = "unknown"
+"""The fingerprint of rows whose config is lost (an old file without the column, its config.yaml
+deleted): kept in the file, never counted as any config's."""
+FINGERPRINT = re.compile(rf"^([0-9a-f]{{12}}|{UNKNOWN_CONFIG})$")
+
+
+def _parsed(record: dict[Any, Any], header: Sequence[str]) -> dict[str, Any]:
+    """One results.csv record as typed values; raises ValueError saying what is wrong with it."""
+    if None in record:
+        raise ValueError(f"{len(record[None])} fields more than the header's {len(header)}")
+    absent = [name for name in header if record.get(name) is None]
+    if absent:
+        raise ValueError(f"fields missing: {', '.join(absent)}")
+    row: dict[str, Any] = dict(record)
+    for name in ("component", "position_name"):
+        if not row[name]:
+            raise ValueError(f"{name} is empty")
+    for name in INTEGER_FIELDS:
+        row[name] = _number(row, name, int)
+    for name in FINITE_FIELDS:
+        row[name] = _number(row, name, float)
+    if row["intervention_size"] != "":
+        row["intervention_size"] = _number(row, "intervention_size", float)
+    if "test_pairs" in row:
+        row["test_pairs"] = _number(row, "test_pairs", int)
+    if "config_fingerprint" in row and not FINGERPRINT.match(row["config_fingerprint"]):
+        raise ValueError(f"config_fingerprint {row['config_fingerprint']!r} is neither 12 hex digits nor {UNKNOWN_CONFIG}")
+    return row
+
+
+def _number(row: dict[str, Any], name: str, kind: type) -> int | float:
+    try:
+        value = kind(row[name])
+    except ValueError:
+        raise ValueError(f"{name} {row[name]!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name} is {row[name]!r}, not a finite number")
+    return value
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows already written by an earlier (possibly interrupted) run of the same sweep."""
+    """The valid rows of a results file an earlier (possibly interrupted or killed) run wrote.
+
+    Every record is checked (all fields present and parseable, metrics finite); a bad one is
+    logged with the file and line and dropped, so its site is trained again rather than
+    reported wrong. A last line without its line end was cut off mid-write (a copied or synced
+    file; our own writes are atomic) and is dropped too, since a cut number still parses. A row
+    written twice for one (site, seed, config) is kept once (the later one). Files of earlier
+    versions lack the columns of ``LATER_FIELDS``; their rows have no such key.
+    """
     if not path.exists():
         return []
-    with path.open() as handle:
-        rows = list(csv.DictReader(handle))
-    for row in rows:
-        for key in ("layer", "position", "seed"):
-            row[key] = int(row[key])
-        for key in ("iia", "probe_accuracy", "control_accuracy", "selectivity", "train_seconds"):
-            row[key] = float(row[key]) if row.get(key) not in (None, "") else math.nan
-        if row.get("test_pairs") not in (None, ""):  # absent from rows written before it existed
-            row["test_pairs"] = int(row["test_pairs"])
-    return rows
+    text = path.read_text(errors="replace")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = reader.fieldnames or []
+    lacking = [name for name in ROW_FIELDS if name not in header and name not in LATER_FIELDS]
+    if lacking:
+        log.warning("%s: no columns %s in its header %s; none of its rows is used", path, lacking, header)
+        return []
+    records = [(reader.line_num, record) for record in reader]
+    rows: dict[tuple, dict[str, Any]] = {}
+    for index, (line, record) in enumerate(records):
+        try:
+            if index == len(records) - 1 and not text.endswith("\n"):
+                raise ValueError("cut off (the file ends inside it)")
+            row = _parsed(record, header)
+        except ValueError as problem:
+            log.warning("%s line %d: dropped, that site is run again: %s", path, line, problem)
+            continue
+        key = (row["layer"], row["component"], row["position"], row["seed"], row.get("config_fingerprint"))
+        if key in rows:
+            log.warning("%s line %d: a second row for %s; the later one is kept", path, line, key)
+        rows[key] = row
+    return list(rows.values())
 
 
 def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -169,14 +234,8 @@ def write_heatmaps(run_dir: Path, sites: Sequence[dict[str, Any]], title: str) -
     fig.suptitle(title)
     fig.tight_layout()
     path = run_dir / "heatmaps.png"
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".heatmaps.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        fault_point("write_heatmaps")
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: (fig.savefig(tmp, format="png", dpi=120), fault_point("write_heatmaps")))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

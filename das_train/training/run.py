@@ -27,9 +27,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from das_train.core.fault_points import fault_point
 from das_train.core.sites import table_for
 from das_train.tasks.base import CounterfactualTask, TaskSpec
 from das_train.training import preflight, reports
+from das_train.training import run_dir as run_dir_state
 from das_train.training.batched_sweep import (
     SplitReader,
     fallback_reason,
@@ -251,7 +253,7 @@ def make_logger(cfg: DictConfig, run_dir: Path, version: str):
 def make_trainer(cfg: DictConfig, run_dir: Path, version: str, ckpt_dir: Path) -> lightning.Trainer:
     """The Trainer of one site's (or one group of sites') fit: checkpoints in ``ckpt_dir`` for
     resuming, temperature annealing for boundless interventions, the configured logger."""
-    from das_train.training.callbacks import TemperatureAnnealing
+    from das_train.training.callbacks import TemperatureAnnealing, fault_callbacks
 
     callbacks: list[lightning.Callback] = [
         lightning.pytorch.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0,
@@ -259,6 +261,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, version: str, ckpt_dir: Path) -
     ]
     if "Boundless" in cfg.intervention.type:
         callbacks.append(TemperatureAnnealing(cfg.intervention.temperature_start, cfg.intervention.temperature_end))
+    callbacks += fault_callbacks()
     return lightning.Trainer(
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
         strategy=cfg.trainer.strategy, precision=cfg.trainer.precision, max_steps=cfg.trainer.max_steps,
@@ -377,14 +380,6 @@ def results_path(run_dir: Path, cfg: DictConfig) -> Path:
     return run_dir / f"results.shard-{cfg.sweep.shard}-of-{cfg.sweep.num_shards}.csv"
 
 
-def all_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """Every finished row in run_dir, from an unsharded run and from every shard."""
-    rows = reports.read_rows(run_dir / "results.csv")
-    for path in sorted(run_dir.glob("results.shard-*-of-*.csv")):
-        rows += reports.read_rows(path)
-    return rows
-
-
 def write_outputs(cfg: DictConfig, run_dir: Path, rows: list[dict[str, Any]], variable: str) -> None:
     sites_table = reports.write_tables(run_dir, rows)
     image = reports.write_heatmaps(run_dir, sites_table, f"{cfg.recipe}: {variable} (DAS vs probe)")
@@ -413,12 +408,22 @@ def _setup_output(cfg: DictConfig, run_dir: Path) -> None:
 
 
 def run(cfg: Any) -> Path:
-    """Runs the sweep described by ``cfg`` (a composed recipe); returns the run directory."""
+    """Runs the sweep described by ``cfg`` (a composed recipe); returns the run directory.
+
+    Only while the run directory is :func:`~das_train.training.run_dir.prepared`: locked
+    against a second writer, holding nothing of another config, cleared of killed writers'
+    temporary files.
+    """
     cfg = as_run_config(cfg)
     if cfg.job == "das_sweep" and not cfg.sweep.merge:
         preflight.check_sweep(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_dir_state.prepared(cfg, run_dir, results_path(run_dir, cfg), writer=is_global_zero()):
+        return _run_prepared(cfg, run_dir)
+
+
+def _run_prepared(cfg: DictConfig, run_dir: Path) -> Path:
     _setup_output(cfg, run_dir)
     if cfg.job == "causal_tracing":
         from das_train.training.tracing import run_tracing
@@ -428,10 +433,14 @@ def run(cfg: Any) -> Path:
         from das_train.training.steering import run_steering
 
         return run_steering(cfg, run_dir)
+    fingerprint = run_dir_state.config_fingerprint(cfg)
     if cfg.sweep.merge:
-        rows = all_rows(run_dir)
+        rows = run_dir_state.finished_rows(run_dir, fingerprint)
         if not rows:
             raise ConfigError([f"sweep.merge=true but {run_dir} holds no results.csv or results.shard-*.csv"])
+        problems = run_dir_state.merge_problems(run_dir, fingerprint, rows)
+        if problems:
+            raise ConfigError(problems)
         write_outputs(cfg, run_dir, rows, cfg.task.name)
         publish(cfg, run_dir)
         return run_dir
@@ -459,6 +468,7 @@ def run(cfg: Any) -> Path:
 
         reports.atomic_write_text(run_dir / "run_info.json", json.dumps({
             "das_train_version": __version__,
+            "config_fingerprint": run_dir_state.config_fingerprint(cfg),
             "dataset": {"task": task.name, "seed": cfg.seed, "fingerprint": datamodule.fingerprint(),
                         "kept": kept, "dropped": dropped},
         }, indent=2))
@@ -468,15 +478,17 @@ def run(cfg: Any) -> Path:
     # Every (site, seed) in a fixed order; shard i of n takes every n-th one from i.
     jobs = [(s, seed) for s in sites for seed in cfg.sweep.seeds][cfg.sweep.shard :: cfg.sweep.num_shards]
     path = results_path(run_dir, cfg)
-    rows = reports.read_rows(path)
-    done = {(r["layer"], r["component"], r["position"], r["seed"]) for r in rows}
+    if is_global_zero():
+        run_dir_state.write_plan(run_dir, fingerprint, [(s, seed) for s in sites for seed in cfg.sweep.seeds])
+    rows, done = run_dir_state.resume_rows(run_dir, path, fingerprint)
     todo = [(s, seed) for s, seed in jobs if (s.layer, s.component, s.position, seed) not in done]
     if done:
-        print(f"resuming: {len(done)} finished site runs found in {path}, {len(todo)} to go", flush=True)
+        print(f"resuming: {len(done)} finished site runs found in {run_dir}, {len(todo)} to go", flush=True)
     costs = one_site_costs(cfg, model, datamodule, spec, jobs) if todo else None
     splits = SplitReader(datamodule, spec.is_language_model_task)
     untrained = untrained_positions(cfg, model, splits, spec, sites) if todo else {}
     probes = sweep_probes(cfg, model, datamodule, spec, todo, splits)
+    fault_point("probes")
     bar = tqdm(total=len(todo), desc="sweep", unit="site", disable=not cfg.progress or not is_global_zero())
     for group in group_jobs(todo):
         (site, seed), count = group[0], len(group)
@@ -493,9 +505,12 @@ def run(cfg: Any) -> Path:
                 bar.set_postfix_str(f"{site.key} seed {seed}")
                 new_rows.append(fit_site(cfg, model, datamodule, spec, site, seed, run_dir,
                                          untrained.get(site.position)))
+        for row in new_rows:
+            row["config_fingerprint"] = fingerprint
         rows += new_rows
         if is_global_zero():
             reports.write_rows(path, rows)
+        fault_point("between_groups")
         for row in new_rows:
             log.info("%s-L%d-%s seed %d: IIA %.3f, probe %.3f (control %.3f)", row["component"], row["layer"],
                      row["position_name"], row["seed"], row["iia"], row["probe_accuracy"], row["control_accuracy"])
@@ -503,8 +518,8 @@ def run(cfg: Any) -> Path:
     bar.close()
     if not is_global_zero():
         return run_dir
-    everything = all_rows(run_dir)
-    finished = {(r["layer"], r["component"], r["position"], r["seed"]) for r in everything}
+    everything = run_dir_state.finished_rows(run_dir, fingerprint)
+    finished = {run_dir_state.site_key(r) for r in everything}
     missing = [(s, seed) for s in sites for seed in cfg.sweep.seeds if (s.layer, s.component, s.position, seed) not in finished]
     if missing:
         print(f"shard {cfg.sweep.shard} of {cfg.sweep.num_shards} is done; {len(missing)} site runs belong to "

@@ -135,9 +135,13 @@ class SweepConfig:
     """Which share of the sites this job runs (0 .. num_shards-1); e.g. with Hydra's
     ``-m sweep.shard=0,1,2,3 sweep.num_shards=4`` or one SLURM array task each."""
     num_shards: int = 1
-    """How many jobs share the sweep; each writes results.shard-<i>-of-<n>.csv."""
+    """How many jobs share the sweep; each writes results.shard-<i>-of-<n>.csv and
+    config.shard-<i>.yaml. Shards of differing result-affecting settings are refused (see
+    ``resume``); a site finished by any shard, or by an unsharded run, is counted once."""
     merge: bool = False
-    """Only build the table and heatmaps from the shards' results already in run_dir."""
+    """Only build the table and heatmaps from the shards' results already in run_dir. Refused,
+    writing no table, while a site of the sweep (its plan, sweep_plan.json) has no result: the
+    error names each missing site and the shard that owns it."""
     batched: bool = True
     """Train the sites of a layer together on cached activations (same results as one site at
     a time, several times faster); false trains and probes each site on its own."""
@@ -209,7 +213,18 @@ class RunConfig:
     """``das_sweep`` (DAS and probes over sites), ``causal_tracing`` (Meng et al. 2022) or
     ``steering`` (a word's embedding added at every decoding step, the paper's Figure 1)."""
     run_dir: str = "runs/gender_tiny"
-    """Where the config, checkpoints, table and heatmaps go; re-running resumes."""
+    """Where the config, checkpoints, table and heatmaps go; re-running resumes (see ``resume``).
+    One process at a time writes a results file of it: a second one is refused at once, naming
+    the holder (shards of one sweep each have their own and run side by side)."""
+    resume: str = "auto"
+    """What a run does with a run_dir that holds an earlier run. ``auto``: resume it (finished
+    sites are kept, the rest run), but only if every setting that can change a result is the
+    same as in the stored config.yaml (or config.shard-<i>.yaml); otherwise the run is refused
+    before any work, naming each setting that differs. Settings that do not change results may
+    differ: progress, logger, publish, cache_dir, run_dir, resume, trainer.devices / num_nodes /
+    strategy / accelerator, sweep.shard / num_shards / merge / batched / sites_per_pass and
+    sweep.probe.tables_mib. ``fresh``: move the earlier contents into run_dir/previous-<time>/
+    (renamed, nothing deleted) and start anew."""
     cache_dir: str = ".cache/das_train"
     """Where generated pairs and models trained on the spot are cached."""
     seed: int = 0
@@ -229,6 +244,7 @@ class RunConfig:
 
 ALLOWED_VALUES = {
     ("job",): ("das_sweep", "causal_tracing", "steering"),
+    ("resume",): ("auto", "fresh"),
     ("model", "kind"): MODEL_KINDS,
     ("model", "dtype"): DTYPES,
     ("logger", "kind"): LOGGERS,
