@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -124,7 +125,12 @@ def check(recipe: str, overrides: list[str]):
         if "," in value and not value.startswith(("[", "{")):
             value = value.split(",")[0]
         single.append(f"{key}={value}")
-    cfg = compose(recipe, single)
+    from hydra.errors import HydraException
+
+    try:
+        cfg = compose(recipe, single)
+    except HydraException as err:  # e.g. hydra.x=1 where Hydra wants +hydra.x=1: its own words
+        raise ConfigError(problems + [str(err).strip().replace("\n", " ")]) from None
     data = OmegaConf.to_container(cfg, resolve=True)
     data.pop("hydra", None)
     problems += validate(data)
@@ -133,22 +139,112 @@ def check(recipe: str, overrides: list[str]):
     return cfg
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    recipe, overrides, flags = split_arguments(argv)
-    try:
-        check(recipe, overrides)
-    except ConfigError as err:
-        print(f"das_train: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+HELP_FLAGS = ("-h", "--help")
+MULTIRUN_FLAGS = ("-m", "--multirun")
 
+
+def print_help(recipe: str | None, overrides: list[str]) -> None:
+    """``--help``: recipes, groups, every key; with ``recipe=``, that recipe's composed values."""
+    from das_train import usage
+
+    values = None
+    if recipe is not None:
+        from omegaconf import OmegaConf
+
+        values = OmegaConf.to_container(check(recipe, overrides), resolve=True)
+    print(usage.help_text(recipes_dir(), DEFAULT_RECIPE, CONF_DIR, GROUPS, recipe, values), end="")
+
+
+def hydra_directory_overrides(cfg, overrides: list[str], multirun: bool) -> list[str]:
+    """Hydra settings that make one directory per job the run directory.
+
+    In a multirun the job's subdirectory is Hydra's ``override_dirname`` built from the swept
+    keys only: jobs that differ in anything but ``sweep.shard`` get their own directory, while
+    the shards of one sweep (only ``sweep.shard`` swept) share ``run_dir``, which sharding needs.
+    Shards keep their own ``.hydra/`` so they do not overwrite each other's record.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    extra = []
+    if multirun and not any(o.startswith("hydra.job.config.override_dirname.") for o in overrides):
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        fixed = {o.key_or_group for o in parsed if not o.is_sweep_override()} | {"sweep.shard"}
+        extra.append("hydra.job.config.override_dirname.exclude_keys=[" + ",".join(f"'{k}'" for k in sorted(fixed)) + "]")
+    if cfg.sweep.num_shards > 1 and not any(o.startswith("hydra.output_subdir=") for o in overrides):
+        extra.append("hydra.output_subdir=.hydra/shard-${sweep.shard}")
+    return extra
+
+
+def job_run_dir(cfg) -> str:
+    """The directory Hydra made for this job (``hydra.run.dir``, or the sweep's job directory),
+    written as the user wrote ``run_dir`` where it is that or below it, else relative to the
+    working directory where it is inside it, so a recorded config.yaml names it the same way."""
+    from hydra.core.hydra_config import HydraConfig
+
+    output = os.path.abspath(HydraConfig.get().runtime.output_dir)
+    given = os.path.abspath(cfg.run_dir)
+    if output == given:
+        return cfg.run_dir
+    if output.startswith(given + os.sep):
+        return os.path.join(cfg.run_dir, os.path.relpath(output, given))
+    if output.startswith(os.getcwd() + os.sep):
+        return os.path.relpath(output)
+    return output
+
+
+class RunInterrupted(BaseException):
+    """SIGINT or SIGTERM during a run. Not a KeyboardInterrupt, which Lightning turns into a
+    silent ``exit(1)``, and not an Exception, so no ``except Exception`` on the way swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
+
+
+def _raise_interrupted(signum: int, frame) -> None:
+    raise RunInterrupted(signum)
+
+
+def run_with_hydra(recipe: str, overrides: list[str], flags: list[str], run_dirs: list[str]) -> None:
+    """Starts Hydra on the recipe; each job runs with ``run_dir`` set to its Hydra directory,
+    which is appended to ``run_dirs`` (so an interrupt can name it)."""
     import hydra
 
     from das_train.training.run import run
 
     def entry(cfg) -> None:
+        cfg.run_dir = job_run_dir(cfg)
+        run_dirs.append(cfg.run_dir)
         run(cfg)
 
     sys.argv = [sys.argv[0], *flags, *overrides]
     path = recipe_file(recipe)
     hydra.main(version_base="1.3", config_path=str(path.parent), config_name=path.stem)(entry)()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    recipe, overrides, flags = split_arguments(argv)
+    try:
+        if any(flag in HELP_FLAGS for flag in flags):
+            print_help(recipe if any(a.startswith("recipe=") for a in argv) else None, overrides)
+            return
+        cfg = check(recipe, overrides)
+    except ConfigError as err:
+        print(f"das_train: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+    multirun = any(flag in MULTIRUN_FLAGS for flag in flags)
+    overrides += hydra_directory_overrides(cfg, overrides, multirun)
+    run_dirs = [cfg.run_dir]
+    handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        run_with_hydra(recipe, overrides, flags, run_dirs)
+    except (RunInterrupted, KeyboardInterrupt) as stop:
+        code = stop.exit_code if isinstance(stop, RunInterrupted) else 130
+        print(f"das_train: interrupted ({signal.Signals(code - 128).name}); results so far are in "
+              f"{run_dirs[-1]}; run the same command again to resume", file=sys.stderr, flush=True)
+        raise SystemExit(code) from None
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)

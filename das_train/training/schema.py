@@ -208,7 +208,10 @@ class RunConfig:
     """``das_sweep`` (DAS and probes over sites), ``causal_tracing`` (Meng et al. 2022) or
     ``steering`` (a word's embedding added at every decoding step, the paper's Figure 1)."""
     run_dir: str = "runs/gender_tiny"
-    """Where the config, checkpoints, table and heatmaps go; re-running resumes."""
+    """The run's one directory: config, results, checkpoints, interventions, logs, table,
+    heatmaps and Hydra's ``.hydra/``. ``hydra.run.dir`` is the same setting (given, it wins).
+    In a multirun each job writes to run_dir/<swept key=value,...>, except that shards (only
+    ``sweep.shard`` swept) share run_dir. Running the same command again resumes."""
     cache_dir: str = ".cache/das_train"
     """Where generated pairs and models trained on the spot are cached."""
     seed: int = 0
