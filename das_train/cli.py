@@ -19,6 +19,9 @@ from das_train.training.schema import ConfigError, schema_keys, validate
 CONF_DIR = Path(__file__).parent / "conf"
 GROUPS = ("model", "task", "intervention", "trainer", "logger", "sweep")
 DEFAULT_RECIPE = "gender_tiny"
+# Lightning's DDP launcher starts each further process with this command line as Hydra saw it,
+# which has no recipe= (Hydra never sees it); the recipe file reaches them through this variable.
+RECIPE_OF_PARENT = "DAS_TRAIN_RECIPE_OF_PARENT"
 
 
 def shipped_recipes_dir() -> Path:
@@ -50,7 +53,7 @@ def available_recipes() -> list[str]:
 
 def split_arguments(argv: list[str]) -> tuple[str, list[str], list[str]]:
     """(recipe, overrides, Hydra flags such as -m / --multirun / --cfg)."""
-    recipe = DEFAULT_RECIPE
+    recipe = os.environ.get(RECIPE_OF_PARENT, DEFAULT_RECIPE)
     overrides, flags = [], []
     for arg in argv:
         if arg.startswith("recipe="):
@@ -205,6 +208,15 @@ def _raise_interrupted(signum: int, frame) -> None:
     raise RunInterrupted(signum)
 
 
+def report_interrupt(exit_code: int, run_dir: str) -> None:
+    """One line on stderr, from rank 0 only (a Ctrl-C reaches every DDP process)."""
+    from das_train.training.run import is_global_zero
+
+    if is_global_zero():
+        print(f"das_train: interrupted ({signal.Signals(exit_code - 128).name}); results so far are in "
+              f"{run_dir}; run the same command again to resume", file=sys.stderr, flush=True)
+
+
 def run_with_hydra(recipe: str, overrides: list[str], flags: list[str], run_dirs: list[str]) -> None:
     """Starts Hydra on the recipe; each job runs with ``run_dir`` set to its Hydra directory,
     which is appended to ``run_dirs`` (so an interrupt can name it)."""
@@ -238,13 +250,18 @@ def main(argv: list[str] | None = None) -> None:
     overrides += hydra_directory_overrides(cfg, overrides, multirun)
     run_dirs = [cfg.run_dir]
     handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    parent_recipe = os.environ.get(RECIPE_OF_PARENT)
+    os.environ[RECIPE_OF_PARENT] = str(recipe_file(recipe))
     try:
         run_with_hydra(recipe, overrides, flags, run_dirs)
     except (RunInterrupted, KeyboardInterrupt) as stop:
         code = stop.exit_code if isinstance(stop, RunInterrupted) else 130
-        print(f"das_train: interrupted ({signal.Signals(code - 128).name}); results so far are in "
-              f"{run_dirs[-1]}; run the same command again to resume", file=sys.stderr, flush=True)
+        report_interrupt(code, run_dirs[-1])
         raise SystemExit(code) from None
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
+        if parent_recipe is None:
+            del os.environ[RECIPE_OF_PARENT]
+        else:
+            os.environ[RECIPE_OF_PARENT] = parent_recipe

@@ -187,3 +187,24 @@ def test_ctrl_c_during_a_real_run_exits_130_with_one_line(tmp_path):
     assert "Traceback" not in output
     assert output.strip().splitlines()[-1] == (
         "das_train: interrupted (SIGINT); results so far are in r; run the same command again to resume")
+
+
+# -- further DDP processes -------------------------------------------------------------------------
+
+
+def test_processes_started_from_the_command_line_compose_the_same_recipe(tmp_path, monkeypatch):
+    """Lightning's DDP launcher reruns ``sys.argv`` as Hydra saw it (no recipe=) in each further
+    process; those must compose the parent's recipe, not the default one."""
+    from das_train.training import run as run_module
+
+    seen = {}
+
+    def record_what_a_child_would_run(cfg):
+        recipe, overrides, _ = cli.split_arguments(sys.argv[1:])
+        seen["recipe"] = cli.check(recipe, overrides).recipe
+
+    monkeypatch.setattr(run_module, "run", record_what_a_child_would_run)
+    monkeypatch.setattr(sys, "argv", ["das_train"])
+    cli.main(["recipe=hierarchical_equality", f"run_dir={tmp_path}/r"])
+    assert seen["recipe"] == "hierarchical_equality"
+    assert cli.RECIPE_OF_PARENT not in os.environ
