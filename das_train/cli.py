@@ -171,7 +171,8 @@ def hydra_directory_overrides(cfg, overrides: list[str], multirun: bool) -> list
     extra = []
     if multirun and not any(o.startswith("hydra.job.config.override_dirname.") for o in overrides):
         parsed = OverridesParser.create().parse_overrides(overrides)
-        fixed = {o.key_or_group for o in parsed if not o.is_sweep_override()} | {"sweep.shard"}
+        # A swept run_dir already parts the jobs (hydra.sweep.dir is run_dir).
+        fixed = {o.key_or_group for o in parsed if not o.is_sweep_override()} | {"sweep.shard", "run_dir"}
         extra.append("hydra.job.config.override_dirname.exclude_keys=[" + ",".join(f"'{k}'" for k in sorted(fixed)) + "]")
     if cfg.sweep.num_shards > 1 and not any(o.startswith("hydra.output_subdir=") for o in overrides):
         extra.append("hydra.output_subdir=.hydra/shard-${sweep.shard}")

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def test_multirun_names_job_directories_by_swept_keys_but_shard():
     (exclude, hydra_dir) = cli.hydra_directory_overrides(
         cfg, ["intervention=low_rank,boundless", "sweep.shard=0,1", "sweep.num_shards=2", "trainer.max_steps=5"], True)
     assert exclude == ("hydra.job.config.override_dirname.exclude_keys="
-                       "['sweep.num_shards','sweep.shard','trainer.max_steps']")
+                       "['run_dir','sweep.num_shards','sweep.shard','trainer.max_steps']")
     assert hydra_dir == "hydra.output_subdir=.hydra/shard-${sweep.shard}"
     assert cli.hydra_directory_overrides(cli.check("gender_tiny", []), ["trainer.max_steps=5"], False) == []
 
@@ -175,6 +176,8 @@ def test_ctrl_c_during_a_real_run_exits_130_with_one_line(tmp_path):
     command = das_train_command("run_dir=r", "cache_dir=cache", "trainer.max_steps=100000", "sweep.positions=[last]",
                                 *overrides)
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(240, process.kill)  # a run that ignores the signal fails, not hangs
+    watchdog.start()
     lines = []
     for line in process.stdout:
         lines.append(line)
@@ -183,7 +186,8 @@ def test_ctrl_c_during_a_real_run_exits_130_with_one_line(tmp_path):
             process.send_signal(signal.SIGINT)
             break
     output = "".join(lines) + process.stdout.read()
-    assert process.wait(timeout=120) == 130, output[-3000:]
+    watchdog.cancel()
+    assert process.wait() == 130, output[-3000:]
     assert "Traceback" not in output
     assert output.strip().splitlines()[-1] == (
         "das_train: interrupted (SIGINT); results so far are in r; run the same command again to resume")
