@@ -114,6 +114,15 @@ def compose(recipe: str, overrides: list[str]):
         return hydra_compose(config_name=path.stem, overrides=overrides)
 
 
+def first_values(overrides: list[str]) -> list[str]:
+    """The overrides with each multirun sweep (``a=1,2``, ``a=[0],[1]``, ``a=range(4)``) cut
+    to its first value, read by Hydra's own parser, so one composition checks them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return [f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
+            for o in OverridesParser.create().parse_overrides(overrides)]
+
+
 def check(recipe: str, overrides: list[str]):
     """Composes and validates; raises ConfigError naming every problem."""
     from omegaconf import OmegaConf
@@ -121,17 +130,10 @@ def check(recipe: str, overrides: list[str]):
     problems, usable = override_problems(recipe, overrides)
     if recipe_file(recipe) is None:
         raise ConfigError(problems)
-    # A multirun value list (a=1,2) is checked through its first value.
-    single = []
-    for override in usable:
-        key, value = override.split("=", 1)
-        if "," in value and not value.startswith(("[", "{")):
-            value = value.split(",")[0]
-        single.append(f"{key}={value}")
     from hydra.errors import HydraException
 
     try:
-        cfg = compose(recipe, single)
+        cfg = compose(recipe, first_values(usable))
     except HydraException as err:  # e.g. hydra.x=1 where Hydra wants +hydra.x=1: its own words
         raise ConfigError(problems + [str(err).strip().replace("\n", " ")]) from None
     data = OmegaConf.to_container(cfg, resolve=True)

@@ -93,6 +93,15 @@ def test_hydra_overrides_pass_through_and_unknown_keys_are_all_reported(capsys):
     assert "use +hydra.job.env_set.SOME_VAR=1" in capsys.readouterr().err
 
 
+def test_multirun_sweeps_are_checked_through_their_first_value():
+    cfg = cli.check("gender_tiny", ["sweep.layers=[0],[1]", "sweep.shard=range(0,2)", "sweep.num_shards=2",
+                                    "intervention=boundless,low_rank", "sweep.positions=[name,last]"])
+    assert (list(cfg.sweep.layers), cfg.sweep.shard, list(cfg.sweep.positions)) == ([0], 0, ["name", "last"])
+    assert cfg.intervention.type == "BoundlessRotatedSpaceIntervention"
+    with pytest.raises(schema.ConfigError, match="'trainer.batch_size' = 'lots' has the wrong type"):
+        cli.check("gender_tiny", ["trainer.batch_size=lots,8"])
+
+
 def test_multirun_names_job_directories_by_swept_keys_but_shard():
     cfg = cli.check("gender_tiny", ["sweep.num_shards=2"])
     (exclude, hydra_dir) = cli.hydra_directory_overrides(
