@@ -8,10 +8,12 @@ problem is reported at once: unknown keys, unknown group options, wrong types, b
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from das_train.training.schema import ConfigError, schema_keys, validate
@@ -204,11 +206,55 @@ class RunInterrupted(BaseException):
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
+        self.signum = signum
         self.exit_code = 128 + signum
 
 
 def _raise_interrupted(signum: int, frame) -> None:
     raise RunInterrupted(signum)
+
+
+@contextlib.contextmanager
+def interrupts_raise():
+    """SIGINT and SIGTERM raise :class:`RunInterrupted` while inside; the previous handlers
+    come back after.
+
+    Python drops an exception raised in a finalizer (a ``__del__``, a weakref callback) with an
+    "Exception ignored" note, so a signal that lands in one would be lost (seen in Lightning's
+    ``Profiler.__del__``); such a dropped interrupt is sent again from a helper thread, so the
+    handler runs once more, in ordinary code.
+    """
+    handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook = sys.unraisablehook
+
+    def deliver_again(unraisable) -> None:
+        if isinstance(unraisable.exc_value, RunInterrupted):
+            threading.Timer(0.05, os.kill, (os.getpid(), unraisable.exc_value.signum)).start()
+        else:
+            previous_hook(unraisable)
+
+    sys.unraisablehook = deliver_again
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous_hook
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def recipe_for_child_processes(recipe: str):
+    """Sets :data:`RECIPE_OF_PARENT` to the recipe's file while inside (DDP processes that
+    Lightning starts inherit it), then puts back what was there."""
+    before = os.environ.get(RECIPE_OF_PARENT)
+    os.environ[RECIPE_OF_PARENT] = str(recipe_file(recipe))
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[RECIPE_OF_PARENT]
+        else:
+            os.environ[RECIPE_OF_PARENT] = before
 
 
 def report_interrupt(exit_code: int, run_dir: str) -> None:
@@ -252,19 +298,10 @@ def main(argv: list[str] | None = None) -> None:
     multirun = any(flag in MULTIRUN_FLAGS for flag in flags)
     overrides += hydra_directory_overrides(cfg, overrides, multirun)
     run_dirs = [cfg.run_dir]
-    handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
-    parent_recipe = os.environ.get(RECIPE_OF_PARENT)
-    os.environ[RECIPE_OF_PARENT] = str(recipe_file(recipe))
     try:
-        run_with_hydra(recipe, overrides, flags, run_dirs)
+        with interrupts_raise(), recipe_for_child_processes(recipe):
+            run_with_hydra(recipe, overrides, flags, run_dirs)
     except (RunInterrupted, KeyboardInterrupt) as stop:
         code = stop.exit_code if isinstance(stop, RunInterrupted) else 130
         report_interrupt(code, run_dirs[-1])
         raise SystemExit(code) from None
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-        if parent_recipe is None:
-            del os.environ[RECIPE_OF_PARENT]
-        else:
-            os.environ[RECIPE_OF_PARENT] = parent_recipe

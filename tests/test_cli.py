@@ -153,6 +153,20 @@ def send_sigterm_to_self() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+class SignalledWhileCollected:
+    """Sends SIGTERM from its finalizer, where Python drops any exception the handler raises."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def sigterm_inside_a_finalizer() -> None:
+    SignalledWhileCollected()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the run goes on until the interrupt arrives again
+        time.sleep(0.01)
+
+
 def _fake_run(action):
     def run(cfg):
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
@@ -164,6 +178,7 @@ def _fake_run(action):
 @pytest.mark.parametrize("action, status, name", [
     (press_ctrl_c, 130, "SIGINT"),
     (send_sigterm_to_self, 143, "SIGTERM"),
+    (sigterm_inside_a_finalizer, 143, "SIGTERM"),
 ])
 def test_an_interrupted_run_says_where_its_results_are(action, status, name, tmp_path, monkeypatch, capsys):
     from das_train.training import run as run_module
