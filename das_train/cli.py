@@ -8,16 +8,23 @@ problem is reported at once: unknown keys, unknown group options, wrong types, b
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
+from das_train.training.run_dir import RunDirLocked
 from das_train.training.schema import ConfigError, schema_keys, validate
 
 CONF_DIR = Path(__file__).parent / "conf"
 GROUPS = ("model", "task", "intervention", "trainer", "logger", "sweep")
 DEFAULT_RECIPE = "gender_tiny"
+# Lightning's DDP launcher starts each further process with this command line as Hydra saw it,
+# which has no recipe= (Hydra never sees it); the recipe file reaches them through this variable.
+RECIPE_OF_PARENT = "DAS_TRAIN_RECIPE_OF_PARENT"
 
 
 def shipped_recipes_dir() -> Path:
@@ -49,7 +56,7 @@ def available_recipes() -> list[str]:
 
 def split_arguments(argv: list[str]) -> tuple[str, list[str], list[str]]:
     """(recipe, overrides, Hydra flags such as -m / --multirun / --cfg)."""
-    recipe = DEFAULT_RECIPE
+    recipe = os.environ.get(RECIPE_OF_PARENT, DEFAULT_RECIPE)
     overrides, flags = [], []
     for arg in argv:
         if arg.startswith("recipe="):
@@ -133,6 +140,15 @@ def _sweep_problems(data: dict, schema_clean: bool) -> list[str]:
     return problems
 
 
+def first_values(overrides: list[str]) -> list[str]:
+    """The overrides with each multirun sweep (``a=1,2``, ``a=[0],[1]``, ``a=range(4)``) cut
+    to its first value, read by Hydra's own parser, so one composition checks them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return [f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
+            for o in OverridesParser.create().parse_overrides(overrides)]
+
+
 def check(recipe: str, overrides: list[str]):
     """Composes and validates; raises ConfigError naming every problem."""
     from omegaconf import OmegaConf
@@ -140,14 +156,12 @@ def check(recipe: str, overrides: list[str]):
     problems, usable = override_problems(recipe, overrides)
     if recipe_file(recipe) is None:
         raise ConfigError(problems)
-    # A multirun value list (a=1,2) is checked through its first value.
-    single = []
-    for override in usable:
-        key, value = override.split("=", 1)
-        if "," in value and not value.startswith(("[", "{")):
-            value = value.split(",")[0]
-        single.append(f"{key}={value}")
-    cfg = compose(recipe, single)
+    from hydra.errors import HydraException
+
+    try:
+        cfg = compose(recipe, first_values(usable))
+    except HydraException as err:  # e.g. hydra.x=1 where Hydra wants +hydra.x=1: its own words
+        raise ConfigError(problems + [str(err).strip().replace("\n", " ")]) from None
     data = OmegaConf.to_container(cfg, resolve=True)
     data.pop("hydra", None)
     problems += validate(data)
@@ -157,22 +171,168 @@ def check(recipe: str, overrides: list[str]):
     return cfg
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    recipe, overrides, flags = split_arguments(argv)
-    try:
-        check(recipe, overrides)
-    except ConfigError as err:
-        print(f"das_train: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+HELP_FLAGS = ("-h", "--help")
+MULTIRUN_FLAGS = ("-m", "--multirun")
 
+
+def print_help(recipe: str | None, overrides: list[str]) -> None:
+    """``--help``: recipes, groups, every key; with ``recipe=``, that recipe's composed values."""
+    from das_train import usage
+
+    values = None
+    if recipe is not None:
+        from omegaconf import OmegaConf
+
+        values = OmegaConf.to_container(check(recipe, overrides), resolve=True)
+    print(usage.help_text(recipes_dir(), DEFAULT_RECIPE, CONF_DIR, GROUPS, recipe, values), end="")
+
+
+def hydra_directory_overrides(cfg, overrides: list[str], multirun: bool) -> list[str]:
+    """Hydra settings that make one directory per job the run directory.
+
+    In a multirun the job's subdirectory is Hydra's ``override_dirname`` built from the swept
+    keys only: jobs that differ in anything but ``sweep.shard`` get their own directory, while
+    the shards of one sweep (only ``sweep.shard`` swept) share ``run_dir``, which sharding needs.
+    Shards keep their own ``.hydra/`` so they do not overwrite each other's record.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    extra = []
+    if multirun and not any(o.startswith("hydra.job.config.override_dirname.") for o in overrides):
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        # A swept run_dir already parts the jobs (hydra.sweep.dir is run_dir).
+        fixed = {o.key_or_group for o in parsed if not o.is_sweep_override()} | {"sweep.shard", "run_dir"}
+        extra.append("hydra.job.config.override_dirname.exclude_keys=[" + ",".join(f"'{k}'" for k in sorted(fixed)) + "]")
+    if cfg.sweep.num_shards > 1 and not any(o.startswith("hydra.output_subdir=") for o in overrides):
+        extra.append("hydra.output_subdir=.hydra/shard-${sweep.shard}")
+    return extra
+
+
+def job_run_dir(cfg) -> str:
+    """The directory Hydra made for this job (``hydra.run.dir``, or the sweep's job directory),
+    written as the user wrote ``run_dir`` where it is that or below it, else relative to the
+    working directory where it is inside it, so a recorded config.yaml names it the same way."""
+    from hydra.core.hydra_config import HydraConfig
+
+    output = os.path.abspath(HydraConfig.get().runtime.output_dir)
+    given = os.path.abspath(cfg.run_dir)
+    if output == given:
+        return cfg.run_dir
+    if output.startswith(given + os.sep):
+        return os.path.join(cfg.run_dir, os.path.relpath(output, given))
+    if output.startswith(os.getcwd() + os.sep):
+        return os.path.relpath(output)
+    return output
+
+
+class RunInterrupted(BaseException):
+    """SIGINT or SIGTERM during a run. Not a KeyboardInterrupt, which Lightning turns into a
+    silent ``exit(1)``, and not an Exception, so no ``except Exception`` on the way swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+def _raise_interrupted(signum: int, frame) -> None:
+    raise RunInterrupted(signum)
+
+
+@contextlib.contextmanager
+def interrupts_raise():
+    """SIGINT and SIGTERM raise :class:`RunInterrupted` while inside; the previous handlers
+    come back after.
+
+    Python drops an exception raised in a finalizer (a ``__del__``, a weakref callback) with an
+    "Exception ignored" note, so a signal that lands in one would be lost (seen in Lightning's
+    ``Profiler.__del__``); such a dropped interrupt is sent again from a helper thread, so the
+    handler runs once more, in ordinary code.
+    """
+    handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook = sys.unraisablehook
+
+    def deliver_again(unraisable) -> None:
+        if isinstance(unraisable.exc_value, RunInterrupted):
+            threading.Timer(0.05, os.kill, (os.getpid(), unraisable.exc_value.signum)).start()
+        else:
+            previous_hook(unraisable)
+
+    sys.unraisablehook = deliver_again
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous_hook
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def recipe_for_child_processes(recipe: str):
+    """Sets :data:`RECIPE_OF_PARENT` to the recipe's file while inside (DDP processes that
+    Lightning starts inherit it), then puts back what was there."""
+    before = os.environ.get(RECIPE_OF_PARENT)
+    os.environ[RECIPE_OF_PARENT] = str(recipe_file(recipe))
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[RECIPE_OF_PARENT]
+        else:
+            os.environ[RECIPE_OF_PARENT] = before
+
+
+def report_interrupt(exit_code: int, run_dir: str) -> None:
+    """One line on stderr, from rank 0 only (a Ctrl-C reaches every DDP process)."""
+    from das_train.training.run import is_global_zero
+
+    if is_global_zero():
+        print(f"das_train: interrupted ({signal.Signals(exit_code - 128).name}); results so far are in "
+              f"{run_dir}; run the same command again to resume", file=sys.stderr, flush=True)
+
+
+def run_with_hydra(recipe: str, overrides: list[str], flags: list[str], run_dirs: list[str]) -> None:
+    """Starts Hydra on the recipe; each job runs with ``run_dir`` set to its Hydra directory,
+    which is appended to ``run_dirs`` (so an interrupt can name it)."""
     import hydra
 
     from das_train.training.run import run
 
     def entry(cfg) -> None:
-        run(cfg)
+        cfg.run_dir = job_run_dir(cfg)
+        run_dirs.append(cfg.run_dir)
+        try:
+            run(cfg)
+        except (ConfigError, RunDirLocked) as err:
+            # Found once the run directory or the model is known: refused as the up-front checks are
+            # (one message, exit 2), not reported by Hydra as a crash.
+            print(f"das_train: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     sys.argv = [sys.argv[0], *flags, *overrides]
     path = recipe_file(recipe)
     hydra.main(version_base="1.3", config_path=str(path.parent), config_name=path.stem)(entry)()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    recipe, overrides, flags = split_arguments(argv)
+    try:
+        if any(flag in HELP_FLAGS for flag in flags):
+            print_help(recipe if any(a.startswith("recipe=") for a in argv) else None, overrides)
+            return
+        cfg = check(recipe, overrides)
+    except ConfigError as err:
+        print(f"das_train: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+    multirun = any(flag in MULTIRUN_FLAGS for flag in flags)
+    overrides += hydra_directory_overrides(cfg, overrides, multirun)
+    run_dirs = [cfg.run_dir]
+    try:
+        with interrupts_raise(), recipe_for_child_processes(recipe):
+            run_with_hydra(recipe, overrides, flags, run_dirs)
+    except (RunInterrupted, KeyboardInterrupt) as stop:
+        code = stop.exit_code if isinstance(stop, RunInterrupted) else 130
+        report_interrupt(code, run_dirs[-1])
+        raise SystemExit(code) from None

@@ -213,9 +213,12 @@ class RunConfig:
     """``das_sweep`` (DAS and probes over sites), ``causal_tracing`` (Meng et al. 2022) or
     ``steering`` (a word's embedding added at every decoding step, the paper's Figure 1)."""
     run_dir: str = "runs/gender_tiny"
-    """Where the config, checkpoints, table and heatmaps go; re-running resumes (see ``resume``).
-    One process at a time writes a results file of it: a second one is refused at once, naming
-    the holder (shards of one sweep each have their own and run side by side)."""
+    """The run's one directory: config, results, checkpoints, interventions, logs, table,
+    heatmaps and Hydra's ``.hydra/``. ``hydra.run.dir`` is the same setting (given, it wins).
+    In a multirun each job writes to run_dir/<swept key=value,...>, except that shards (only
+    ``sweep.shard`` swept) share run_dir. Running the same command again resumes (see
+    ``resume``). One process at a time writes a results file of it: a second one is refused at
+    once, naming the holder (shards of one sweep each have their own and run side by side)."""
     resume: str = "auto"
     """What a run does with a run_dir that holds an earlier run. ``auto``: resume it (finished
     sites are kept, the rest run), but only if every setting that can change a result is the
