@@ -58,6 +58,7 @@ from das_train.interventions.static import (
     VanillaIntervention,
     ZeroIntervention,
 )
+from das_train.tasks.causal_model import CausalModel
 
 __version__ = "0.1.0"
 
