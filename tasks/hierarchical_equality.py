@@ -142,7 +142,8 @@ def model_config(task: EqualityTask, size: ExperimentSize):
     widths are checked without training it."""
     import das_train as pv
 
-    return pv.MLPConfig(h_dim=size.hidden, n_layer=3, input_dim=4 * task.embedding_dim, num_classes=2)
+    return pv.MLPConfig(h_dim=size.hidden, n_layer=3, input_dim=4 * task.embedding_dim, num_classes=2,
+                        activation_function="relu", pdrop=0.0, squeeze_output=False)
 
 
 def train_model(task: EqualityTask, size: ExperimentSize, seed: int = 0):

@@ -255,16 +255,18 @@ BERT = ArchitectureTable(
     },
 )
 
+# pyvene's MLP module names; paths are relative to the base model (``model.mlp``).
 MLP = ArchitectureTable(
     "das_mlp",
-    ("das_mlp",),
+    ("das_mlp", "mlp"),
     lambda c: int(c.n_layer),
     {
         "block_input": ComponentSpec(
-            "layers.{layer}", "input", lambda c: int(c.h_dim),
-            layer_width=lambda c, layer: int(c.input_dim if layer == 0 else c.h_dim),
+            "h.{layer}", "input", lambda c: int(c.h_dim),
+            layer_width=lambda c, layer: int((getattr(c, "input_dim", None) or c.h_dim) if layer == 0 else c.h_dim),
         ),
-        "block_output": ComponentSpec("layers.{layer}", "output", lambda c: int(c.h_dim)),
+        "block_output": ComponentSpec("h.{layer}", "output", lambda c: int(c.h_dim)),
+        "mlp_activation": ComponentSpec("h.{layer}.act", "output", lambda c: int(c.h_dim)),
     },
 )
 
