@@ -24,6 +24,13 @@ from das_train.core.loaders import (
 )
 from das_train.core.locations import LocationError
 from das_train.core.model import IntervenableModel, IntervenableOutput
+from das_train.core.sites import (
+    ArchitectureTable,
+    ComponentSpec,
+    register_architecture,
+    type_to_dimension_mapping,
+    type_to_module_mapping,
+)
 from das_train.interventions.autoencoder import AutoencoderIntervention
 from das_train.interventions.base import (
     INTERVENTION_REGISTRY,

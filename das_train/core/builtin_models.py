@@ -161,8 +161,6 @@ class MLPClassifier(nn.Module):
         return "single_label_classification" if integer else "multi_label_classification"
 
 
-MLPForClassification = MLPClassifier
-
 
 @dataclass
 class GRUConfig:
