@@ -20,10 +20,25 @@ from das_train.core.loaders import (
     create_gpt_neo,
     create_gpt_neox,
     create_llama,
+    create_olmo,
     embed_to_distrib,
 )
 from das_train.core.locations import LocationError
 from das_train.core.model import IntervenableModel, IntervenableOutput
+from das_train.core.pyvene_utils import (
+    GET_LOC,
+    closeness_to_permutation_loss,
+    count_parameters,
+    create_directory,
+    format_token,
+    get_batch_size,
+    get_list_depth,
+    harmonic_sigmoid_boundary,
+    random_permutation_matrix,
+    set_seed,
+    sigmoid_boundary,
+    top_vals,
+)
 from das_train.core.sites import (
     ArchitectureTable,
     ComponentSpec,
