@@ -1,6 +1,9 @@
 """The names pyvene 0.1.8 tutorials import from ``pyvene``, and the Boundless DAS tutorial's
 training loop, run unchanged after ``import das_train as pv`` on a tiny Llama built offline."""
 
+# The tutorial's loops are kept as written, unused loop variables included.
+# ruff: noqa: B007
+
 from __future__ import annotations
 
 import random
