@@ -27,6 +27,7 @@ from das_train.core.locations import LocationError
 from das_train.core.model import IntervenableModel, IntervenableOutput
 from das_train.core.pyvene_utils import (
     GET_LOC,
+    build_intervenable_model,
     closeness_to_permutation_loss,
     count_parameters,
     create_directory,

@@ -53,6 +53,12 @@ def test_utils_agree_with_pyvene():
     assert pv.count_parameters(linear) == pyvene.count_parameters(linear) == 6
 
 
+def test_build_intervenable_model_is_the_constructor():
+    _, llama = _tiny_llama()
+    im = pv.build_intervenable_model({"layer": 0, "component": "block_output"}, llama)
+    assert isinstance(im, pv.IntervenableModel) and im.model_config is llama.config
+
+
 def test_loaders_build_from_a_config_offline():
     config = LlamaConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=32,
                          vocab_size=VOCAB, max_position_embeddings=32)

@@ -16,6 +16,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from das_train.core.model import IntervenableModel
+
+
+def build_intervenable_model(config: Any, model: nn.Module) -> IntervenableModel:
+    """pyvene's factory: an :class:`IntervenableModel` for ``model``. An nnsight model (pyvene's
+    remote backend) is refused: we have no nnsight backend."""
+    if type(model).__module__.split(".")[0] == "nnsight":
+        raise TypeError("nnsight models are not supported; wrap the underlying torch model instead")
+    return IntervenableModel(config, model)
+
 
 def set_seed(seed: int) -> None:
     """Seeds Python's ``random``, numpy and torch (every CUDA device too)."""
