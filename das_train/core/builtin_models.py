@@ -241,19 +241,24 @@ def create_mlp_classifier(config: MLPConfig | None = None, tokenizer_name: str |
     The tokenizer is loaded only when ``tokenizer_name`` is given (else ``None``).
     """
     config = config or MLPConfig()
-    tokenizer = None
-    if tokenizer_name is not None:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name, cache_dir=cache_dir)
     if seed is not None:
         torch.manual_seed(seed)
-    return config, tokenizer, MLPClassifier(config)
+    return config, _tokenizer(tokenizer_name, cache_dir), MLPClassifier(config)
 
 
-def create_gru_classifier(config: GRUConfig | None = None, seed: int | None = None):
-    """Builds a GRU classifier; returns ``(config, None, model)`` as the seeds' helpers do."""
+def _tokenizer(tokenizer_name: str | None, cache_dir: str | None):
+    if tokenizer_name is None:
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_name, cache_dir=cache_dir)
+
+
+def create_gru_classifier(config: GRUConfig | None = None, tokenizer_name: str | None = None,
+                          cache_dir: str | None = None, *, seed: int | None = None):
+    """Builds a GRU classifier; returns ``(config, tokenizer, model)`` as pyvene's helper does
+    (pyvene's argument order; the tokenizer only when ``tokenizer_name`` is given)."""
     config = config or GRUConfig()
     if seed is not None:
         torch.manual_seed(seed)
-    return config, None, GRUClassifier(config)
+    return config, _tokenizer(tokenizer_name, cache_dir), GRUClassifier(config)
