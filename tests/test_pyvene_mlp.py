@@ -38,10 +38,13 @@ def test_config_fields_and_defaults_are_pyveness():
     from pyvene.models.mlp.modelings_mlp import MLPConfig as PyveneMLPConfig
 
     theirs, ours = PyveneMLPConfig(), pv.MLPConfig()
-    for name in ("include_emb", "vocab_size", "max_position_embeddings", "n_layer", "h_dim",
-                 "num_classes", "activation_function", "pdrop", "problem_type", "include_bias",
-                 "squeeze_output"):
+    for name in ("include_emb", "n_layer", "h_dim", "num_classes", "activation_function", "pdrop",
+                 "problem_type", "include_bias", "squeeze_output"):
         assert getattr(ours, name) == getattr(theirs, name), name
+    # Vocabulary and positions mean something only with embeddings (our documented difference).
+    assert ours.vocab_size is None and ours.max_position_embeddings is None
+    with_emb = pv.MLPConfig(include_emb=True)
+    assert (with_emb.vocab_size, with_emb.max_position_embeddings) == (theirs.vocab_size, theirs.max_position_embeddings)
 
 
 def test_same_logits_and_squeezed_output():
@@ -113,3 +116,15 @@ def test_linked_rotation_two_sources_as_in_the_das_tutorial():
     torch.testing.assert_close(a.logits, expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(b[0], expected  # pyvene's MLP returns a tuple
                                , rtol=0, atol=1e-5)
+
+
+def test_embeddings_as_pyvene():
+    pyvene = pytest.importorskip("pyvene")
+    from pyvene.models.mlp.modelings_mlp import MLPConfig as PyveneMLPConfig
+
+    fields = dict(include_emb=True, vocab_size=20, max_position_embeddings=4, h_dim=H, pdrop=0.0)
+    _, _, theirs = pyvene.create_mlp_classifier(PyveneMLPConfig(**fields))
+    _, _, ours = pv.create_mlp_classifier(pv.MLPConfig(**fields))
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    ids, positions = torch.tensor([[3], [7]]), torch.tensor([[0], [2]])
+    torch.testing.assert_close(ours.eval()(ids, positions).logits, theirs.eval()(ids, positions)[0], rtol=0, atol=0)

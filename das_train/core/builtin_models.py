@@ -22,10 +22,12 @@ class MLPConfig:
 
     include_emb: bool = False
     """Embed ``input_ids`` with token (``wte``) and position (``wpe``) embeddings."""
-    vocab_size: int = 50_257
-    """Rows of ``wte`` (with ``include_emb``)."""
-    max_position_embeddings: int = 512
-    """Rows of ``wpe`` (with ``include_emb``)."""
+    vocab_size: int | None = None
+    """Rows of ``wte``; with ``include_emb`` it defaults to pyvene's 50257. Without, it stays
+    ``None``: the model takes no token ids (pyvene keeps 50257 there, which would make input
+    checks expect ids)."""
+    max_position_embeddings: int | None = None
+    """Rows of ``wpe``; with ``include_emb`` it defaults to pyvene's 512, else ``None``."""
     n_layer: int = 2
     """Number of hidden layers (the sites ``block_input``/``block_output`` index these)."""
     h_dim: int = 512
@@ -55,6 +57,10 @@ class MLPConfig:
 
         if self.input_dim is None:
             self.input_dim = self.h_dim
+        if self.include_emb:
+            self.vocab_size = 50_257 if self.vocab_size is None else self.vocab_size
+            if self.max_position_embeddings is None:
+                self.max_position_embeddings = 512
         if self.activation_function not in ACT2FN:
             raise ValueError(
                 f"activation_function={self.activation_function!r}; allowed: {sorted(ACT2FN)}"
