@@ -20,10 +20,33 @@ from das_train.core.loaders import (
     create_gpt_neo,
     create_gpt_neox,
     create_llama,
+    create_olmo,
     embed_to_distrib,
 )
 from das_train.core.locations import LocationError
 from das_train.core.model import IntervenableModel, IntervenableOutput
+from das_train.core.pyvene_utils import (
+    GET_LOC,
+    build_intervenable_model,
+    closeness_to_permutation_loss,
+    count_parameters,
+    create_directory,
+    format_token,
+    get_batch_size,
+    get_list_depth,
+    harmonic_sigmoid_boundary,
+    random_permutation_matrix,
+    set_seed,
+    sigmoid_boundary,
+    top_vals,
+)
+from das_train.core.sites import (
+    ArchitectureTable,
+    ComponentSpec,
+    register_architecture,
+    type_to_dimension_mapping,
+    type_to_module_mapping,
+)
 from das_train.interventions.autoencoder import AutoencoderIntervention
 from das_train.interventions.base import (
     INTERVENTION_REGISTRY,
@@ -58,6 +81,7 @@ from das_train.interventions.static import (
     VanillaIntervention,
     ZeroIntervention,
 )
+from das_train.tasks.causal_model import CausalModel
 
 __version__ = "0.1.0"
 

@@ -15,7 +15,28 @@ from dataclasses import dataclass
 
 import torch
 
+from das_train.tasks.causal_model import CausalModel
+
 VARIABLES = ("WX", "YZ")
+
+
+def equality_causal_model(n_objects: int) -> CausalModel:
+    """The task's causal model over object ids; its functions take ``(n,)`` tensors, so one
+    call runs a whole batch."""
+    objects = list(range(n_objects))
+    return CausalModel(
+        ["W", "X", "Y", "Z", "WX", "YZ", "O"],
+        {"W": objects, "X": objects, "Y": objects, "Z": objects,
+         "WX": [True, False], "YZ": [True, False], "O": [True, False]},
+        {"W": [], "X": [], "Y": [], "Z": [], "WX": ["W", "X"], "YZ": ["Y", "Z"], "O": ["WX", "YZ"]},
+        {"W": lambda: 0, "X": lambda: 0, "Y": lambda: 0, "Z": lambda: 0,
+         "WX": lambda w, x: w == x, "YZ": lambda y, z: y == z, "O": lambda wx, yz: wx == yz},
+    )
+
+
+def _setting(ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(n, 4) object ids as the causal model's input setting."""
+    return {name: ids[:, i] for i, name in enumerate("WXYZ")}
 
 
 @dataclass(frozen=True)
@@ -52,17 +73,27 @@ class EqualityTask:
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.vocabulary()[ids].reshape(ids.shape[0], -1)  # (n, 4 * dim)
 
-    @staticmethod
-    def variables(ids: torch.Tensor) -> torch.Tensor:
+    def causal_model(self) -> CausalModel:
+        return equality_causal_model(self.n_objects)
+
+    def variables(self, ids: torch.Tensor) -> torch.Tensor:
         """(n, 2) values of WX and YZ."""
-        return torch.stack([ids[:, 0] == ids[:, 1], ids[:, 2] == ids[:, 3]], dim=1).long()
+        setting = self.causal_model().run_forward(_setting(ids))
+        return torch.stack([setting["WX"], setting["YZ"]], dim=1).long()
+
+    def label(self, ids: torch.Tensor, source_ids: torch.Tensor | None = None,
+              variable: str | None = None) -> torch.Tensor:
+        """(n,) output on ``ids``, or after taking ``variable`` from ``source_ids``."""
+        model = self.causal_model()
+        if variable is None:
+            return model.run_forward(_setting(ids))["O"].long()
+        return model.run_interchange(_setting(ids), {variable: _setting(source_ids)})["O"].long()
 
     def factual(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and labels for training the model itself."""
         gen = torch.Generator().manual_seed(seed)
         ids = self._sample_objects(n, gen)
-        v = self.variables(ids)
-        return self.embed(ids), (v[:, 0] == v[:, 1]).long()
+        return self.embed(ids), self.label(ids)
 
     def counterfactual_pairs(self, n: int, seed: int, variable: str | None = None) -> dict[str, torch.Tensor]:
         """Pairs for interchange interventions on ``variable`` (or a random one per pair).
@@ -76,16 +107,13 @@ class EqualityTask:
             which = torch.randint(0, 2, (n,), generator=gen)
         else:
             which = torch.full((n,), VARIABLES.index(variable))
-        vb, vs = self.variables(base_ids), self.variables(source_ids)
-        mixed = vb.clone()
-        rows = torch.arange(n)
-        mixed[rows, which] = vs[rows, which]
+        per_variable = [self.label(base_ids, source_ids, name) for name in VARIABLES]
         return {
             "base": self.embed(base_ids),
             "source": self.embed(source_ids),
             "variable": which,
-            "base_label": (vb[:, 0] == vb[:, 1]).long(),
-            "counterfactual_label": (mixed[:, 0] == mixed[:, 1]).long(),
+            "base_label": self.label(base_ids),
+            "counterfactual_label": torch.where(which == 0, *per_variable),
         }
 
 
@@ -114,7 +142,8 @@ def model_config(task: EqualityTask, size: ExperimentSize):
     widths are checked without training it."""
     import das_train as pv
 
-    return pv.MLPConfig(h_dim=size.hidden, n_layer=3, input_dim=4 * task.embedding_dim, num_classes=2)
+    return pv.MLPConfig(h_dim=size.hidden, n_layer=3, input_dim=4 * task.embedding_dim, num_classes=2,
+                        activation_function="relu", pdrop=0.0, squeeze_output=False)
 
 
 def train_model(task: EqualityTask, size: ExperimentSize, seed: int = 0):
@@ -278,14 +307,14 @@ class EqualityPairsTask(CounterfactualTask):
         gen = torch.Generator().manual_seed(seed)  # drawn as counterfactual_pairs draws them
         base_ids = self.equality._sample_objects(n, gen)  # (n, 4)
         source_ids = self.equality._sample_objects(n, gen)
-        vb, vs = EqualityTask.variables(base_ids), EqualityTask.variables(source_ids)  # (n, 2)
+        vb, vs = self.equality.variables(base_ids), self.equality.variables(source_ids)  # (n, 2)
         width = 4 * self.equality.embedding_dim
         columns = {
             BASE_EMBEDS: self.equality.embed(base_ids).reshape(n, 1, width).tolist(),
             SOURCE_EMBEDS: self.equality.embed(source_ids).reshape(n, 1, width).tolist(),
-            BASE_LABEL: (vb[:, 0] == vb[:, 1]).long().tolist(),
-            SOURCE_LABEL: (vs[:, 0] == vs[:, 1]).long().tolist(),
-            COUNTERFACTUAL_LABEL: (vs[:, 0] == vb[:, 1]).long().tolist(),  # WX from the source
+            BASE_LABEL: self.equality.label(base_ids).tolist(),
+            SOURCE_LABEL: self.equality.label(source_ids).tolist(),
+            COUNTERFACTUAL_LABEL: self.equality.label(base_ids, source_ids, "WX").tolist(),
             BASE_VARIABLE: vb[:, 0].tolist(),
             SOURCE_VARIABLE: vs[:, 0].tolist(),
             BASE_CONTROL: self.control_classes()[base_ids[:, 0], base_ids[:, 1]].tolist(),

@@ -45,16 +45,16 @@ def test_module_path_input_side_and_bracket_indices(gpt2, base_source):
 
 
 def test_mlp_block_output_by_hand():
-    config, _, mlp = pv.create_mlp_classifier(pv.MLPConfig(h_dim=8, n_layer=3, input_dim=12, num_classes=2), seed=0)
+    config, _, mlp = pv.create_mlp_classifier(pv.MLPConfig(h_dim=8, n_layer=3, input_dim=12, num_classes=2, activation_function="relu"), seed=0)
     mlp.eval()
     base, source = torch.randn(5, 12), torch.randn(5, 12)
     im = pv.IntervenableModel({"layer": 1, "component": "block_output", "intervention_type": pv.VanillaIntervention}, mlp)
     _, out = im({"inputs_embeds": base}, [{"inputs_embeds": source}], subspaces=[0, 2, 4])
     with torch.no_grad():
-        hb = mlp.layers[1](mlp.layers[0](base))
-        hs = mlp.layers[1](mlp.layers[0](source))
+        hb = mlp.mlp.h[1](mlp.mlp.h[0](base))
+        hs = mlp.mlp.h[1](mlp.mlp.h[0](source))
         hb[:, [0, 2, 4]] = hs[:, [0, 2, 4]]
-        expected = mlp.head(mlp.layers[2](hb))
+        expected = mlp.score(mlp.mlp.h[2](hb))
     torch.testing.assert_close(out.logits, expected, atol=1e-6, rtol=0)
     widths = pv.IntervenableModel(
         [{"layer": 0, "component": "block_input"}, {"layer": 1, "component": "block_input"}], mlp

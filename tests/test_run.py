@@ -88,7 +88,8 @@ def test_every_recipe_instantiates_against_a_tiny_model(recipe, tmp_path):
 def _small_mlp(task):
     import das_train as pv
 
-    _, _, model = pv.create_mlp_classifier(pv.MLPConfig(h_dim=16, n_layer=3, input_dim=16), seed=0)
+    _, _, model = pv.create_mlp_classifier(pv.MLPConfig(h_dim=16, n_layer=3, input_dim=16, activation_function="relu",
+                                                          pdrop=0.0, squeeze_output=False), seed=0)
     return model.eval(), None
 
 

@@ -67,25 +67,59 @@ def _load(model_cls_name: str, name: str, cache_dir: str | None, dtype: Any = No
     return model.config, tokenizer, model
 
 
-def create_gpt2(name: str = "gpt2", cache_dir: str | None = None, dtype: Any = None):
-    """GPT-2 *base* model (hidden states out), as the paper's snippets use it."""
-    return _load("GPT2Model", name, cache_dir, dtype)
+def _build_from_config(model_cls_name: str, name: str, config: Any, cache_dir: str | None):
+    """A randomly initialised model from ``config``, as pyvene's loaders build one when given a
+    config; the tokenizer comes from the local cache when it is there, else it is ``None``
+    (pyvene always downloads it, which fails offline)."""
+    import transformers
+
+    model = getattr(transformers, model_cls_name)(config)
+    model.eval()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name, cache_dir=cache_dir, local_files_only=True)
+    except (OSError, ValueError):
+        tokenizer = None
+    return config, tokenizer, model
 
 
-def create_gpt2_lm(name: str = "gpt2", cache_dir: str | None = None, dtype: Any = None):
-    return _load("GPT2LMHeadModel", name, cache_dir, dtype)
+def _create(model_cls_name: str, name: str, config: Any, cache_dir: str | None, dtype: Any):
+    if config is not None:
+        return _build_from_config(model_cls_name, name, config, cache_dir)
+    return _load(model_cls_name, name, cache_dir, dtype)
 
 
-def create_gpt_neox(name: str = "EleutherAI/pythia-70m", cache_dir: str | None = None, dtype: Any = None):
-    return _load("GPTNeoXForCausalLM", name, cache_dir, dtype)
+def create_gpt2(name: str = "gpt2", cache_dir: str | None = None, dtype: Any = None, config: Any = None):
+    """GPT-2 *base* model (hidden states out), as the paper's snippets use it. With ``config``,
+    a random-init ``GPT2Model(config)`` is built offline (tokenizer from the cache, or None)."""
+    return _create("GPT2Model", name, config, cache_dir, dtype)
 
 
-def create_gpt_neo(name: str = "roneneldan/TinyStories-33M", cache_dir: str | None = None, dtype: Any = None):
-    return _load("GPTNeoForCausalLM", name, cache_dir, dtype)
+def create_gpt2_lm(name: str = "gpt2", config: Any = None, cache_dir: str | None = None, dtype: Any = None):
+    """GPT-2 with its LM head; pyvene's argument order ``(name, config, cache_dir)``."""
+    return _create("GPT2LMHeadModel", name, config, cache_dir, dtype)
 
 
-def create_llama(name: str = "meta-llama/Llama-2-7b-hf", cache_dir: str | None = None, dtype: Any = torch.bfloat16):
-    return _load("LlamaForCausalLM", name, cache_dir, dtype)
+def create_gpt_neox(name: str = "EleutherAI/pythia-70m", cache_dir: str | None = None, dtype: Any = None,
+                    config: Any = None):
+    return _create("GPTNeoXForCausalLM", name, config, cache_dir, dtype)
+
+
+def create_gpt_neo(name: str = "roneneldan/TinyStories-33M", cache_dir: str | None = None, dtype: Any = None,
+                   config: Any = None):
+    return _create("GPTNeoForCausalLM", name, config, cache_dir, dtype)
+
+
+def create_llama(name: str = "sharpbai/alpaca-7b-merged", cache_dir: str | None = None,
+                 dtype: Any = torch.bfloat16, config: Any = None):
+    """Llama (pyvene's default checkpoint and argument order). With ``config`` the model is
+    built in float32, as pyvene builds it, and ``dtype`` is not applied."""
+    return _create("LlamaForCausalLM", name, config, cache_dir, dtype)
+
+
+def create_olmo(name: str = "allenai/OLMo-7B-0424-hf", cache_dir: str | None = None,
+                dtype: Any = torch.bfloat16, config: Any = None):
+    """OLMo, as :func:`create_llama` (pyvene also takes ``revision``; we load ``main``)."""
+    return _create("OlmoForCausalLM", name, config, cache_dir, dtype)
 
 
 def embed_to_distrib(model, embed: torch.Tensor, log: bool = False, logits: bool = False) -> torch.Tensor:

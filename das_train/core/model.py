@@ -33,6 +33,7 @@ from das_train.core.locations import (
     resolve_negative,
     split_subspaces,
 )
+from das_train.core.pyvene_methods import PyveneTrainingMethods
 from das_train.core.sites import (
     HEAD_COMPONENTS,
     RECURRENT_COMPONENTS,
@@ -111,7 +112,7 @@ class IntervenableOutput:
     collected_activations: list[torch.Tensor] | None
 
 
-class IntervenableModel(nn.Module):
+class IntervenableModel(PyveneTrainingMethods, nn.Module):
     """Wraps ``model`` with the interventions described by ``config``.
 
     Args:

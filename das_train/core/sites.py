@@ -39,8 +39,9 @@ class ComponentSpec:
     """Module path with ``{layer}``, e.g. ``"h.{layer}.mlp"``."""
     hook: str
     """``"input"`` (the module's first input) or ``"output"`` (its first output)."""
-    width: Callable[[Any], int]
-    """Width of the hooked slice of the tensor (all heads together), from the config."""
+    width: Callable[[Any], int | None]
+    """Width of the hooked slice of the tensor (all heads together), from the config; ``None``
+    means: inferred from the module's linear layers."""
     heads: Callable[[Any], int] | None = None
     """Number of heads the slice splits into (head components only)."""
     fused_qkv: tuple[str, int] | None = None
@@ -255,16 +256,18 @@ BERT = ArchitectureTable(
     },
 )
 
+# pyvene's MLP module names; paths are relative to the base model (``model.mlp``).
 MLP = ArchitectureTable(
     "das_mlp",
-    ("das_mlp",),
+    ("das_mlp", "mlp"),
     lambda c: int(c.n_layer),
     {
         "block_input": ComponentSpec(
-            "layers.{layer}", "input", lambda c: int(c.h_dim),
-            layer_width=lambda c, layer: int(c.input_dim if layer == 0 else c.h_dim),
+            "h.{layer}", "input", lambda c: int(c.h_dim),
+            layer_width=lambda c, layer: int((getattr(c, "input_dim", None) or c.h_dim) if layer == 0 else c.h_dim),
         ),
-        "block_output": ComponentSpec("layers.{layer}", "output", lambda c: int(c.h_dim)),
+        "block_output": ComponentSpec("h.{layer}", "output", lambda c: int(c.h_dim)),
+        "mlp_activation": ComponentSpec("h.{layer}.act", "output", lambda c: int(c.h_dim)),
     },
 )
 
@@ -284,7 +287,14 @@ TABLES: tuple[ArchitectureTable, ...] = (GPT2, GPT_NEOX, LLAMA, GPT_NEO, BERT, M
 
 
 def table_for(model: nn.Module) -> ArchitectureTable | None:
-    """The table of the model's family, found by ``config.model_type``."""
+    """The table of the model's family: one registered for its class (or a base class) by
+    :func:`register_architecture` or in pyvene's ``type_to_module_mapping``, else the shipped
+    table of its ``config.model_type``."""
+    for cls in type(model).__mro__:
+        if cls in _REGISTERED:
+            return _REGISTERED[cls]
+        if cls in type_to_module_mapping:
+            return table_from_pyvene_mapping(model, cls)
     return table_for_config(getattr(model, "config", None))
 
 
@@ -296,6 +306,109 @@ def table_for_config(config: Any) -> ArchitectureTable | None:
         if model_type in table.model_types:
             return table
     return None
+
+
+# -- tables added by users, without editing the package ----------------------------------------
+
+_REGISTERED: dict[type, ArchitectureTable] = {}
+
+type_to_module_mapping: dict[type, dict[str, tuple]] = {}
+"""pyvene's form: ``{model_class: {component: (path with "%s" for the layer, hook)}}``, the hook
+being ``"register_forward_hook"`` (output) or ``"register_forward_pre_hook"`` (input). Starts
+empty: the shipped families live in typed tables. Read when a model of that class is wrapped."""
+
+type_to_dimension_mapping: dict[type, dict[str, tuple]] = {}
+"""pyvene's form: ``{model_class: {component: ("hidden_size",)}}``; each proposal is a number,
+a config attribute, ``"attr*k"`` or ``"a/b"``; the first that the config has is the width.
+A component with no entry gets the width inferred from its module."""
+
+_PYVENE_HOOKS = {"register_forward_hook": "output", "register_forward_pre_hook": "input",
+                 "output": "output", "input": "input"}
+
+
+def register_architecture(model_class: type, table: ArchitectureTable) -> None:
+    """Gives ``model_class`` (and its subclasses) a component table, e.g.::
+
+        pv.register_architecture(MyNet, pv.ArchitectureTable(
+            "mynet", (), num_layers=lambda config: config.n_layers,
+            components={"block_output": pv.ComponentSpec("blocks.{layer}", "output",
+                                                          lambda config: config.width)}))
+
+    Paths are relative to the model (or to its ``base_model``); ``{layer}`` is the only
+    placeholder. A registered table wins over pyvene-form mappings and the shipped tables.
+    """
+    if not isinstance(table, ArchitectureTable):
+        raise TypeError(f"register_architecture needs an ArchitectureTable, got {type(table).__name__}")
+    _REGISTERED[model_class] = table
+
+
+def _config_value(config: Any, name: str) -> Any:
+    value = config
+    for part in name.split("."):
+        value = getattr(value, part, None)
+    return value
+
+
+def _number(config: Any, text: str) -> Any:
+    return int(text) if text.isnumeric() else _config_value(config, text)
+
+
+def pyvene_dimension(config: Any, proposals: tuple[str, ...]) -> int | None:
+    """The first of pyvene's dimension proposals that ``config`` answers (read, not evaluated)."""
+    for proposal in proposals:
+        if "*" in proposal:
+            left, right = proposal.split("*", 1)
+            value = _number(config, left)
+            value = None if value is None else value * int(right)
+        elif "/" in proposal:
+            numerator, denominator = (_number(config, part) for part in proposal.split("/", 1))
+            value = None if None in (numerator, denominator) else int(numerator / denominator)
+        else:
+            value = _number(config, proposal)
+        if value is not None:
+            return int(value)
+    return None
+
+
+def _pyvene_spec(cls: type, component: str, entry: tuple, dims: dict[str, tuple]) -> ComponentSpec:
+    path, hook = entry[0], entry[1]
+    problem = None
+    if len(entry) > 2:
+        problem = "sub-component functions (a split or head permutation) are code we do not run"
+    elif path.count("%s") > 1:
+        problem = "paths with a mixture-of-experts key are not supported"
+    elif hook not in _PYVENE_HOOKS:
+        problem = f"hook {hook!r} is not one of {sorted(_PYVENE_HOOKS)}"
+    if problem:
+        raise ValueError(
+            f"type_to_module_mapping[{cls.__name__}][{component!r}]: {problem}; describe it with "
+            "a ComponentSpec (fused_qkv, heads) and pv.register_architecture instead")
+    proposals = dims.get(component)
+    width = (lambda config: pyvene_dimension(config, proposals)) if proposals else (lambda config: None)
+    return ComponentSpec(path.replace("%s", "{layer}"), _PYVENE_HOOKS[hook], width)
+
+
+def table_from_pyvene_mapping(model: nn.Module, cls: type) -> ArchitectureTable:
+    """A table for ``model`` from pyvene-form entries, converted when the model is wrapped."""
+    dims = type_to_dimension_mapping.get(cls, {})
+    components = {name: _pyvene_spec(cls, name, tuple(entry), dims)
+                  for name, entry in type_to_module_mapping[cls].items()}
+    layered = [spec.path for spec in components.values() if "{layer}" in spec.path]
+    return ArchitectureTable(
+        f"{cls.__name__} (type_to_module_mapping)", (),
+        lambda config: _count_layers(model, layered[0]) if layered else 1, components)
+
+
+def _count_layers(model: nn.Module, path: str) -> int:
+    """How many consecutive layers ``path`` resolves for, from 0."""
+    count = 0
+    while True:
+        resolved = path.format(layer=count)
+        try:
+            get_submodule(_base_model(model, resolved), resolved)
+        except LookupError:
+            return count
+        count += 1
 
 
 def all_component_names() -> list[str]:
@@ -424,13 +537,15 @@ def resolve_site(model: nn.Module, layer: int, component: str, unit: str) -> Sit
             f"component {component!r} is not in the {table.name} table; allowed: "
             f"{sorted(table.components)} or a module path"
         )
-    config = model.config
+    config = getattr(model, "config", None)
     n_layers = table.num_layers(config)
     if not 0 <= layer < n_layers:
         raise ValueError(f"layer {layer} is out of range for {table.name}: allowed 0..{n_layers - 1}")
     path = spec.path.format(layer=layer)
     module = get_submodule(_base_model(model, path), path)
     width = spec.layer_width(config, layer) if spec.layer_width else spec.width(config)
+    if width is None:  # a pyvene-form entry with no dimension: read it off the module
+        width = _infer_width(module, spec.hook)
     n_heads = spec.heads(config) if spec.heads is not None else None
     columns = None
     if spec.fused_qkv is not None:
