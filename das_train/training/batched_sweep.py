@@ -378,7 +378,8 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
                            sampler=datamodule.training_sampler(pairs, cfg.trainer.batch_size),
                            generator=workers_generator(datamodule.seed), collate_fn=whole_batch)
         del train_acts, pairs
-        fit_resuming(trainer, module, distributed_train_loader(cfg, train), ckpt_dir, version)
+        fit_resuming(trainer, module, distributed_train_loader(cfg, train), ckpt_dir, version,
+                     [f"{site.key} seed {seed}" for site in sites])
         del train  # the Trainer still holds it: collected with it below
     # The test split's cache is made only now, next to the training one rather than with it.
     test_acts = collect_layer(model, layer, component, positions, splits.inputs("test"), lm,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning
@@ -28,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from das_train.tasks.datamodule import ResumableOrder
+from das_train.training.finite import NonFiniteTrainingError
 
 log = logging.getLogger("das_train")
 
@@ -94,12 +96,20 @@ def resumable_checkpoint(ckpt_dir: Path) -> Path | None:
 
 
 def fit_resuming(trainer: lightning.Trainer, module: lightning.LightningModule, train: DataLoader,
-                 ckpt_dir: Path, version: str) -> None:
-    """``trainer.fit``, resumed from ``ckpt_dir``'s checkpoint when there is a usable one."""
+                 ckpt_dir: Path, version: str, site_names: Sequence[str]) -> None:
+    """``trainer.fit``, resumed from ``ckpt_dir``'s checkpoint when there is a usable one.
+
+    A fit stopped for non-finite values raises naming its sites by ``site_names`` (one per
+    site of the module, e.g. ``block_output-L1-last seed 0``).
+    """
     last = resumable_checkpoint(ckpt_dir)
     if last is not None:
         log.info("%s: resuming from %s", version, last)
-    trainer.fit(module, train_dataloaders=train, ckpt_path=None if last is None else str(last), weights_only=True)
+    try:
+        trainer.fit(module, train_dataloaders=train, ckpt_path=None if last is None else str(last),
+                    weights_only=True)
+    except NonFiniteTrainingError as err:
+        raise err.naming(site_names) from None
 
 
 __all__ = ["LAST_NAME", "ResumeTrainingOrder", "checkpoint_callback", "fit_resuming", "resumable_checkpoint", "unusable_reason"]

@@ -38,6 +38,7 @@ from das_train.training.das_module import (
     prediction_logits,
     prediction_only_options,
 )
+from das_train.training.finite import check_finite
 from das_train.training.metrics import InterchangeInterventionAccuracy, PairCount
 from das_train.training.site_cache import PrefixSkip
 from das_train.tasks.base import COUNTERFACTUAL_LABEL
@@ -219,6 +220,8 @@ class MultiSiteDASModule(lightning.LightningModule):
             self.manual_backward(loss)
             losses.append(site_losses.detach())
         optimizer.step()
+        check_finite(self.trainer.global_step, dict(zip(self.trained, torch.cat(losses))),
+                     {k: self.sites[k].intervenable.get_trainable_parameters() for k in self.trained})
         if penalties:
             self.log("train/boundary", torch.stack(penalties).sum() / len(self.trained), on_step=True,
                      on_epoch=False, batch_size=size)

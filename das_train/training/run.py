@@ -316,7 +316,7 @@ def fit_site(cfg: DictConfig, model, datamodule, spec: TaskSpec, site: Site, see
     if untrained:
         log.info("%s seed %d: %s", site.key, seed, untrained)
     else:
-        fit_resuming(trainer, module, train_loader(cfg, datamodule), ckpt_dir, version)
+        fit_resuming(trainer, module, train_loader(cfg, datamodule), ckpt_dir, version, [f"{site.key} seed {seed}"])
     tested = trainer.test(module, dataloaders=distributed_eval_loader(datamodule.test_dataloader()), verbose=False)
     iia = float(tested[0]["test/iia"]) if tested else math.nan
     test_pairs = int(tested[0]["test/pairs"]) if tested else 0
