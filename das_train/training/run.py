@@ -274,7 +274,8 @@ def make_logger(cfg: DictConfig, run_dir: Path, version: str):
 
 def make_trainer(cfg: DictConfig, run_dir: Path, version: str, ckpt_dir: Path) -> lightning.Trainer:
     """The Trainer of one site's (or one group of sites') fit: checkpoints in ``ckpt_dir`` for
-    resuming exactly (:mod:`das_train.training.checkpoints`), temperature annealing for boundless interventions, the configured logger."""
+    resuming exactly (:mod:`das_train.training.checkpoints`), temperature annealing for
+    boundless interventions, the configured logger."""
     from das_train.training.callbacks import TemperatureAnnealing
 
     callbacks: list[lightning.Callback] = [
