@@ -425,6 +425,9 @@ def _setup_output(cfg: DictConfig, run_dir: Path) -> None:
     # The batched sweep optimizes by hand; its checkpoint holds the state after the step, whose
     # count it records, which is what resuming needs.
     warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
+    # Our training samplers are positioned at the restored step (das_train.training.checkpoints),
+    # so a mid-epoch resume is exact, whatever Lightning's check for a stateful loader says.
+    warnings.filterwarnings("ignore", message=".*checkpoint that ended before the epoch ended.*")
     if is_global_zero():
         text = OmegaConf.to_yaml(cfg)
         print(f"das_train: recipe {cfg.recipe}, run directory {run_dir}\n{text}", flush=True)
