@@ -35,7 +35,13 @@ from torch import nn
 
 from das_train.core.files import atomic_write, atomic_write_text, temporary_folder
 from das_train.core.loaders import HubUnavailableError
-from das_train.core.serialization import CONFIG_NAME, WEIGHTS_NAME, save_intervenable
+from das_train.core.serialization import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    contained_path,
+    require_relative,
+    save_intervenable,
+)
 
 if TYPE_CHECKING:
     from das_train.core.model import IntervenableModel
@@ -588,6 +594,8 @@ def from_pretrained(repo_or_dir: str | os.PathLike[str], model: nn.Module, revis
     """
     from das_train.core.model import IntervenableModel
 
+    if subfolder is not None:
+        require_relative(subfolder, "subfolder")  # before any download
     local = Path(repo_or_dir)
     if local.is_dir():
         if revision is not None:
@@ -595,7 +603,7 @@ def from_pretrained(repo_or_dir: str | os.PathLike[str], model: nn.Module, revis
         root = local
     else:
         root = _download(str(repo_or_dir), revision, subfolder)
-    folder = root / subfolder if subfolder else root
+    folder = contained_path(root, subfolder, "subfolder") if subfolder else root
     if not (folder / CONFIG_NAME).is_file():
         found = sorted(str(p.parent.relative_to(root)) for p in root.glob(f"**/{CONFIG_NAME}"))
         hint = f"; it holds saved interventions in: {found} (pass one as subfolder=...)" if found else ""

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from das_train.core.config import IntervenableConfig, RepresentationConfig
+from das_train.core.serialization import contained_path, is_plain_name
 from das_train.interventions.base import INTERVENTION_REGISTRY, Intervention, build_intervention
 
 _CLASS_NAME = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)'?>?\s*$")
@@ -88,7 +89,10 @@ def load_pyvene_artifact(directory: Path, document: dict[str, Any], model: nn.Mo
             # Boundless DAS trained by pyvene learned under pyvene's boundary mask.
             "mask_formula": "pyvene",
         }) if embed_dim is not None else None
-        weights = directory / f"intkey_{key}.bin"
+        if key is not None and not is_plain_name(str(key)):
+            raise ValueError(f"{directory}: sorted key {key!r} is not a plain name; it would read a file "
+                             "outside the artifact")
+        weights = contained_path(directory, f"intkey_{key}.bin", "the weights file")
         if intervention is not None and weights.exists():
             state = torch.load(weights, map_location="cpu", weights_only=True)
             _restore(intervention, state, str(key))

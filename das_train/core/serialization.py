@@ -5,11 +5,18 @@ weights are safetensors (or, for artifacts pyvene published, ``intkey_*.bin`` fi
 ``torch.load(weights_only=True)``), and everything is loaded onto the CPU first, then moved to
 the model's device. Files are written under temporary names and renamed, so a failure leaves
 no half-written artifact.
+
+Artifacts are checked before anything is built from them: a ``config.json`` of an unknown or
+missing format is refused (it would otherwise load as an empty IntervenableModel that quietly
+runs the plain model); the architecture recorded at saving (model type or class, and each
+site's width) must match the model loaded onto; and no file read may lie outside the artifact's
+directory (``..``, absolute names, symlinks out), since artifacts come from strangers.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +32,69 @@ from das_train.interventions.base import INTERVENTION_REGISTRY, Intervention, La
 FORMAT = "das_train.intervenable/1"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "interventions.safetensors"
+
+
+PYVENE_FORMAT = "pyvene (config.json with 'representations' and 'intervention_types', weights in intkey_<key>.bin)"
+KNOWN_FORMATS = (FORMAT, PYVENE_FORMAT)
+
+
+def is_plain_name(name: str) -> bool:
+    """Whether ``name`` can be a single file or folder name: no separators, not ``.``/``..``."""
+    return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..") and "\0" not in name
+
+
+def require_relative(relative: str | Path, what: str) -> Path:
+    """``relative`` as a path that cannot climb out of a folder: not absolute, no ``..``."""
+    path = Path(relative)
+    if path.is_absolute() or ".." in path.parts:
+        raise ValueError(f"{what} {str(relative)!r} leaves its folder: absolute paths and '..' are not allowed")
+    return path
+
+
+def contained_path(root: Path, relative: str | Path, what: str) -> Path:
+    """``root / relative``, refused unless it stays inside ``root`` once symlinks are resolved."""
+    relative = require_relative(relative, what)
+    path = root / relative
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"{what} {str(relative)!r} resolves to {path.resolve()}, outside {root} (a symlink out)")
+    return path
+
+
+def architecture_record(intervenable) -> dict[str, Any]:
+    """What an artifact must be loaded onto: the model's type (or class) and each site's width."""
+    config = getattr(intervenable.model, "config", None)
+    return {
+        "model_class": type(intervenable.model).__name__,
+        "model_type": getattr(config, "model_type", None),
+        "site_widths": {entry.key: entry.site.width for entry in intervenable._entries},
+    }
+
+
+def check_architecture(config_path: Path, record: dict[str, Any] | None, model: nn.Module) -> None:
+    """Refuses a model of another architecture than the artifact was saved on (the model type
+    when both have one, else the class); an artifact saved before the record warns."""
+    if record is None:
+        warnings.warn(f"{config_path} records no architecture (saved by an older das_train); loading it "
+                      "without checking it was trained on this kind of model", UserWarning, stacklevel=3)
+        return
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    saved_type, saved_class = record.get("model_type"), record.get("model_class")
+    if saved_type is not None and model_type is not None:
+        if saved_type != model_type:
+            raise ValueError(f"{config_path} was saved on a {saved_type!r} model ({saved_class}); it cannot be "
+                             f"loaded onto a {model_type!r} model ({type(model).__name__})")
+    elif saved_class != type(model).__name__:
+        raise ValueError(f"{config_path} was saved on a {saved_class}; it cannot be loaded onto a "
+                         f"{type(model).__name__}")
+
+
+def check_site_widths(config_path: Path, record: dict[str, Any] | None, intervenable) -> None:
+    """Refuses sites whose width on this model differs from the width they were trained at."""
+    saved = (record or {}).get("site_widths") or {}
+    wrong = [f"{entry.key}: saved {saved[entry.key]}, here {entry.site.width}" for entry in intervenable._entries
+             if entry.key in saved and saved[entry.key] != entry.site.width]
+    if wrong:
+        raise ValueError(f"{config_path}: the sites' widths differ on this model ({'; '.join(wrong)})")
 
 
 def _model_identity(model: nn.Module) -> dict[str, Any]:
@@ -43,6 +113,8 @@ def intervenable_state(intervenable) -> tuple[dict[str, Any], dict[str, torch.Te
     first_key_of: dict[int, str] = {}
     for entry in intervenable._entries:
         intervention = entry.intervention
+        if not is_plain_name(entry.key):
+            raise ValueError(f"intervention key {entry.key!r} is not a plain name (no '/', '\\', '.' or '..')")
         if isinstance(intervention, LambdaIntervention):
             raise ValueError(f"{entry.key} is a plain function; functions cannot be saved")
         name = type(intervention).__name__
@@ -63,6 +135,7 @@ def intervenable_state(intervenable) -> tuple[dict[str, Any], dict[str, torch.Te
         "config": config,
         "interventions": records,
         "model": _model_identity(intervenable.model),
+        "architecture": architecture_record(intervenable),
     }
     return document, tensors
 
@@ -134,14 +207,17 @@ def load_intervenable(load_directory: str, model: nn.Module, local_directory: st
                 f"{load_directory!r} is not a local directory and could not be fetched from the "
                 f"Hugging Face Hub ({type(err).__name__}: {err})"
             ) from err
-    document = json.loads((directory / CONFIG_NAME).read_text())
-    if document.get("format") != FORMAT:
+    config_path = contained_path(directory, CONFIG_NAME, "the config file")
+    document = json.loads(config_path.read_text())
+    kind = artifact_format(config_path, document)
+    if kind == PYVENE_FORMAT:
         from das_train.core.pyvene_compat import load_pyvene_artifact
 
         return load_pyvene_artifact(directory, document, model)
 
+    check_architecture(config_path, document.get("architecture"), model)
     config = IntervenableConfig.from_dict(document["config"])
-    tensors = load_file(str(directory / WEIGHTS_NAME), device="cpu")
+    tensors = load_file(str(contained_path(directory, WEIGHTS_NAME, "the weights file")), device="cpu")
     built: dict[str, Intervention] = {}
     for rep, record in zip(config.representations, document["interventions"]):
         if record["shares_weights_with"] is not None:
@@ -161,7 +237,23 @@ def load_intervenable(load_directory: str, model: nn.Module, local_directory: st
         rep.intervention = intervention
         rep.intervention_type = None
     config.intervention_types = None
-    return IntervenableModel(config, model)
+    intervenable = IntervenableModel(config, model)
+    check_site_widths(config_path, document.get("architecture"), intervenable)
+    return intervenable
 
 
-__all__ = ["load_intervenable", "save_intervenable", "RepresentationConfig"]
+def artifact_format(config_path: Path, document: Any) -> str:
+    """Which of :data:`KNOWN_FORMATS` ``document`` (a parsed ``config.json``) is in; refuses any
+    other, so a stray or empty config never loads as an IntervenableModel with no interventions."""
+    if isinstance(document, dict) and document.get("format") == FORMAT:
+        return FORMAT
+    if (isinstance(document, dict) and "format" not in document and document.get("representations")
+            and "intervention_types" in document):
+        return PYVENE_FORMAT
+    found = document.get("format") if isinstance(document, dict) else type(document).__name__
+    raise ValueError(f"{config_path} is not a saved intervention: format {found!r}; known formats: "
+                     f"{FORMAT!r}, or {PYVENE_FORMAT}")
+
+
+__all__ = ["KNOWN_FORMATS", "contained_path", "is_plain_name", "require_relative", "load_intervenable", "save_intervenable",
+           "RepresentationConfig"]

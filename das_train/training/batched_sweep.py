@@ -52,6 +52,8 @@ from das_train.tasks.base import (
     SOURCE_MASK,
     TaskSpec,
 )
+from das_train.tasks.datamodule import workers_generator
+from das_train.training.checkpoints import fit_resuming
 from das_train.training.das_module import DASModule, model_inputs
 from das_train.training.multi_site import CACHED_PREFIX, CACHED_SOURCES, MultiSiteDASModule
 from das_train.training.pass_memory import (
@@ -370,18 +372,14 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
         # Every site's source column, as the edit reads sources by site index.
         train_acts = collect_layer(model, layer, component, positions, splits.inputs("train"), lm,
                                    keep_prefix=template is not None)
-        train = DataLoader(
-            cached_pairs(train_columns, train_acts), batch_size=cfg.trainer.batch_size, shuffle=datamodule.shuffle,
-            collate_fn=whole_batch,
-            # The same sampler and generator as the datamodule's, so the batches are fit_site's.
-            generator=torch.Generator().manual_seed(datamodule.seed) if datamodule.shuffle else None,
-        )
-        del train_acts
-        last = ckpt_dir / "last.ckpt"
-        if last.exists():
-            log.info("%s: resuming from %s", version, last)
-        trainer.fit(module, train_dataloaders=distributed_train_loader(cfg, train),
-                    ckpt_path=str(last) if last.exists() else None)
+        pairs = cached_pairs(train_columns, train_acts)
+        # The datamodule's own training sampler, so the batches are fit_site's.
+        train = DataLoader(pairs, batch_size=cfg.trainer.batch_size,
+                           sampler=datamodule.training_sampler(pairs, cfg.trainer.batch_size),
+                           generator=workers_generator(datamodule.seed), collate_fn=whole_batch)
+        del train_acts, pairs
+        fit_resuming(trainer, module, distributed_train_loader(cfg, train), ckpt_dir, version,
+                     [f"{site.key} seed {seed}" for site in sites])
         del train  # the Trainer still holds it: collected with it below
     # The test split's cache is made only now, next to the training one rather than with it.
     test_acts = collect_layer(model, layer, component, positions, splits.inputs("test"), lm,

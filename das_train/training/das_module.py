@@ -50,6 +50,7 @@ from das_train.tasks.base import (
 )
 from das_train.training.das_loop import boundary_penalty as total_boundary_penalty
 from das_train.training.das_loop import counterfactual_loss
+from das_train.training.finite import check_finite
 from das_train.training.metrics import InterchangeInterventionAccuracy, PairCount
 
 Batch = Mapping[str, torch.Tensor]
@@ -298,7 +299,16 @@ class DASModule(lightning.LightningModule):
             if self.hparams.boundary_penalty:
                 loss = loss + self.hparams.boundary_penalty * penalty
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
+        self._step_loss = loss.detach()
         return loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Lightning's step, then the check that the loss and the weights are still finite
+        (:mod:`das_train.training.finite`), before any callback can checkpoint them."""
+        super().optimizer_step(*args, **kwargs)
+        # Lightning counts this step in global_step only once the hook returns.
+        check_finite(self.trainer.global_step + 1, {0: self._step_loss},
+                     {0: self.intervenable.get_trainable_parameters()})
 
     def _evaluate(self, batch: Batch, metric: InterchangeInterventionAccuracy, pairs: PairCount,
                   stage: str) -> None:

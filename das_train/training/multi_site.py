@@ -46,6 +46,7 @@ from das_train.training.das_module import (
     prediction_logits,
     prediction_only_options,
 )
+from das_train.training.finite import check_finite
 from das_train.training.metrics import InterchangeInterventionAccuracy, PairCount
 from das_train.training.site_cache import PrefixSkip
 
@@ -258,6 +259,8 @@ class MultiSiteDASModule(lightning.LightningModule):
         if sync_by_hand:
             average_gradients(self.trained_parameters())
         optimizer.step()
+        check_finite(self.trainer.global_step, dict(zip(self.trained, torch.cat(losses))),
+                     {k: self.sites[k].intervenable.get_trainable_parameters() for k in self.trained})
         if penalties:
             self.log("train/boundary", torch.stack(penalties).sum() / len(self.trained), on_step=True,
                      on_epoch=False, batch_size=size)

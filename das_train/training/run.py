@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from das_train.core.fault_points import fault_point
 from das_train.core.sites import table_for
 from das_train.tasks.base import CounterfactualTask, TaskSpec
+from das_train.tasks.datamodule import ResumableOrder
 from das_train.training import preflight, reports
 from das_train.training import run_dir as run_dir_state
 from das_train.training.batched_sweep import (
@@ -40,6 +41,7 @@ from das_train.training.batched_sweep import (
     one_site_costs,
     sweep_probes,
 )
+from das_train.training.checkpoints import ResumeTrainingOrder, checkpoint_callback, fit_resuming
 from das_train.training.schema import ConfigError, validate
 from das_train.training.shared_prefix import can_skip, shared_prefix, untrained_reason
 from das_train.training.task_loading import load_task
@@ -156,7 +158,7 @@ def build_sites(cfg: DictConfig, spec: TaskSpec, n_layers: int) -> list[Site]:
     return sites
 
 
-class RankSliceSampler(torch.utils.data.DistributedSampler):
+class RankSliceSampler(ResumableOrder, torch.utils.data.DistributedSampler):
     """Rows ``rank, rank + world, ...`` in order, with the rank read when iterated.
 
     Two uses:
@@ -172,12 +174,14 @@ class RankSliceSampler(torch.utils.data.DistributedSampler):
     It subclasses DistributedSampler only so that Lightning, which replaces any other sampler
     of a distributed run when ``use_distributed_sampler=True``, leaves it alone; it does not
     call that class's constructor, which needs the process group. The rank and world size are
-    read when iterated, once the process group exists.
+    read when iterated, once the process group exists. A training fit resumed mid-epoch
+    continues at the batch it was cut off at (:class:`~das_train.tasks.datamodule.ResumableOrder`).
     """
 
-    def __init__(self, size: int, drop_remainder: bool = True) -> None:
+    def __init__(self, size: int, drop_remainder: bool = True, batch_size: int = 1) -> None:
         self.size = size
         self.drop_remainder = drop_remainder
+        self.batch_size = batch_size
         self.epoch = 0
 
     @staticmethod
@@ -197,10 +201,10 @@ class RankSliceSampler(torch.utils.data.DistributedSampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch  # the order never changes with the epoch; kept for Lightning's call
 
-    def __iter__(self):
+    def epoch_order(self, epoch: int) -> list[int]:
         rank, world = self._world()
         stop = self.size - self.size % world if self.drop_remainder else self.size
-        return iter(range(rank, stop, world))
+        return list(range(rank, stop, world))
 
     def __len__(self) -> int:
         rank, world = self._world()
@@ -219,7 +223,7 @@ def distributed_train_loader(cfg: DictConfig, loader: torch.utils.data.DataLoade
     by rank (:class:`RankSliceSampler`)."""
     if cfg.trainer.shuffle or cfg.trainer.devices * cfg.trainer.num_nodes == 1:
         return loader
-    return _with_sampler(loader, RankSliceSampler(len(loader.dataset)))
+    return _with_sampler(loader, RankSliceSampler(len(loader.dataset), batch_size=loader.batch_size))
 
 
 def train_loader(cfg: DictConfig, datamodule) -> torch.utils.data.DataLoader:
@@ -252,12 +256,12 @@ def make_logger(cfg: DictConfig, run_dir: Path, version: str):
 
 def make_trainer(cfg: DictConfig, run_dir: Path, version: str, ckpt_dir: Path) -> lightning.Trainer:
     """The Trainer of one site's (or one group of sites') fit: checkpoints in ``ckpt_dir`` for
-    resuming, temperature annealing for boundless interventions, the configured logger."""
+    resuming exactly (:mod:`das_train.training.checkpoints`), temperature annealing for
+    boundless interventions, the configured logger."""
     from das_train.training.callbacks import TemperatureAnnealing, fault_callbacks
 
     callbacks: list[lightning.Callback] = [
-        lightning.pytorch.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0,
-                                                    every_n_train_steps=max(cfg.trainer.max_steps // 4, 1)),
+        checkpoint_callback(ckpt_dir, every_n_steps=max(cfg.trainer.max_steps // 4, 1)), ResumeTrainingOrder(),
     ]
     if "Boundless" in cfg.intervention.type:
         callbacks.append(TemperatureAnnealing(cfg.intervention.temperature_start, cfg.intervention.temperature_end))
@@ -293,14 +297,10 @@ def fit_site(cfg: DictConfig, model, datamodule, spec: TaskSpec, site: Site, see
         iit=cfg.intervention.iit, is_language_model_task=spec.is_language_model_task,
     )
     trainer = make_trainer(cfg, run_dir, version, ckpt_dir)
-    last = ckpt_dir / "last.ckpt"
     if untrained:
         log.info("%s seed %d: %s", site.key, seed, untrained)
     else:
-        if last.exists():
-            log.info("%s: resuming from %s", version, last)
-        trainer.fit(module, train_dataloaders=train_loader(cfg, datamodule),
-                    ckpt_path=str(last) if last.exists() else None)
+        fit_resuming(trainer, module, train_loader(cfg, datamodule), ckpt_dir, version, [f"{site.key} seed {seed}"])
     tested = trainer.test(module, dataloaders=distributed_eval_loader(datamodule.test_dataloader()), verbose=False)
     iia = float(tested[0]["test/iia"]) if tested else math.nan
     test_pairs = int(tested[0]["test/pairs"]) if tested else 0
@@ -400,6 +400,9 @@ def _setup_output(cfg: DictConfig, run_dir: Path) -> None:
     # The batched sweep optimizes by hand; its checkpoint holds the state after the step, whose
     # count it records, which is what resuming needs.
     warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
+    # Our training samplers are positioned at the restored step (das_train.training.checkpoints),
+    # so a mid-epoch resume is exact, whatever Lightning's check for a stateful loader says.
+    warnings.filterwarnings("ignore", message=".*checkpoint that ended before the epoch ended.*")
     if is_global_zero():
         text = OmegaConf.to_yaml(cfg)
         print(f"das_train: recipe {cfg.recipe}, run directory {run_dir}\n{text}", flush=True)
