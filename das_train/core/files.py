@@ -51,9 +51,27 @@ def temporary_file(directory: Path, name: str) -> Path:
     return Path(path)
 
 
+def remove_dead_siblings(directory: Path, name: str) -> None:
+    """Removes the temporaries of ``directory / name`` whose writer on this host has died.
+
+    Caches (the tiny model, the pairs) live outside any locked run directory and are shared by
+    runs, so they are cleaned here, one target at a time, by the next writer of the same target;
+    a tagged name says whose it is, so a live writer's folder is never touched."""
+    prefix = f".{name}.w"
+    for path in Path(directory).glob(f"{prefix}*.tmp"):
+        if TEMPORARY.match(path.name) and is_stale_temporary(path, older_than=0.0):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            log.info("removed %s, left by a killed writer", path)
+
+
 def temporary_folder(directory: Path, name: str) -> Path:
     """A new empty folder beside ``directory / name``, for building it before a rename; with
-    the mode ``mkdir`` gives under the umask."""
+    the mode ``mkdir`` gives under the umask. Killed writers' folders for the same target go
+    first (:func:`remove_dead_siblings`)."""
+    remove_dead_siblings(directory, name)
     path = Path(tempfile.mkdtemp(dir=directory, prefix=_temporary_prefix(name), suffix=".tmp"))
     os.chmod(path, 0o777 & ~current_umask())
     return path
