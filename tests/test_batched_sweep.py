@@ -467,12 +467,12 @@ def test_a_cut_off_group_fit_resumes_from_its_checkpoint(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(run_module, "make_trainer", interrupted)
     with pytest.raises(Interrupt):
-        batched_sweep.fit_site_group(cfg, model, datamodule, spec, sites, 0, tmp_path, probes)
+        batched_sweep.fit_site_group(cfg, model, datamodule, spec, [(site, 0) for site in sites], tmp_path, probes)
     checkpoint = tmp_path / "checkpoints" / "block_output-L1-name+last-s0" / "last.ckpt"
     assert torch.load(checkpoint, weights_only=True)["global_step"] == 20
     monkeypatch.setattr(run_module, "make_trainer", real_make_trainer)
     with caplog.at_level("INFO", logger="das_train"):
-        rows = batched_sweep.fit_site_group(cfg, model, datamodule, spec, sites, 0, tmp_path, probes)
+        rows = batched_sweep.fit_site_group(cfg, model, datamodule, spec, [(site, 0) for site in sites], tmp_path, probes)
     assert "resuming from" in caplog.text
     assert [row["position_name"] for row in rows] == ["name", "last"]
     assert all(0.0 <= row["iia"] <= 1.0 and row["test_pairs"] == 64 for row in rows)

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from das_train.tasks.datamodule import PairDataModule  # noqa: E402
 from test_run import small_overrides  # noqa: E402
 
 from das_train import cli  # noqa: E402
+from das_train.tasks.datamodule import PairDataModule  # noqa: E402
 from das_train.training import batched_sweep, checkpoints  # noqa: E402
 from das_train.training import run as run_module  # noqa: E402
 

@@ -53,7 +53,7 @@ def test_help_lists_recipes_groups_every_key_and_the_run_directory(capsys, monke
     for group in cli.GROUPS:
         assert f"  {group}:\n" in page
     assert "    boundless             Boundless DAS" in page
-    for key, kind, value, doc in usage.schema_rows():
+    for key, kind, value, _doc in usage.schema_rows():
         assert f"  {key} " in page and f"{kind} = {value}" in page
     assert "  trainer.max_steps                int = 300\n      Optimizer steps per site." in page
     for topic in ("hydra.run.dir", "Resuming", "run the same command again", "sweep.shard", "130", "143"):

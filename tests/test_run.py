@@ -149,7 +149,7 @@ def test_small_sweep_end_to_end_and_resume(tmp_path, monkeypatch):
         writer.writerows(rows[:4])
     trained = []
     original = run_module.fit_site_group
-    monkeypatch.setattr(run_module, "fit_site_group", lambda *a, **k: trained.extend(a[4]) or original(*a, **k))
+    monkeypatch.setattr(run_module, "fit_site_group", lambda *a, **k: trained.extend(s for s, _ in a[4]) or original(*a, **k))
     run_module.run(cfg)
     assert [(s.layer, s.component, s.position) for s in trained] == [
         (int(r["layer"]), r["component"], int(r["position"])) for r in rows[4:]

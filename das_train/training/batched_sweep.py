@@ -1,5 +1,5 @@
-"""The sweep's fast path: the sites of one (layer, component, seed) trained together on cached
-activations, and the probes of the whole sweep fitted together.
+"""The sweep's fast path: the sites of one (layer, component), every seed of each, trained
+together on cached activations, and the probes of the whole sweep fitted together.
 
 The per-site path (:func:`das_train.training.run.fit_site`) trains each site alone: 300 steps of
 a source forward, a base forward and a backward through the whole frozen model, then a probe
@@ -8,15 +8,15 @@ and a control probe, each its own Lightning fit. Here:
 1. :func:`sweep_probes` collects every batched site's base activations (one forward per chunk
    of distinct inputs, all sites at once) and fits all their probes in two stacked fits
    (variable and control) per seed;
-2. for each group of sites sharing a layer, component and seed,
+2. for each group of (site, seed) jobs sharing a layer and component,
    :func:`~das_train.training.site_cache.collect_layer` runs each distinct input once up to the
    site and keeps the frozen prefix and the site activations (train and test splits);
 3. :class:`~das_train.training.multi_site.MultiSiteDASModule` trains the group's interventions
    in one Lightning fit, each step one forward from the site's block upward on the batch
    repeated once per site.
 
-Every site is built and seeded as the per-site path builds it, and sees the same batches in the
-same order, so the results agree with the per-site path's to float rounding
+Every (site, seed) is built and seeded as the per-site path builds it, and sees the same
+batches in the same order (the training order depends on ``cfg.seed``, not the sweep's seed), so the results agree with the per-site path's to float rounding
 (tests/test_batched_sweep.py). Rows are written per group; ``train_seconds`` is the group's
 time divided among its sites (the probes' shared fit is not in it).
 """
@@ -180,8 +180,13 @@ def cached_pairs(columns: dict[str, torch.Tensor], activations: LayerActivations
 
 
 def group_jobs(jobs: Sequence[tuple[Any, int]]) -> list[list[tuple[Any, int]]]:
-    """Consecutive (site, seed) jobs sharing a layer, component and seed, as groups."""
-    return [list(g) for _, g in groupby(jobs, key=lambda job: (job[0].layer, job[0].component, job[1]))]
+    """Consecutive (site, seed) jobs sharing a layer and component, as groups.
+
+    A group holds every seed of its sites: seeds differ only in the interventions' starting
+    point, so the seeds of a site train side by side in one fit, as its positions do. Any
+    subset of a layer's jobs (one shard's, or what a resumed run has left) is a valid group.
+    """
+    return [list(g) for _, g in groupby(jobs, key=lambda job: (job[0].layer, job[0].component))]
 
 
 def fallback_reason(cfg: DictConfig, model: torch.nn.Module, site: Any) -> str | None:
@@ -311,29 +316,60 @@ def probe_waves(model: torch.nn.Module, sites: Sequence[tuple[int, str, Any]], r
     return waves
 
 
-def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Sequence[Any], seed: int,
+def build_members(cfg: DictConfig, model, jobs: Sequence[tuple[Any, int]], lm: bool) -> list[DASModule]:
+    """One DASModule per (site, seed) job, each seeded just before it is built, exactly as
+    :func:`~das_train.training.run.fit_site` seeds, so each starts from the same rotation."""
+    members = []
+    for site, seed in jobs:
+        lightning.seed_everything(seed, workers=True, verbose=False)
+        members.append(DASModule(
+            model, layer=site.layer, component=site.component, position=site.position,
+            intervention=cfg.intervention.type, low_rank_dimension=cfg.intervention.low_rank_dimension,
+            lr=cfg.intervention.lr, boundary_penalty=cfg.intervention.boundary_penalty,
+            iit=False, is_language_model_task=lm,
+        ))
+    return members
+
+
+def group_version(jobs: Sequence[tuple[Any, int]], trained: Sequence[int]) -> str:
+    """The checkpoint and log name of a group: its layer and its trained jobs, each seed's
+    positions followed by ``-s<seed>`` (``block_output-L1-name+last-s0+last-s1``).
+
+    Named by the jobs that train, so a resumed run whose trained set changed (a changed
+    ``sweep.skip_shared_prefix``, or a group of which some rows were already written) starts
+    afresh instead of loading an optimizer of other shapes.
+    """
+    site = jobs[0][0]
+    by_seed: dict[int, list[str]] = {}
+    for k in trained:
+        by_seed.setdefault(jobs[k][1], []).append(jobs[k][0].position_name)
+    members = "+".join(f"{'+'.join(names)}-s{seed}" for seed, names in by_seed.items())
+    return f"{site.component}-L{site.layer}-{members or 'untrained'}"
+
+
+def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, jobs: Sequence[tuple[Any, int]],
                    run_dir: Path, probes: dict[ProbeKey, ProbeResult],
                    costs: dict[tuple[int, str], int] | None = None,
                    splits: SplitReader | None = None,
                    untrained: Mapping[Any, str] | None = None) -> list[dict[str, Any]]:
-    """Trains and tests a group of sites of one (layer, component) and seed; returns their
-    result rows in the order of ``sites``, with their probes from ``probes``
+    """Trains and tests a group of (site, seed) jobs of one (layer, component) in one fit;
+    returns their result rows in the order of ``jobs``, with their probes from ``probes``
     (:func:`sweep_probes`). ``costs`` are :func:`one_site_costs`', for
     ``sweep.sites_per_pass=auto``; ``splits`` the sweep's splits, read once for all groups;
     ``untrained`` maps the positions tested untrained to why
     (:func:`~das_train.training.shared_prefix.untrained_reason`)."""
     from das_train.training.run import (
         distributed_eval_loader,
-        distributed_train_loader,
         is_global_zero,
         make_trainer,
         result_row,
     )
 
     start = time.perf_counter()
-    layer, component = sites[0].layer, sites[0].component
+    layer, component = jobs[0][0].layer, jobs[0][0].component
     lm = spec.is_language_model_task
-    positions = [site.position for site in sites]
+    # The seeds of a site read the same cached source column.
+    positions = list(dict.fromkeys(site.position for site, _ in jobs))
     splits = splits or SplitReader(datamodule, lm)
     train_columns = splits.columns("train")
     # A block-output site starts above its block; other sites start at their block, and below
@@ -343,44 +379,23 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
     if (layer > 0 or after_block) and template is None:
         log.info("layer %d: blocks return caches or attentions, so the prefix is recomputed", layer)
     untrained = untrained or {}
-    trained = [k for k, site in enumerate(sites) if site.position not in untrained]
-    for site in sites:
+    trained = [k for k, (site, _) in enumerate(jobs) if site.position not in untrained]
+    for site, seed in jobs:
         if site.position in untrained:
             log.info("%s seed %d: %s", site.key, seed, untrained[site.position])
 
-    members = []
-    for site in sites:
-        # Seeded per site exactly as fit_site seeds, so each starts from the same rotation.
-        lightning.seed_everything(seed, workers=True, verbose=False)
-        members.append(DASModule(
-            model, layer=layer, component=component, position=site.position,
-            intervention=cfg.intervention.type, low_rank_dimension=cfg.intervention.low_rank_dimension,
-            lr=cfg.intervention.lr, boundary_penalty=cfg.intervention.boundary_penalty,
-            iit=False, is_language_model_task=lm,
-        ))
+    members = build_members(cfg, model, jobs, lm)
     per_pass = (sites_per_pass(cfg, model, layer, component, len(trained), costs, train_columns, lm)
                 if trained else None)
     skip = PrefixSkip(model, layer, component, template) if template else None
-    module = MultiSiteDASModule(model, members, skip, sites_per_pass=per_pass, trained=trained)
-
-    # Named by the sites that train, so a resumed run whose trained set changed (a changed
-    # sweep.skip_shared_prefix) starts afresh instead of loading an optimizer of other shapes.
-    version = f"{component}-L{layer}-{'+'.join(sites[k].position_name for k in trained) or 'untrained'}-s{seed}"
+    module = MultiSiteDASModule(model, members, skip, sites_per_pass=per_pass, trained=trained,
+                                source_columns=[positions.index(site.position) for site, _ in jobs])
+    version = group_version(jobs, trained)
     ckpt_dir = run_dir / "checkpoints" / version
     trainer = make_trainer(cfg, run_dir, version, ckpt_dir)
     if trained:
-        # Every site's source column, as the edit reads sources by site index.
-        train_acts = collect_layer(model, layer, component, positions, splits.inputs("train"), lm,
-                                   keep_prefix=template is not None)
-        pairs = cached_pairs(train_columns, train_acts)
-        # The datamodule's own training sampler, so the batches are fit_site's.
-        train = DataLoader(pairs, batch_size=cfg.trainer.batch_size,
-                           sampler=datamodule.training_sampler(pairs, cfg.trainer.batch_size),
-                           generator=workers_generator(datamodule.seed), collate_fn=whole_batch)
-        del train_acts, pairs
-        fit_resuming(trainer, module, distributed_train_loader(cfg, train), ckpt_dir, version,
-                     [f"{site.key} seed {seed}" for site in sites])
-        del train  # the Trainer still holds it: collected with it below
+        _train_group(cfg, model, datamodule, module, trainer, ckpt_dir, positions, splits, template is not None,
+                     [f"{site.key} seed {seed}" for site, seed in jobs])
     # The test split's cache is made only now, next to the training one rather than with it.
     test_acts = collect_layer(model, layer, component, positions, splits.inputs("test"), lm,
                               keep_prefix=template is not None)
@@ -388,21 +403,41 @@ def fit_site_group(cfg: DictConfig, model, datamodule, spec: TaskSpec, sites: Se
                       batch_size=cfg.trainer.batch_size, collate_fn=whole_batch)
     del test_acts
     tested = trainer.test(module, dataloaders=distributed_eval_loader(test), verbose=False)
-    iias = [float(tested[0][f"test/iia/{k}"]) if tested else math.nan for k in range(len(sites))]
+    iias = [float(tested[0][f"test/iia/{k}"]) if tested else math.nan for k in range(len(jobs))]
     test_pairs = int(tested[0]["test/pairs"]) if tested else 0
     if is_global_zero():
-        for site, member in zip(sites, members):
+        for (site, seed), member in zip(jobs, members):
             member.intervenable.save(str(run_dir / "interventions" / f"{site.key}-s{seed}"))
     # The Trainer, its loaders and the module reference each other: collect them here, so the
     # group's cache is freed before the next group's.
     del trainer, module, test
     gc.collect()
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # the rows are about to be written
-    seconds = round((time.perf_counter() - start) / len(sites), 2)
+    seconds = round((time.perf_counter() - start) / len(jobs), 2)
     return [result_row(site, seed, iia, probes[(site.layer, site.component, site.position, seed)],
                        member.intervention, test_pairs, seconds)
-            for site, member, iia in zip(sites, members, iias)]
+            for (site, seed), member, iia in zip(jobs, members, iias)]
 
 
-__all__ = ["CachedPairs", "SplitReader", "cached_pairs", "fallback_reason", "fit_site_group", "group_jobs", "one_site_costs",
-           "probe_waves", "sites_per_pass", "sweep_probes"]
+def _train_group(cfg: DictConfig, model, datamodule, module: MultiSiteDASModule, trainer: lightning.Trainer,
+                 ckpt_dir: Path, positions: list[Any], splits: SplitReader, keep_prefix: bool,
+                 labels: list[str]) -> None:
+    """Fits ``module`` on the training split's cache at its sites' ``positions``, resuming
+    exactly from ``ckpt_dir``'s last checkpoint when there is one (``labels`` name the jobs in
+    a non-finite training's error)."""
+    from das_train.training.run import distributed_train_loader
+
+    first = module.sites[0].hparams
+    train_acts = collect_layer(model, first.layer, first.component, positions, splits.inputs("train"),
+                               module.is_language_model_task, keep_prefix=keep_prefix)
+    pairs = cached_pairs(splits.columns("train"), train_acts)
+    del train_acts  # the loader's dataset holds what training reads
+    # The datamodule's own training sampler, so the batches are fit_site's.
+    train = DataLoader(pairs, batch_size=cfg.trainer.batch_size,
+                       sampler=datamodule.training_sampler(pairs, cfg.trainer.batch_size),
+                       generator=workers_generator(datamodule.seed), collate_fn=whole_batch)
+    fit_resuming(trainer, module, distributed_train_loader(cfg, train), ckpt_dir, ckpt_dir.name, labels)
+
+
+__all__ = ["CachedPairs", "SplitReader", "build_members", "cached_pairs", "fallback_reason", "fit_site_group",
+           "group_jobs", "group_version", "one_site_costs", "probe_waves", "sites_per_pass", "sweep_probes"]

@@ -120,10 +120,13 @@ class MultiSiteDASModule(lightning.LightningModule):
             before the optimizer steps, so the result does not depend on it.
         trained: the indices of the sites that train (default: all); the others are only
             tested, with their interventions as built (:mod:`das_train.training.shared_prefix`).
+        source_columns: for each site, its column of the batch's cached sources (default: the
+            site's own index); the seeds of one position share a column.
     """
 
     def __init__(self, model: nn.Module, sites: Sequence[DASModule], prefix_skip: PrefixSkip | None,
-                 sites_per_pass: int | None = None, trained: Sequence[int] | None = None) -> None:
+                 sites_per_pass: int | None = None, trained: Sequence[int] | None = None,
+                 source_columns: Sequence[int] | None = None) -> None:
         super().__init__()
         if sites_per_pass is not None and sites_per_pass < 1:
             raise ValueError(f"sites_per_pass must be >= 1 or None, got {sites_per_pass}")
@@ -143,6 +146,9 @@ class MultiSiteDASModule(lightning.LightningModule):
         self.interventions = nn.ModuleList(site.intervention for site in sites)
         self.site = resolve_site(model, first.layer, first.component, "pos")
         self.positions = [site.position for site in sites]
+        self.source_columns = list(range(len(sites))) if source_columns is None else list(source_columns)
+        if len(self.source_columns) != len(sites):
+            raise ValueError(f"{len(self.source_columns)} source columns for {len(sites)} sites")
         self.prefix_skip = prefix_skip
         self.lr = first.lr
         self.boundary_weight = first.boundary_penalty
@@ -189,8 +195,9 @@ class MultiSiteDASModule(lightning.LightningModule):
             per_site = x3.view(n_sites, batch_size, *x3.shape[1:])  # (sites, batch, seq, w)
             # Plain ints, so each site's row is a view (no index tensor built per call).
             positions = [row_of(self.positions[k], x3.shape[1]) for k in sites]
-            edited = [self.interventions[k](per_site[j, :, p : p + 1], sources[:, k : k + 1].to(x3.device))
-                      for j, (k, p) in enumerate(zip(sites, positions))]  # each (batch, 1, w)
+            columns = [self.source_columns[k] for k in sites]
+            edited = [self.interventions[k](per_site[j, :, p : p + 1], sources[:, c : c + 1].to(x3.device))
+                      for j, (k, p, c) in enumerate(zip(sites, positions, columns))]  # each (batch, 1, w)
             rows = self._write_rows(n_sites, batch_size, tuple(positions), x3.device)
             # Out of place, so autograd sees the write.
             new = per_site.index_put(rows, torch.cat(edited, dim=1).transpose(0, 1).to(x3.dtype))

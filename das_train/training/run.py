@@ -494,12 +494,12 @@ def _run_prepared(cfg: DictConfig, run_dir: Path) -> Path:
     fault_point("probes")
     bar = tqdm(total=len(todo), desc="sweep", unit="site", disable=not cfg.progress or not is_global_zero())
     for group in group_jobs(todo):
-        (site, seed), count = group[0], len(group)
+        site, count = group[0][0], len(group)
         reason = fallback_reason(cfg, model, site)
         if reason is None:
-            bar.set_postfix_str(f"{site.component}-L{site.layer}: {count} sites in one fit, seed {seed}")
-            new_rows = fit_site_group(cfg, model, datamodule, spec, [s for s, _ in group], seed, run_dir, probes,
-                                      costs, splits, untrained)
+            group_seeds = sorted({seed for _, seed in group})
+            bar.set_postfix_str(f"{site.component}-L{site.layer}: {count} sites in one fit, seeds {group_seeds}")
+            new_rows = fit_site_group(cfg, model, datamodule, spec, group, run_dir, probes, costs, splits, untrained)
         else:
             if cfg.sweep.batched:
                 log.info("%s-L%d one site at a time: %s", site.component, site.layer, reason)

@@ -358,10 +358,13 @@ class PrefixSkip:
     @contextmanager
     def active(self, prefix: torch.Tensor) -> Iterator[None]:
         def cached(current: torch.Tensor) -> torch.Tensor:
-            if prefix.shape != current.shape:
+            # What arrives is the model's input passed through the skipped blocks, a stand-in of
+            # the right rows and positions but not necessarily of the block's width (an MLP's
+            # first block widens its input): only rows and positions must match.
+            if prefix.shape[:-1] != current.shape[:-1]:
                 raise ValueError(
                     f"cached prefix of shape {tuple(prefix.shape)} does not match the block's "
-                    f"{tuple(current.shape)} (was the batch built from the same rows?)"
+                    f"{tuple(current.shape)} in rows and positions (was the batch built from the same rows?)"
                 )
             return prefix.to(device=current.device, dtype=current.dtype)
 

@@ -1,0 +1,108 @@
+"""Every sweep shape that runs in one process runs in two (DDP, gloo on CPU) with the same table.
+
+One process trains with ``trainer.batch_size=16`` and two with 8 each, ``trainer.shuffle=false``:
+each DDP step then sees exactly the rows one process sees in a step (see
+``test_run.test_ddp_on_two_cpu_processes_matches_one_process``). So every row of the table
+(IIA, probe and control accuracy, test pairs, a boundless boundary's size) must be equal and
+every saved intervention equal within 1e-5 (only the all-reduce's summation order differs).
+
+The default set combines the features in few runs; ``slow`` ones add the other combinations.
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import pytest
+import torch
+
+COMMON = ("progress=false", "logger=none", "trainer.max_steps=12", "task.n_train=192", "task.n_val=32",
+          "task.n_test=63", "sweep.probe.max_epochs=2", "trainer.accelerator=cpu", "trainer.shuffle=false")
+ONE = ("trainer.devices=1", "trainer.batch_size=16")
+TWO = ("trainer.devices=2", "trainer.strategy=ddp", "trainer.batch_size=8")
+TABLE_COLUMNS = ("layer", "component", "position", "seed", "iia", "probe_accuracy", "control_accuracy",
+                 "selectivity", "intervention_size", "test_pairs")
+
+
+def _run(run_dir, cache, *overrides):
+    command = [sys.executable, "-m", "das_train", "recipe=gender_tiny", f"run_dir={run_dir}", f"cache_dir={cache}",
+               *COMMON, *overrides]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def _outcome(run_dir):
+    """(the results' table columns, per row; every saved intervention's tensors)."""
+    from safetensors.torch import load_file
+
+    with (run_dir / "results.csv").open() as handle:
+        rows = [tuple(row[key] for key in TABLE_COLUMNS) for row in csv.DictReader(handle)]
+    weights = {p.name: load_file(str(p / "interventions.safetensors"))
+               for p in sorted((run_dir / "interventions").iterdir())}
+    return rows, weights
+
+
+def assert_same_in_two_processes(tmp_path, *shape, expected_rows):
+    cache = tmp_path / "cache"
+    _run(tmp_path / "one", cache, *shape, *ONE)
+    _run(tmp_path / "two", cache, *shape, *TWO)
+    rows_one, weights_one = _outcome(tmp_path / "one")
+    rows_two, weights_two = _outcome(tmp_path / "two")
+    assert len(rows_one) == expected_rows
+    assert rows_two == rows_one
+    assert weights_two.keys() == weights_one.keys() and len(weights_one) == expected_rows
+    for name in weights_one:
+        for key in weights_one[name]:
+            torch.testing.assert_close(weights_two[name][key], weights_one[name][key], atol=1e-5, rtol=0,
+                                       msg=lambda m, name=name, key=key: f"{name} {key}: {m}")
+    assert not list((tmp_path / "two").glob("results.shard*"))
+
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*")
+
+SHAPES = {
+    # Groups of 4 (BOS, untrained, first) at layers 0 and 3 and the embedding row, one site
+    # per pass, two seeds in one group: 3 groups x 4 positions x 2 seeds.
+    "many_passes_seeds_embeddings": (("sweep.layers=[0,3]", "sweep.include_embeddings=true",
+                                      "sweep.sites_per_pass=1", "sweep.seeds=[0,1]"), 24),
+    # The shape that crashed before hand-synced gradients: sites_per_pass auto at the last layer.
+    "last_layer_auto": (("sweep.layers=[3]", "sweep.include_embeddings=false"), 4),
+    # Boundless (its annealing callback; no untrained sites), two sites per pass of three.
+    "boundless_two_per_pass": (("intervention=boundless", "sweep.layers=[1]", "sweep.include_embeddings=false",
+                                "sweep.positions=[name,verb,last]", "sweep.sites_per_pass=2"), 3),
+    # The per-site path (sweep.batched=false) with plain DAS.
+    "per_site_one": (("sweep.batched=false", "sweep.layers=[1]", "sweep.include_embeddings=false",
+                      "sweep.positions=[last]"), 1),
+    # IIT trains the model too: the per-site path (fit_site), BOS included. Known to differ.
+    "iit_per_site": pytest.param(
+        ("intervention.iit=true", "sweep.layers=[1]", "sweep.include_embeddings=false", "sweep.positions=[bos,last]"),
+        2, marks=pytest.mark.xfail(strict=True, reason=(
+            "issue 15: IIT under DDP learns other rotations (0.011 apart after 12 steps, not rounding) and "
+            "its control probe differs by one held-out row; plain per-site DAS (per_site_one) matches"))),
+}
+
+SLOW_SHAPES = {
+    "one_site": (("sweep.layers=[2]", "sweep.include_embeddings=false", "sweep.positions=[last]"), 1),
+    "untrained_in_the_middle_one_pass": (("sweep.layers=[1]", "sweep.include_embeddings=false",
+                                         "sweep.positions=[name,bos,last]", "sweep.sites_per_pass=null"), 3),
+    "untrained_last_two_per_pass": (("sweep.layers=[2]", "sweep.include_embeddings=false",
+                                     "sweep.positions=[verb,last,bos]", "sweep.sites_per_pass=2"), 3),
+    "per_site_seeds_embeddings": (("sweep.batched=false", "sweep.layers=[0]", "sweep.include_embeddings=true",
+                                   "sweep.positions=[bos,last]", "sweep.seeds=[0,1]"), 8),
+    "boundless_embeddings_seeds": (("intervention=boundless", "sweep.layers=[0]", "sweep.include_embeddings=true",
+                                    "sweep.positions=[name,last]", "sweep.seeds=[0,1]"), 8),
+    "every_layer_default": (("sweep.include_embeddings=true",), 20),
+}
+
+
+@pytest.mark.parametrize("overrides,rows", list(SHAPES.values()), ids=list(SHAPES))
+def test_a_sweep_shape_gives_the_same_table_in_two_processes(overrides, rows, tmp_path):
+    assert_same_in_two_processes(tmp_path, *overrides, expected_rows=rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides,rows", list(SLOW_SHAPES.values()), ids=list(SLOW_SHAPES))
+def test_more_sweep_shapes_give_the_same_table_in_two_processes(overrides, rows, tmp_path):
+    assert_same_in_two_processes(tmp_path, *overrides, expected_rows=rows)
