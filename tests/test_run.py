@@ -369,3 +369,22 @@ def test_publish_at_the_end_of_a_run(tmp_path, monkeypatch):
     assert calls == [(run_dir, "me/gender", False)]
     info = (run_dir / "run_info.json").read_text()
     assert '"fingerprint"' in info and '"task": "gender"' in info
+
+
+def test_iit_sites_each_train_their_own_copy_of_the_model(tmp_path):
+    """IIT trains the model; a site must not start from the model an earlier site trained, nor
+    leave it changed for the probes: the last position's row is the same whether the BOS site
+    trained before it or not."""
+    both, weights_both = small_sweep(tmp_path, "both", "intervention.iit=true", "trainer.max_steps=6",
+                                     "sweep.layers=[1]", "sweep.include_embeddings=false",
+                                     "sweep.positions=[bos,last]")
+    alone, weights_alone = small_sweep(tmp_path, "alone", "intervention.iit=true", "trainer.max_steps=6",
+                                       "sweep.layers=[1]", "sweep.include_embeddings=false",
+                                       "sweep.positions=[last]")
+    last_both = next(r for r in both if r["position_name"] == "last")
+    (last_alone,) = alone
+    for key in ("iia", "probe_accuracy", "control_accuracy", "test_pairs"):
+        assert last_both[key] == last_alone[key], key
+    name = next(n for n in weights_alone if n.endswith("-last-s0"))
+    for key, value in weights_alone[name].items():
+        torch.testing.assert_close(weights_both[name][key], value, atol=0, rtol=0)

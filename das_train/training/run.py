@@ -11,6 +11,7 @@ cut-off fit from its last checkpoint. At the end it writes the table and the hea
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -290,8 +291,11 @@ def fit_site(cfg: DictConfig, model, datamodule, spec: TaskSpec, site: Site, see
     version = f"{site.key}-s{seed}"
     ckpt_dir = run_dir / "checkpoints" / version
     lightning.seed_everything(seed, workers=True, verbose=False)
+    # IIT trains the model itself: each site trains its own copy, so no site starts from the
+    # model another site's training left (the probe below reads the shared, untouched model).
+    trained_model = copy.deepcopy(model) if cfg.intervention.iit else model
     module = DASModule(
-        model, layer=site.layer, component=site.component, position=site.position,
+        trained_model, layer=site.layer, component=site.component, position=site.position,
         intervention=cfg.intervention.type, low_rank_dimension=cfg.intervention.low_rank_dimension,
         lr=cfg.intervention.lr, boundary_penalty=cfg.intervention.boundary_penalty,
         iit=cfg.intervention.iit, is_language_model_task=spec.is_language_model_task,
