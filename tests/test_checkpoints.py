@@ -90,7 +90,7 @@ def fit_one(gender, run_dir):
 def fit_group(gender, run_dir):
     cfg, model, datamodule, spec = gender
     probes = batched_sweep.sweep_probes(cfg, model, datamodule, spec, [(site, 0) for site in GROUP])
-    return batched_sweep.fit_site_group(cfg, model, datamodule, spec, GROUP, 0, run_dir, probes)
+    return batched_sweep.fit_site_group(cfg, model, datamodule, spec, [(site, 0) for site in GROUP], run_dir, probes)
 
 
 @pytest.mark.parametrize("fit, version", [(fit_one, f"{SITE.key}-s0"), (fit_group, "block_output-L1-name+last-s0")],

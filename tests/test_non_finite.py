@@ -42,7 +42,7 @@ def test_a_batched_fit_with_an_infinite_lr_stops_naming_its_sites(infinite_lr, t
     probes = batched_sweep.sweep_probes(cfg, model, datamodule, spec, [(site, 0) for site in GROUP])
     with pytest.raises(NonFiniteTrainingError, match=r"step 1: block_output-L1-name seed 0: the weights.*"
                                                      r"block_output-L1-last seed 0: the weights"):
-        batched_sweep.fit_site_group(cfg, model, datamodule, spec, GROUP, 0, tmp_path, probes)
+        batched_sweep.fit_site_group(cfg, model, datamodule, spec, [(site, 0) for site in GROUP], tmp_path, probes)
     assert not (tmp_path / "interventions").exists()
 
 

@@ -78,7 +78,7 @@ def trained(monkeypatch):
     seen = []
     group, one = run_module.fit_site_group, run_module.fit_site
     monkeypatch.setattr(run_module, "fit_site_group",
-                        lambda *a, **k: seen.extend((s.key, a[5]) for s in a[4]) or group(*a, **k))
+                        lambda *a, **k: seen.extend((s.key, seed) for s, seed in a[4]) or group(*a, **k))
     monkeypatch.setattr(run_module, "fit_site", lambda *a, **k: seen.append((a[4].key, a[5])) or one(*a, **k))
     return seen
 

@@ -134,8 +134,8 @@ def sweep(tmp_path, name, *extra):
 
 def test_a_sweep_tests_the_bos_sites_untrained_and_gets_what_training_gets(tmp_path, caplog):
     """gender_tiny's BOS token is every sentence's first: its sites (embedding row and L0) are
-    tested untrained, batched and one site at a time, with the rows training gives and the very
-    interventions training ends with (the low-rank loss has an exactly zero gradient there)."""
+    tested untrained, batched and one site at a time, with the rows training gives and the
+    interventions training ends with, up to the rounding noise training there walks along."""
     with caplog.at_level(logging.INFO, logger="das_train"):
         skipped, skipped_weights = sweep(tmp_path, "skip")
     untrained = {r.getMessage().split(" seed")[0] for r in caplog.records if "tested untrained" in r.getMessage()}
@@ -152,9 +152,13 @@ def test_a_sweep_tests_the_bos_sites_untrained_and_gets_what_training_gets(tmp_p
     assert skipped_weights.keys() == trained_weights.keys() == per_site_weights.keys()
     for name in skipped_weights:
         for key in skipped_weights[name]:
-            if "-bos-" in name:  # untrained, and exactly what training ended with
-                assert torch.equal(skipped_weights[name][key], trained_weights[name][key]), name
-            torch.testing.assert_close(skipped_weights[name][key], trained_weights[name][key], atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(per_site_weights[name][key], skipped_weights[name][key], atol=1e-5, rtol=1e-4)
+            if "-bos-" in name:
+                # Untrained. Training there follows only the rounding gap between the cached source
+                # and the recomputed base activation (zero in exact arithmetic; on some BLAS builds
+                # a few ulps at block outputs), which Adam turns into steps of up to lr.
+                torch.testing.assert_close(skipped_weights[name][key], trained_weights[name][key], atol=2e-3, rtol=0)
+                continue
+            torch.testing.assert_close(skipped_weights[name][key], trained_weights[name][key], atol=1e-5, rtol=1e-4)
     # The name sites did train (the comparison is not vacuous).
     assert {r["iia"] for r in skipped if r["position_name"] == "name"} != {r["iia"] for r in skipped if r["position_name"] == "bos"}
