@@ -79,6 +79,10 @@ SHAPES = {
     # copy of the model (before it had one, the two runs learned different rotations).
     "iit_per_site": (("intervention.iit=true", "sweep.layers=[1]", "sweep.include_embeddings=false",
                       "sweep.positions=[bos,last]"), 2),
+    # Shuffled training: the ranks deal one shuffle between them (RankShuffleSampler), so within
+    # the first epoch (8 of about 11 steps) two ranks of 8 train on one process's batches of 16.
+    "shuffled_first_epoch": (("trainer.shuffle=true", "trainer.max_steps=8", "sweep.layers=[1]",
+                              "sweep.include_embeddings=false", "sweep.positions=[name,last]"), 2),
 }
 
 SLOW_SHAPES = {
@@ -104,3 +108,27 @@ def test_a_sweep_shape_gives_the_same_table_in_two_processes(overrides, rows, tm
 @pytest.mark.parametrize("overrides,rows", list(SLOW_SHAPES.values()), ids=list(SLOW_SHAPES))
 def test_more_sweep_shapes_give_the_same_table_in_two_processes(overrides, rows, tmp_path):
     assert_same_in_two_processes(tmp_path, *overrides, expected_rows=rows)
+
+
+def test_shuffled_ranks_deal_one_shuffle_and_resume_at_any_step(monkeypatch):
+    """Without processes: the two ranks' batches together are one process's batch of twice the
+    size, and a sampler resumed at step k yields from there what an uninterrupted one yields."""
+    from das_train.tasks.datamodule import EpochShuffleSampler
+    from das_train.training.run import RankShuffleSampler, RankSliceSampler
+
+    def batches(rank, resume_at=0, epochs=3):
+        monkeypatch.setattr(RankSliceSampler, "_world", staticmethod(lambda: (rank, 2)))
+        sampler = RankShuffleSampler(50, seed=7, batch_size=4)
+        sampler.resume_at(resume_at)
+        epoch_rows = [list(sampler) for _ in range(epochs)]
+        return [rows[i : i + 4] for rows in epoch_rows for i in range(0, len(rows), 4)]
+
+    one = EpochShuffleSampler(range(50), seed=7, batch_size=8).epoch_order(0)
+    ranks = [batches(0), batches(1)]
+    for k in range(6):  # the first epoch's whole batches of 8: 6 of them in 50 rows (48 dealt)
+        assert sorted(ranks[0][k] + ranks[1][k]) == sorted(one[8 * k : 8 * k + 8])
+    for rank in (0, 1):
+        uninterrupted = batches(rank)
+        for step in (1, 5, 6, 7, 9):  # mid-epoch, an epoch's last (short) batch, an epoch's start
+            resumed = batches(rank, resume_at=step, epochs=2)
+            assert resumed == uninterrupted[step : step + len(resumed)], (rank, step)

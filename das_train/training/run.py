@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from das_train.core.fault_points import fault_point
 from das_train.core.sites import table_for
 from das_train.tasks.base import CounterfactualTask, TaskSpec
-from das_train.tasks.datamodule import ResumableOrder
+from das_train.tasks.datamodule import EpochShuffleSampler, ResumableOrder
 from das_train.training import preflight, reports
 from das_train.training import run_dir as run_dir_state
 from das_train.training.batched_sweep import (
@@ -214,17 +214,45 @@ class RankSliceSampler(ResumableOrder, torch.utils.data.DistributedSampler):
         return len(range(rank, self.size, world))
 
 
+class RankShuffleSampler(RankSliceSampler):
+    """Training with ``trainer.shuffle=true`` on several processes: epoch ``e``'s shuffle of the
+    whole split (the order one process's
+    :class:`~das_train.tasks.datamodule.EpochShuffleSampler` takes), dealt to the ranks in
+    turn, the last ``size % world`` rows dropped.
+
+    The order is a pure function of (seed, epoch), so a fit resumed mid-epoch continues at the
+    batch it was cut off at, which Lightning's own shuffled DistributedSampler cannot (it
+    restarts the epoch). Rank ``r``'s batch ``k`` of ``b`` rows holds the rows
+    ``r, r + world, ...`` of the shuffle's ``k``-th run of ``world * b``: together the ranks
+    train on one process's batch of ``world * b`` wherever the split divides into such
+    batches.
+    """
+
+    def __init__(self, size: int, seed: int, batch_size: int) -> None:
+        super().__init__(size, drop_remainder=True, batch_size=batch_size)
+        self.shuffle = EpochShuffleSampler(range(size), seed, batch_size)
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        rank, world = self._world()
+        order = self.shuffle.epoch_order(epoch)
+        return order[rank : len(order) - len(order) % world : world]
+
+
 def _with_sampler(loader: torch.utils.data.DataLoader, sampler: torch.utils.data.Sampler) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn,
                                        sampler=sampler, num_workers=loader.num_workers)
 
 
 def distributed_train_loader(cfg: DictConfig, loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
-    """``loader``, or with ``trainer.shuffle=false`` on several processes, the same rows sliced
-    by rank (:class:`RankSliceSampler`)."""
-    if cfg.trainer.shuffle or cfg.trainer.devices * cfg.trainer.num_nodes == 1:
+    """``loader``, or on several processes its rows dealt to the ranks: in order
+    (:class:`RankSliceSampler`), or shuffled as ``loader``'s own
+    :class:`~das_train.tasks.datamodule.EpochShuffleSampler` shuffles (:class:`RankShuffleSampler`)."""
+    if cfg.trainer.devices * cfg.trainer.num_nodes == 1:
         return loader
-    return _with_sampler(loader, RankSliceSampler(len(loader.dataset), batch_size=loader.batch_size))
+    size, batch = len(loader.dataset), loader.batch_size
+    if isinstance(loader.sampler, EpochShuffleSampler):
+        return _with_sampler(loader, RankShuffleSampler(size, loader.sampler.seed, batch))
+    return _with_sampler(loader, RankSliceSampler(size, batch_size=batch))
 
 
 def train_loader(cfg: DictConfig, datamodule) -> torch.utils.data.DataLoader:
@@ -272,7 +300,8 @@ def make_trainer(cfg: DictConfig, run_dir: Path, version: str, ckpt_dir: Path) -
         strategy=cfg.trainer.strategy, precision=cfg.trainer.precision, max_steps=cfg.trainer.max_steps,
         logger=make_logger(cfg, run_dir, version), callbacks=callbacks, enable_progress_bar=cfg.progress,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=10,
-        use_distributed_sampler=cfg.trainer.shuffle,
+        # Every loader of ours deals its rows to the ranks itself (RankSliceSampler, RankShuffleSampler).
+        use_distributed_sampler=False,
     )
 
 
