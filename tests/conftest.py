@@ -154,3 +154,17 @@ def random_pair_rows(n: int, seed: int, vocab: int, length: int, control_classes
         "base_variable": torch.randint(0, 2, (), generator=gen),
         "base_control": torch.randint(0, control_classes, (), generator=gen),
     } for _ in range(n)]
+
+
+class ForwardCounter:
+    """A user hook on the model's top module that counts forwards (and must survive our calls)."""
+
+    def __init__(self, model):
+        self.calls = 0
+        self.handle = model.register_forward_pre_hook(self._count)
+
+    def _count(self, module, args):
+        self.calls += 1
+
+    def remove(self):
+        self.handle.remove()

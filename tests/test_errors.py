@@ -4,22 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import ForwardCounter
 
 import das_train as pv
-
-
-class ForwardCounter:
-    """A user hook on the model's top module that counts forwards (and must survive)."""
-
-    def __init__(self, model):
-        self.calls = 0
-        self.handle = model.register_forward_pre_hook(self._count)
-
-    def _count(self, module, args):
-        self.calls += 1
-
-    def remove(self):
-        self.handle.remove()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import ForwardCounter
 
 import das_train as pv
 from das_train.core.input_checks import InputChecks, position_limit, vocabulary_size
@@ -14,22 +15,11 @@ from das_train.core.input_checks import InputChecks, position_limit, vocabulary_
 VOCAB, POSITIONS = 64, 32  # tests/conftest.py's tiny models
 
 
-class ForwardCounter:
-    """Counts forwards of the model's top module."""
-
-    def __init__(self, model):
-        self.calls = 0
-        self.handle = model.register_forward_pre_hook(self._count)
-
-    def _count(self, module, args):
-        self.calls += 1
-
-
 @pytest.fixture
 def counted(gpt2):
     counter = ForwardCounter(gpt2)
     yield gpt2, counter
-    counter.handle.remove()
+    counter.remove()
 
 
 def block_output(model, layer=0):
@@ -88,7 +78,7 @@ def test_nan_and_inf_in_inputs_embeds(neox):
         assert "base inputs_embeds" not in message
         assert counter.calls == 0
     finally:
-        counter.handle.remove()
+        counter.remove()
 
 
 def test_a_vector_model_input_with_nan_is_refused():
