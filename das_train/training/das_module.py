@@ -116,7 +116,7 @@ def prediction_only_options(model: nn.Module) -> dict[str, Any]:
     return {name: value for name, value in PREDICTION_ONLY.items() if name in accepted}
 
 
-def _intervention_class(name: str, iit: bool) -> type[Intervention]:
+def trainable_intervention_class(name: str, iit: bool) -> type[Intervention]:
     """Looks ``name`` up in the registry and checks it can be trained in this mode."""
     if name not in INTERVENTION_REGISTRY:
         trainable = sorted(n for n, c in INTERVENTION_REGISTRY.items() if c.trainable)
@@ -179,7 +179,7 @@ class DASModule(lightning.LightningModule):
         if boundary_penalty < 0:
             raise ValueError(f"boundary_penalty must be >= 0, got {boundary_penalty}")
         self.save_hyperparameters(ignore=["model"])
-        cls = _intervention_class(intervention, iit)
+        cls = trainable_intervention_class(intervention, iit)
         if iit:
             # A submodule: its weights are trained, checkpointed and synchronized by DDP.
             self.model = model

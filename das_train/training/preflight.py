@@ -35,7 +35,7 @@ from das_train.interventions.base import INTERVENTION_REGISTRY, Intervention
 from das_train.tasks.base import CounterfactualTask, TaskSpec
 from das_train.tasks.hierarchical_equality import ExperimentSize, model_config
 from das_train.tasks.tiny_model import tiny_lm_config
-from das_train.training.das_module import _intervention_class
+from das_train.training.das_module import trainable_intervention_class
 from das_train.training.schema import ConfigError
 from das_train.training.task_loading import load_task
 
@@ -83,7 +83,7 @@ def intervention_problems(cfg: DictConfig) -> list[str]:
         return [f"'intervention.type' = {name!r} is not a registered intervention; allowed: "
                 f"{trainable_interventions(iit)}"]
     try:
-        _intervention_class(name, iit)
+        trainable_intervention_class(name, iit)
     except ValueError as err:
         return [f"'intervention.type' = {name!r}: {err}; allowed: {trainable_interventions(iit)}"]
     return []
