@@ -238,6 +238,96 @@ def case_k_sites(model: GPT2Model, k: int, pyvene, warmup: int, reps: int) -> di
     return {"ours": t_ours, "floor": "-", "pyvene": t_pyv, "fwd_ours": f_ours, "fwd_pyvene": f_pyv}
 
 
+SIX_B, SIX_T, SIX_POS = 32, 16, 9
+
+
+def six_sites(n_layer: int) -> list[dict]:
+    """One site per layer, block output and MLP output alternating: no layer left for an early stop."""
+    comps = ("block_output", "mlp_output")
+    return [
+        {"layer": j, "component": comps[j % 2], "unit": "pos", "max_number_of_units": 1}
+        for j in range(n_layer)
+    ]
+
+
+def case_six_sites_floor(model: GPT2Model, pyvene, warmup: int, reps: int) -> dict:
+    """Six sites sharing one source against two plain forwards with six hand-written hook pairs.
+
+    The floor reads the six positions in the source forward and writes them in the base forward,
+    which is the least any library can do for this call; issue 16 asks for at most 1.05x of it.
+    """
+    n_layer = model.config.n_layer
+    g = torch.Generator().manual_seed(3)
+    base = {"input_ids": torch.randint(0, VOCAB, (SIX_B, SIX_T), generator=g)}
+    source = {"input_ids": torch.randint(0, VOCAB, (SIX_B, SIX_T), generator=g)}
+    reps_cfg = six_sites(n_layer)
+    modules = [model.h[r["layer"]] if r["component"] == "block_output" else model.h[r["layer"]].mlp
+               for r in reps_cfg]
+    one = [[SIX_POS]] * SIX_B
+    unit_locations = {"sources->base": ([one] * n_layer, [one] * n_layer)}
+    ours = pv.IntervenableModel(reps_cfg, model)
+
+    def run_ours():
+        return ours(base, [source] * n_layer, unit_locations=unit_locations)
+
+    def floor():
+        saved: list[torch.Tensor] = [None] * len(modules)  # type: ignore[list-item]
+
+        def getter(i):
+            def get(module, args, output):
+                saved[i] = hidden(output)[:, SIX_POS].clone()
+            return get
+
+        def putter(i):
+            def put(module, args, output):
+                h = hidden(output).clone()
+                h[:, SIX_POS] = saved[i]
+                return with_hidden(output, h)
+            return put
+
+        handles = [m.register_forward_hook(getter(i)) for i, m in enumerate(modules)]
+        try:
+            model(**source)
+        finally:
+            for h in handles:
+                h.remove()
+        handles = [m.register_forward_hook(putter(i)) for i, m in enumerate(modules)]
+        try:
+            return model(**base)
+        finally:
+            for h in handles:
+                h.remove()
+
+    counter = ForwardCounter(model)
+    with torch.no_grad():
+        ref = floor().last_hidden_state
+        got_ours = run_ours()[1].last_hidden_state
+        assert torch.allclose(got_ours, ref, atol=1e-5), "das_train and the floor disagree (six sites)"
+        f_ours = counter.count(run_ours)
+        # interleave the two so that a noisy neighbour on the machine slows both alike
+        t_ours, t_floor = [], []
+        for _ in range(3):
+            t_ours.append(median_ms(run_ours, warmup, reps))
+            t_floor.append(median_ms(floor, warmup, reps))
+
+        def pyv():
+            theirs = pyvene.IntervenableModel(pyvene.IntervenableConfig(six_sites(n_layer)), model)
+
+            def call():
+                return theirs(base, [source] * n_layer, unit_locations=unit_locations)
+
+            c = call()[1].last_hidden_state
+            if not torch.allclose(c, ref, atol=1e-5):
+                return "n/a (pyvene result differs from the floor)", "n/a"
+            return median_ms(call, warmup, reps), counter.count(call)
+
+        got = try_pyvene("six sites", pyv)
+    counter.remove()
+    t_pyv, f_pyv = got if isinstance(got, tuple) else (got, "n/a")
+    return {"ours": statistics.median(t_ours), "floor": statistics.median(t_floor), "pyvene": t_pyv,
+            "fwd_ours": f_ours, "fwd_pyvene": f_pyv}
+
+
 def case_collect(model: GPT2Model, pyvene, warmup: int, reps: int) -> tuple[dict, str]:
     n_layer = model.config.n_layer
     base = inputs(1)
@@ -443,6 +533,12 @@ def main() -> None:
     print("2. k sites, one source ...", flush=True)
     for k in (6, 12):
         rows.append((f"2. {k} sites, sources=[source]*{k}, d=768", case_k_sites(big, k, pyv_or_none(), warmup, reps)))
+    print("2b. six sites against the hand-hook floor ...", flush=True)
+    mid = build_gpt2(256, 6, 8)
+    for p in mid.parameters():
+        p.requires_grad_(False)
+    rows.append((f"2b. 6 sites (one a layer), one source, d=256, batch {SIX_B}x{SIX_T}",
+                 case_six_sites_floor(mid, pyv_or_none(), warmup, reps)))
     print("3. collect every layer ...", flush=True)
     row, note = case_collect(big, pyv_or_none(), warmup, reps)
     rows.append(("3. collect block_output at all 6 layers, d=768", row))
