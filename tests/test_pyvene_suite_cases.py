@@ -17,10 +17,18 @@ BATCH = 4
 def _linked_mlp():
     """Two interventions linked on one site of the built-in MLP, as pyvene's MLP test builds."""
     _, _, mlp = pv.create_mlp_classifier(pv.MLPConfig(h_dim=3, n_layer=1, pdrop=0.0, num_classes=5))
-    rep = dict(layer=0, component="mlp_activation", unit="pos", max_number_of_units=1,
-               subspace_partition=[[1, 3], [0, 1]], intervention_link_key=0)
-    config = pv.IntervenableConfig([pv.RepresentationConfig(**rep), pv.RepresentationConfig(**rep)],
-                                   intervention_types=pv.VanillaIntervention)
+    rep = dict(
+        layer=0,
+        component="mlp_activation",
+        unit="pos",
+        max_number_of_units=1,
+        subspace_partition=[[1, 3], [0, 1]],
+        intervention_link_key=0,
+    )
+    config = pv.IntervenableConfig(
+        [pv.RepresentationConfig(**rep), pv.RepresentationConfig(**rep)],
+        intervention_types=pv.VanillaIntervention,
+    )
     return pv.IntervenableModel(config, mlp)
 
 
