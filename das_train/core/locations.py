@@ -26,8 +26,12 @@ from typing import Any
 import torch
 
 
-class LocationError(ValueError):
-    """A location or subspace that cannot be used; the message lists every problem found."""
+class LocationError(ValueError, IndexError):
+    """A location or subspace that cannot be used; the message lists every problem found.
+
+    Also an ``IndexError``: pyvene raises that for a location list shorter than the
+    interventions it addresses, and pyvene programs (its own tests among them) catch it.
+    """
 
 
 @dataclass
