@@ -29,22 +29,15 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from torch import nn
 
 from das_train.core.files import atomic_write, atomic_write_text, temporary_folder
 from das_train.core.loaders import HubUnavailableError
-from das_train.core.serialization import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    contained_path,
-    require_relative,
-    save_intervenable,
-)
-
-if TYPE_CHECKING:
-    from das_train.core.model import IntervenableModel
+from das_train.core.model import IntervenableModel
+from das_train.core.paths import contained_path, require_relative
+from das_train.core.serialization import CONFIG_NAME, WEIGHTS_NAME, save_intervenable
 
 CARD_NAME = "README.md"
 HEATMAP_NAME = "heatmaps.png"
@@ -592,8 +585,6 @@ def from_pretrained(repo_or_dir: str | os.PathLike[str], model: nn.Module, revis
         FileNotFoundError: the folder holds no saved interventions (the message lists those
             it does hold, for a sweep).
     """
-    from das_train.core.model import IntervenableModel
-
     if subfolder is not None:
         require_relative(subfolder, "subfolder")  # before any download
     local = Path(repo_or_dir)
