@@ -332,7 +332,7 @@ def test_cache_and_no_cache_agree_on_other_sites(component, unit, loc):
     lm = _llama()
     pv_model = pv.IntervenableModel(
         pv.RepresentationConfig(1, component, unit=unit, intervention_type=pv.AdditionIntervention), lm)
-    vector = 3 * torch.randn(pv_model._entries[0].site.width, generator=torch.Generator().manual_seed(1))
+    vector = 3 * torch.randn(pv_model.wiring.entries[0].site.width, generator=torch.Generator().manual_seed(1))
     outs = [pv_model.generate(inputs(PROMPT), unit_locations=loc, source_representations=vector,
                               timestep_selector=[0, 2, 3], max_new_tokens=6, do_sample=False,
                               use_cache=use_cache, intervene_on_prompt=True)[1] for use_cache in (True, False)]

@@ -8,6 +8,7 @@ fakes that record their calls and copy folders on disk, and the offline test rel
 from __future__ import annotations
 
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -154,7 +155,7 @@ def fake_hub(tmp_path, monkeypatch) -> FakeHub:
     monkeypatch.setattr(huggingface_hub, "HfApi", fake.api_class())
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake.snapshot_download)
     monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
-    monkeypatch.setattr(hub.tempfile, "tempdir", str(tmp_path))  # push_to_hub's temp folders
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # push_to_hub's temp folders
     return fake
 
 

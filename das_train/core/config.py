@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from das_train.interventions.base import INTERVENTION_REGISTRY, Intervention
+from das_train.interventions.static import VanillaIntervention
 
 MODES = ("parallel", "serial")
 UNITS = ("pos", "h", "h.pos", "t")
@@ -173,8 +174,6 @@ class IntervenableConfig:
         if isinstance(types, (list, tuple)):
             types = types[index]
         if types is None:
-            from das_train.interventions.static import VanillaIntervention
-
             return VanillaIntervention
         return resolve_intervention_type(types)
 

@@ -38,16 +38,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from das_train.core import hooks as H
 from das_train.core.locations import Location, LocationError
+from das_train.core.patching import make_setter
+from das_train.core.planning import Plan, plan_call, shape_of
+from das_train.core.running import gather_sources
+from das_train.core.wiring import Wiring
 from das_train.interventions.static import CollectIntervention
-
-if TYPE_CHECKING:
-    from das_train.core.model import IntervenableModel, _Plan
 
 
 def _step_selector(timestep_selector: Any) -> Callable[[int], bool]:
@@ -78,18 +79,18 @@ def _step_selector(timestep_selector: Any) -> Callable[[int], bool]:
     return lambda step: step in wanted
 
 
-def _selectors(model: IntervenableModel, timestep_selector: Any, on_prompt: bool) -> list[Callable[[int], bool] | None]:
+def _selectors(wiring: Wiring, timestep_selector: Any, on_prompt: bool) -> list[Callable[[int], bool] | None]:
     """Per intervention: the decoding steps it acts at (``None``: none).
 
     A mapping gives a selector per intervention, by key or index; the others act on the
     prompt only.
     """
-    count = len(model._entries)
+    count = len(wiring.entries)
     if timestep_selector is None:
         return [None] * count if on_prompt else [_step_selector(None)] * count
     if not isinstance(timestep_selector, Mapping):
         return [_step_selector(timestep_selector)] * count
-    keys = [e.key for e in model._entries]
+    keys = [e.key for e in wiring.entries]
     out: list[Callable[[int], bool] | None] = [None] * count
     unknown = []
     for key, selector in timestep_selector.items():
@@ -127,9 +128,9 @@ def _expand_loc(loc: Location | None, k: int) -> Location | None:
 class _Generation:
     """The state of one ``generate`` call: its plan, the gathered sources and the step rule."""
 
-    def __init__(self, model: IntervenableModel, plan: _Plan, store: dict[int, Any], batch: int,
+    def __init__(self, wiring: Wiring, plan: Plan, store: dict[int, Any], batch: int,
                  prompt_len: int, on_prompt: bool, selectors: list[Callable[[int], bool] | None]):
-        self.model = model
+        self.wiring = wiring
         self.plan = plan
         self.store = store
         self.batch = batch
@@ -145,7 +146,8 @@ class _Generation:
         key = (i, k, kind)
         if key not in self._setters:
             plan = self.plan
-            site = self.model._entries[i].site
+            entry = self.wiring.entries[i]
+            site = entry.site
             if k > 1:  # beams / num_return_sequences: HF repeats each example k times in a row
                 subspaces = list(plan.subspaces)
                 if subspaces[i] is not None:
@@ -169,12 +171,12 @@ class _Generation:
                 loc = base_loc  # the chosen heads; the window is the one position
             else:
                 loc = None  # the whole one-position window
-            self._setters[key] = self.model._setter(i, plan, loc, None, store, self.collected)
+            self._setters[key] = make_setter(i, entry, plan, loc, None, store, self.collected)
         return self._setters[key]
 
     def hook_for(self, i: int):
         calls = [0]
-        entry = self.model._entries[i]
+        entry = self.wiring.entries[i]
 
         def hook(module, args, kwargs, output):
             x = H.read_hooked(args, kwargs, output)
@@ -249,62 +251,16 @@ def _apply_window(setter, module, args, kwargs, output, result, start: int, stop
     return H.write_hooked(args, kwargs, output, whole)
 
 
-def _gather_sources(model: IntervenableModel, plan: _Plan, active: list[int], collected: dict) -> tuple[dict, list[int]]:
-    """The sources' activations (one run per distinct source input, as ``forward``) and the
-    interventions that patch the base."""
-    store: dict[int, Any] = {}
-    if model.mode == "parallel":
-        for j, source_input in enumerate(plan.source_inputs):
-            readers = [i for i, s in enumerate(plan.source_of) if s == j]
-            store.update(model._run_hooks(source_input, [], readers, plan, {}, collected, {})[1])
-        return store, active
-    by_group: list[list[int]] = [[] for _ in range(model._n_groups)]
-    for i in active:
-        by_group[model._entries[i].group].append(i)
-    previous: list[int] = []
-    for g in range(model._n_groups):
-        source_input = plan.group_inputs[g]
-        if source_input is None:
-            if previous:
-                raise LocationError(f"serial mode: sources[{g}] is None but group {g - 1} writes into it")
-            previous = by_group[g]
-            continue
-        readers = [i for i in by_group[g] if plan.source_of[i] is not None]
-        store.update(model._run_hooks(source_input, previous, readers, plan, store, collected, {})[1])
-        previous = by_group[g]
-    return store, previous
-
-
-def generate(
-    model: IntervenableModel,
-    base: Any,
-    sources: Any = None,
-    unit_locations: dict[str, Any] | None = None,
-    source_representations: Any = None,
-    intervene_on_prompt: bool = False,
-    timestep_selector: Any = None,
-    output_original_output: bool = False,
-    subspaces: Any = None,
-    generate_kwargs: dict[str, Any] | None = None,
-):
-    """See :meth:`IntervenableModel.generate`."""
-    generate_kwargs = dict(generate_kwargs or {})
-    base = _as_mapping(base)
-    hf_generate = getattr(model.model, "generate", None)
-    if hf_generate is None:
-        raise TypeError(f"{type(model.model).__name__} has no `generate`; generation needs a Hugging Face LM")
-    on_prompt = bool(intervene_on_prompt)
-    selectors = _selectors(model, timestep_selector, on_prompt)
-    batch, prompt_len = model._shape_of(base)
-    if batch is None or prompt_len is None:
-        raise ValueError("generate needs `base` with input_ids (or attention_mask / inputs_embeds) of shape (batch, seq)")
-
-    plan = model._plan(base, sources, unit_locations, source_representations, subspaces)
-    active = [i for i, a in enumerate(plan.active) if a]
+def _decoding_source_locations(wiring: Wiring, plan: Plan, selectors: list[Callable[[int], bool] | None],
+                                on_prompt: bool, batch: int) -> list[Location | None]:
+    """The source locations with one position each for the interventions that read a source
+    run at decoding steps (the source's last position when none is given); raises
+    :class:`LocationError` listing every intervention that cannot be generated with."""
     problems: list[str] = []
     src_locs = list(plan.src_locs)
-    for i in active:
-        e = model._entries[i]
+    for i, e in enumerate(wiring.entries):
+        if not plan.active[i]:
+            continue
         if e.site.unit == "t":
             problems.append(f"{e.key}: recurrent time-step units cannot be used in generate")
             continue
@@ -321,7 +277,7 @@ def generate(
                     "with one source position (the prompt and the decoding steps share it)"
                 )
                 continue
-            src_len = model._shape_of(plan.group_inputs[e.group])[1]
+            src_len = shape_of(plan.group_inputs[e.group])[1]
             if src_len is None:
                 problems.append(f"{e.key}: cannot read the source's length; give unit_locations")
                 continue
@@ -334,21 +290,49 @@ def generate(
             )
     if problems:
         raise LocationError("invalid generate call:\n  - " + "\n  - ".join(problems))
-    plan = replace(plan, src_locs=src_locs)
+    return src_locs
+
+
+def generate(
+    wiring: Wiring,
+    mode: str,
+    base: Any,
+    sources: Any = None,
+    unit_locations: dict[str, Any] | None = None,
+    source_representations: Any = None,
+    intervene_on_prompt: bool = False,
+    timestep_selector: Any = None,
+    output_original_output: bool = False,
+    subspaces: Any = None,
+    generate_kwargs: dict[str, Any] | None = None,
+):
+    """See :meth:`IntervenableModel.generate`."""
+    generate_kwargs = dict(generate_kwargs or {})
+    base = _as_mapping(base)
+    hf_generate = getattr(wiring.model, "generate", None)
+    if hf_generate is None:
+        raise TypeError(f"{type(wiring.model).__name__} has no `generate`; generation needs a Hugging Face LM")
+    on_prompt = bool(intervene_on_prompt)
+    selectors = _selectors(wiring, timestep_selector, on_prompt)
+    batch, prompt_len = shape_of(base)
+    if batch is None or prompt_len is None:
+        raise ValueError("generate needs `base` with input_ids (or attention_mask / inputs_embeds) of shape (batch, seq)")
+    plan = plan_call(wiring, mode, base, sources, unit_locations, source_representations, subspaces)
+    plan = replace(plan, src_locs=_decoding_source_locations(wiring, plan, selectors, on_prompt, batch))
 
     original = hf_generate(**base, **generate_kwargs) if output_original_output else None
     collected: dict[int, Any] = {}
     with torch.no_grad():
-        store, setters = _gather_sources(model, plan, active, collected)
-    state = _Generation(model, plan, store, batch, prompt_len, on_prompt, selectors)
+        store, setters = gather_sources(wiring, mode, plan, collected, {})
+    state = _Generation(wiring, plan, store, batch, prompt_len, on_prompt, selectors)
     for i, value in collected.items():
         state.gathered[i] = [value]
     with H.HookSet() as hooks:
         for i in setters:
-            site = model._entries[i].site
+            site = wiring.entries[i].site
             hooks.add(site.module, site.hook, state.hook_for(i))
         sequences = hf_generate(**base, **generate_kwargs)
-    collects = [i for i, e in enumerate(model._entries) if isinstance(e.intervention, CollectIntervention)]
+    collects = [i for i, e in enumerate(wiring.entries) if isinstance(e.intervention, CollectIntervention)]
     if collects:
         activations = [t for i in collects for t in state.gathered.get(i, [])]
         return (original, activations), sequences

@@ -7,7 +7,10 @@ instead of hanging or printing a stack of connection errors.
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 
@@ -23,10 +26,6 @@ def hub_unreachable_reason(repo_id: str, revision: str | None = None, timeout: f
     ``timeout`` seconds: without this check, transformers retries a closed network for most of a
     minute before it gives up.
     """
-    import os
-    import socket
-    from urllib.parse import urlparse
-
     from huggingface_hub import constants, try_to_load_from_cache
 
     cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from das_train.core.config import IntervenableConfig, RepresentationConfig
-from das_train.core.serialization import contained_path, is_plain_name
+from das_train.core.paths import contained_path, is_plain_name
 from das_train.interventions.base import INTERVENTION_REGISTRY, Intervention, build_intervention
 
 _CLASS_NAME = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)'?>?\s*$")
@@ -62,9 +61,9 @@ def _restore(intervention: Intervention, state: dict[str, torch.Tensor], key: st
         )
 
 
-def load_pyvene_artifact(directory: Path, document: dict[str, Any], model: nn.Module):
-    from das_train.core.model import IntervenableModel
-
+def pyvene_artifact_config(directory: Path, document: dict[str, Any]) -> IntervenableConfig:
+    """The config of a pyvene artifact, each representation holding its intervention built
+    and loaded (or, with no recorded width, the type to build it from)."""
     names = [_type_name(t) for t in document.get("intervention_types") or []]
     reps = [_representation(r) for r in document.get("representations", [])]
     keys = document.get("sorted_keys") or [None] * len(reps)
@@ -100,5 +99,4 @@ def load_pyvene_artifact(directory: Path, document: dict[str, Any], model: nn.Mo
             rep.intervention = intervention
         else:
             rep.intervention_type = cls
-    config = IntervenableConfig(reps, mode=document.get("mode", "parallel"))
-    return IntervenableModel(config, model)
+    return IntervenableConfig(reps, mode=document.get("mode", "parallel"))

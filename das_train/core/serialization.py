@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from torch import nn
 from das_train.core.config import IntervenableConfig, RepresentationConfig
 from das_train.core.fault_points import fault_point
 from das_train.core.files import atomic_write
+from das_train.core.paths import contained_path, is_plain_name
+from das_train.core.pyvene_compat import pyvene_artifact_config
 from das_train.interventions.base import INTERVENTION_REGISTRY, Intervention, LambdaIntervention
 
 FORMAT = "das_train.intervenable/1"
@@ -38,35 +41,13 @@ PYVENE_FORMAT = "pyvene (config.json with 'representations' and 'intervention_ty
 KNOWN_FORMATS = (FORMAT, PYVENE_FORMAT)
 
 
-def is_plain_name(name: str) -> bool:
-    """Whether ``name`` can be a single file or folder name: no separators, not ``.``/``..``."""
-    return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..") and "\0" not in name
-
-
-def require_relative(relative: str | Path, what: str) -> Path:
-    """``relative`` as a path that cannot climb out of a folder: not absolute, no ``..``."""
-    path = Path(relative)
-    if path.is_absolute() or ".." in path.parts:
-        raise ValueError(f"{what} {str(relative)!r} leaves its folder: absolute paths and '..' are not allowed")
-    return path
-
-
-def contained_path(root: Path, relative: str | Path, what: str) -> Path:
-    """``root / relative``, refused unless it stays inside ``root`` once symlinks are resolved."""
-    relative = require_relative(relative, what)
-    path = root / relative
-    if not path.resolve().is_relative_to(root.resolve()):
-        raise ValueError(f"{what} {str(relative)!r} resolves to {path.resolve()}, outside {root} (a symlink out)")
-    return path
-
-
 def architecture_record(intervenable) -> dict[str, Any]:
     """What an artifact must be loaded onto: the model's type (or class) and each site's width."""
     config = getattr(intervenable.model, "config", None)
     return {
         "model_class": type(intervenable.model).__name__,
         "model_type": getattr(config, "model_type", None),
-        "site_widths": {entry.key: entry.site.width for entry in intervenable._entries},
+        "site_widths": {entry.key: entry.site.width for entry in intervenable.wiring.entries},
     }
 
 
@@ -88,10 +69,10 @@ def check_architecture(config_path: Path, record: dict[str, Any] | None, model: 
                          f"{type(model).__name__}")
 
 
-def check_site_widths(config_path: Path, record: dict[str, Any] | None, intervenable) -> None:
+def check_site_widths(config_path: Path, record: dict[str, Any] | None, wiring) -> None:
     """Refuses sites whose width on this model differs from the width they were trained at."""
     saved = (record or {}).get("site_widths") or {}
-    wrong = [f"{entry.key}: saved {saved[entry.key]}, here {entry.site.width}" for entry in intervenable._entries
+    wrong = [f"{entry.key}: saved {saved[entry.key]}, here {entry.site.width}" for entry in wiring.entries
              if entry.key in saved and saved[entry.key] != entry.site.width]
     if wrong:
         raise ValueError(f"{config_path}: the sites' widths differ on this model ({'; '.join(wrong)})")
@@ -111,7 +92,7 @@ def intervenable_state(intervenable) -> tuple[dict[str, Any], dict[str, torch.Te
     records = []
     tensors: dict[str, torch.Tensor] = {}
     first_key_of: dict[int, str] = {}
-    for entry in intervenable._entries:
+    for entry in intervenable.wiring.entries:
         intervention = entry.intervention
         if not is_plain_name(entry.key):
             raise ValueError(f"intervention key {entry.key!r} is not a plain name (no '/', '\\', '.' or '..')")
@@ -192,32 +173,39 @@ def _restore(intervention: Intervention, state: dict[str, torch.Tensor], key: st
                          f"missing {missing}, unexpected {unexpected}")
 
 
-def load_intervenable(load_directory: str, model: nn.Module, local_directory: str | None = None,
-                      from_huggingface_hub: bool = False):
-    from das_train.core.model import IntervenableModel
+@dataclass
+class SavedIntervenable:
+    """A saved IntervenableModel read back: the config with its interventions built and loaded,
+    and the architecture recorded at saving (``None`` for a pyvene artifact, which records none)."""
 
+    config: IntervenableConfig
+    config_path: Path
+    architecture: dict[str, Any] | None
+
+    def check_site_widths(self, wiring: Any) -> None:
+        """Refuses sites whose width on this model differs from the width they were saved at."""
+        check_site_widths(self.config_path, self.architecture, wiring)
+
+
+def _local_directory(load_directory: str, local_directory: str | None, from_huggingface_hub: bool) -> Path:
+    """``load_directory`` itself, or a Hub repo of that name downloaded to ``local_directory``."""
     directory = Path(load_directory)
-    if from_huggingface_hub or not directory.exists():
-        from huggingface_hub import snapshot_download
+    if not from_huggingface_hub and directory.exists():
+        return directory
+    from huggingface_hub import snapshot_download
 
-        try:
-            directory = Path(snapshot_download(repo_id=str(load_directory), local_dir=local_directory))
-        except Exception as err:  # offline, unknown repo, no token: say which
-            raise OSError(
-                f"{load_directory!r} is not a local directory and could not be fetched from the "
-                f"Hugging Face Hub ({type(err).__name__}: {err})"
-            ) from err
-    config_path = contained_path(directory, CONFIG_NAME, "the config file")
-    document = json.loads(config_path.read_text())
-    kind = artifact_format(config_path, document)
-    if kind == PYVENE_FORMAT:
-        from das_train.core.pyvene_compat import load_pyvene_artifact
+    try:
+        return Path(snapshot_download(repo_id=str(load_directory), local_dir=local_directory))
+    except Exception as err:  # offline, unknown repo, no token: say which
+        raise OSError(
+            f"{load_directory!r} is not a local directory and could not be fetched from the "
+            f"Hugging Face Hub ({type(err).__name__}: {err})"
+        ) from err
 
-        return load_pyvene_artifact(directory, document, model)
 
-    check_architecture(config_path, document.get("architecture"), model)
-    config = IntervenableConfig.from_dict(document["config"])
-    tensors = load_file(str(contained_path(directory, WEIGHTS_NAME, "the weights file")), device="cpu")
+def _built_interventions(document: dict[str, Any], config: IntervenableConfig,
+                         tensors: dict[str, torch.Tensor]) -> None:
+    """Builds each saved intervention from its registered type and weights, into ``config``."""
     built: dict[str, Intervention] = {}
     for rep, record in zip(config.representations, document["interventions"]):
         if record["shares_weights_with"] is not None:
@@ -237,9 +225,22 @@ def load_intervenable(load_directory: str, model: nn.Module, local_directory: st
         rep.intervention = intervention
         rep.intervention_type = None
     config.intervention_types = None
-    intervenable = IntervenableModel(config, model)
-    check_site_widths(config_path, document.get("architecture"), intervenable)
-    return intervenable
+
+
+def read_saved(load_directory: str, model: nn.Module, local_directory: str | None = None,
+               from_huggingface_hub: bool = False) -> SavedIntervenable:
+    """Reads a saved IntervenableModel (ours or pyvene's) for ``model``, on the CPU."""
+    directory = _local_directory(load_directory, local_directory, from_huggingface_hub)
+    config_path = contained_path(directory, CONFIG_NAME, "the config file")
+    document = json.loads(config_path.read_text())
+    if artifact_format(config_path, document) == PYVENE_FORMAT:
+        return SavedIntervenable(pyvene_artifact_config(directory, document), config_path, None)
+    architecture = document.get("architecture")
+    check_architecture(config_path, architecture, model)
+    config = IntervenableConfig.from_dict(document["config"])
+    tensors = load_file(str(contained_path(directory, WEIGHTS_NAME, "the weights file")), device="cpu")
+    _built_interventions(document, config, tensors)
+    return SavedIntervenable(config, config_path, architecture)
 
 
 def artifact_format(config_path: Path, document: Any) -> str:
@@ -255,5 +256,4 @@ def artifact_format(config_path: Path, document: Any) -> str:
                      f"{FORMAT!r}, or {PYVENE_FORMAT}")
 
 
-__all__ = ["KNOWN_FORMATS", "contained_path", "is_plain_name", "require_relative", "load_intervenable", "save_intervenable",
-           "RepresentationConfig"]
+__all__ = ["KNOWN_FORMATS", "SavedIntervenable", "read_saved", "save_intervenable", "RepresentationConfig"]

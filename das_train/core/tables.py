@@ -1,0 +1,278 @@
+"""Architecture tables: where each component lives in a model family, and how wide it is.
+
+A table maps a component name to a module path template (``{layer}`` is the only placeholder,
+filled with ``str.format`` and walked attribute by attribute; nothing is evaluated), the hook
+side (the module's input or its output), how to cut the hooked tensor (a third of a fused
+q/k/v projection, laid out contiguously as in GPT-2 or interleaved per head as in GPT-NeoX),
+and the widths computed from the model's config. Adding a family is adding one table here (or
+registering one, see :func:`das_train.core.sites.register_architecture`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+HEAD_COMPONENTS = (
+    "head_attention_value_output",
+    "head_query_output",
+    "head_key_output",
+    "head_value_output",
+)
+RECURRENT_COMPONENTS = ("cell_input", "cell_output")
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """Where one component lives in a family, relative to the family's base model."""
+
+    path: str
+    """Module path with ``{layer}``, e.g. ``"h.{layer}.mlp"``."""
+    hook: str
+    """``"input"`` (the module's first input) or ``"output"`` (its first output)."""
+    width: Callable[[Any], int | None]
+    """Width of the hooked slice of the tensor (all heads together), from the config; ``None``
+    means: inferred from the module's linear layers."""
+    heads: Callable[[Any], int] | None = None
+    """Number of heads the slice splits into (head components only)."""
+    fused_qkv: tuple[str, int] | None = None
+    """``("contiguous" | "interleaved", 0|1|2)`` when the hooked tensor is a fused q/k/v."""
+    layer_width: Callable[[Any, int], int] | None = None
+    """Width that depends on the layer (an MLP's first layer reads the raw input)."""
+
+
+@dataclass(frozen=True)
+class ArchitectureTable:
+    """The components of one model family."""
+
+    name: str
+    model_types: tuple[str, ...]
+    num_layers: Callable[[Any], int]
+    components: dict[str, ComponentSpec] = field(default_factory=dict)
+    recurrent: bool = False
+    """The layer modules are called once per time step (unit ``t``)."""
+    causal: bool = False
+    """Position ``p``'s activations depend on the inputs at positions ``0..p`` only (a decoder
+    language model, a recurrent network); not for a bidirectional encoder or a model without
+    positions."""
+
+
+def _cfg(config: Any, *names: str, default: Any = None) -> Any:
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+def _hidden(c: Any) -> int:
+    return int(_cfg(c, "hidden_size", "n_embd", "d_model", "h_dim"))
+
+
+def attention_head_count(c: Any) -> int:
+    return int(_cfg(c, "num_attention_heads", "n_head", "num_heads"))
+
+
+def _n_kv_heads(c: Any) -> int:
+    return int(_cfg(c, "num_key_value_heads", default=attention_head_count(c)))
+
+
+def _head_dim(c: Any) -> int:
+    # Gemma and some Qwen configs set head_dim explicitly, not hidden // heads.
+    explicit = getattr(c, "head_dim", None)
+    return int(explicit) if explicit else _hidden(c) // attention_head_count(c)
+
+
+def _inner(c: Any) -> int:
+    return int(_cfg(c, "intermediate_size", "n_inner", default=4 * _hidden(c)))
+
+
+def _attention_components(
+    attn: str,
+    value_proj_in: str,
+    q: tuple[str, tuple[str, int] | None],
+    k: tuple[str, tuple[str, int] | None],
+    v: tuple[str, tuple[str, int] | None],
+    q_width: Callable[[Any], int],
+    kv_width: Callable[[Any], int],
+    kv_heads: Callable[[Any], int],
+) -> dict[str, ComponentSpec]:
+    """The attention rows every transformer table shares, from its module names."""
+    out = {
+        "attention_input": ComponentSpec(attn, "input", _hidden),
+        "attention_output": ComponentSpec(attn, "output", _hidden),
+        "attention_value_output": ComponentSpec(value_proj_in, "input", q_width),
+        "head_attention_value_output": ComponentSpec(value_proj_in, "input", q_width, attention_head_count),
+    }
+    for name, (path, fused), width, heads in (
+        ("query", q, q_width, attention_head_count),
+        ("key", k, kv_width, kv_heads),
+        ("value", v, kv_width, kv_heads),
+    ):
+        out[f"{name}_output"] = ComponentSpec(path, "output", width, None, fused)
+        out[f"head_{name}_output"] = ComponentSpec(path, "output", width, heads, fused)
+    return out
+
+
+def _block_and_mlp(block: str, mlp: str, act: str, inner: Callable[[Any], int]) -> dict[str, ComponentSpec]:
+    return {
+        "block_input": ComponentSpec(block, "input", _hidden),
+        "block_output": ComponentSpec(block, "output", _hidden),
+        "mlp_input": ComponentSpec(mlp, "input", _hidden),
+        "mlp_output": ComponentSpec(mlp, "output", _hidden),
+        "mlp_activation": ComponentSpec(act, "output", inner),
+    }
+
+
+def _q_width(c: Any) -> int:
+    return attention_head_count(c) * _head_dim(c)
+
+
+def _kv_width(c: Any) -> int:
+    return _n_kv_heads(c) * _head_dim(c)
+
+
+GPT2 = ArchitectureTable(
+    "gpt2",
+    ("gpt2",),
+    lambda c: int(c.n_layer),
+    {
+        **_block_and_mlp("h.{layer}", "h.{layer}.mlp", "h.{layer}.mlp.act", _inner),
+        **_attention_components(
+            "h.{layer}.attn",
+            "h.{layer}.attn.c_proj",
+            ("h.{layer}.attn.c_attn", ("contiguous", 0)),
+            ("h.{layer}.attn.c_attn", ("contiguous", 1)),
+            ("h.{layer}.attn.c_attn", ("contiguous", 2)),
+            _hidden,
+            _hidden,
+            attention_head_count,
+        ),
+    },
+    causal=True,
+)
+
+GPT_NEOX = ArchitectureTable(
+    "gpt_neox",
+    ("gpt_neox",),
+    lambda c: int(c.num_hidden_layers),
+    {
+        **_block_and_mlp(
+            "layers.{layer}", "layers.{layer}.mlp", "layers.{layer}.mlp.act", _inner
+        ),
+        **_attention_components(
+            "layers.{layer}.attention",
+            "layers.{layer}.attention.dense",
+            # GPT-NeoX lays its fused projection out as (heads, 3, head_dim).
+            ("layers.{layer}.attention.query_key_value", ("interleaved", 0)),
+            ("layers.{layer}.attention.query_key_value", ("interleaved", 1)),
+            ("layers.{layer}.attention.query_key_value", ("interleaved", 2)),
+            _hidden,
+            _hidden,
+            attention_head_count,
+        ),
+    },
+    causal=True,
+)
+
+# Llama and its descendants share module names; grouped-query attention makes the key and
+# value projections num_key_value_heads * head_dim wide, split into that many heads.
+LLAMA = ArchitectureTable(
+    "llama",
+    ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2", "phi3"),
+    lambda c: int(c.num_hidden_layers),
+    {
+        **_block_and_mlp(
+            "layers.{layer}", "layers.{layer}.mlp", "layers.{layer}.mlp.act_fn", _inner
+        ),
+        **_attention_components(
+            "layers.{layer}.self_attn",
+            "layers.{layer}.self_attn.o_proj",
+            ("layers.{layer}.self_attn.q_proj", None),
+            ("layers.{layer}.self_attn.k_proj", None),
+            ("layers.{layer}.self_attn.v_proj", None),
+            _q_width,
+            _kv_width,
+            _n_kv_heads,
+        ),
+    },
+    causal=True,
+)
+
+GPT_NEO = ArchitectureTable(
+    "gpt_neo",
+    ("gpt_neo",),
+    lambda c: int(c.num_layers),
+    {
+        **_block_and_mlp("h.{layer}", "h.{layer}.mlp", "h.{layer}.mlp.act", _inner),
+        **_attention_components(
+            "h.{layer}.attn",
+            "h.{layer}.attn.attention.out_proj",
+            ("h.{layer}.attn.attention.q_proj", None),
+            ("h.{layer}.attn.attention.k_proj", None),
+            ("h.{layer}.attn.attention.v_proj", None),
+            _hidden,
+            _hidden,
+            attention_head_count,
+        ),
+    },
+    causal=True,
+)
+
+# BERT-style encoders: attention_output and mlp_output are the sub-layers' projections,
+# before the residual sum and LayerNorm, as for the decoder families above.
+BERT = ArchitectureTable(
+    "bert",
+    ("bert", "roberta", "xlm-roberta", "electra"),
+    lambda c: int(c.num_hidden_layers),
+    {
+        "block_input": ComponentSpec("encoder.layer.{layer}", "input", _hidden),
+        "block_output": ComponentSpec("encoder.layer.{layer}", "output", _hidden),
+        "mlp_input": ComponentSpec("encoder.layer.{layer}.intermediate", "input", _hidden),
+        "mlp_activation": ComponentSpec("encoder.layer.{layer}.intermediate", "output", _inner),
+        "mlp_output": ComponentSpec("encoder.layer.{layer}.output.dense", "output", _hidden),
+        **_attention_components(
+            "encoder.layer.{layer}.attention.self",
+            "encoder.layer.{layer}.attention.output.dense",
+            ("encoder.layer.{layer}.attention.self.query", None),
+            ("encoder.layer.{layer}.attention.self.key", None),
+            ("encoder.layer.{layer}.attention.self.value", None),
+            _hidden,
+            _hidden,
+            attention_head_count,
+        ),
+        "attention_output": ComponentSpec(
+            "encoder.layer.{layer}.attention.output.dense", "output", _hidden
+        ),
+    },
+)
+
+# pyvene's MLP module names; paths are relative to the base model (``model.mlp``).
+MLP = ArchitectureTable(
+    "das_mlp",
+    ("das_mlp", "mlp"),
+    lambda c: int(c.n_layer),
+    {
+        "block_input": ComponentSpec(
+            "h.{layer}", "input", lambda c: int(c.h_dim),
+            layer_width=lambda c, layer: int((getattr(c, "input_dim", None) or c.h_dim) if layer == 0 else c.h_dim),
+        ),
+        "block_output": ComponentSpec("h.{layer}", "output", lambda c: int(c.h_dim)),
+        "mlp_activation": ComponentSpec("h.{layer}.act", "output", lambda c: int(c.h_dim)),
+    },
+)
+
+GRU = ArchitectureTable(
+    "das_gru",
+    ("das_gru",),
+    lambda c: int(c.n_layer),
+    {
+        "cell_input": ComponentSpec("cells.{layer}", "input", lambda c: int(c.h_dim)),
+        "cell_output": ComponentSpec("cells.{layer}", "output", lambda c: int(c.h_dim)),
+    },
+    recurrent=True,
+    causal=True,
+)
+
+TABLES: tuple[ArchitectureTable, ...] = (GPT2, GPT_NEOX, LLAMA, GPT_NEO, BERT, MLP, GRU)

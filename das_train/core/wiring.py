@@ -1,0 +1,181 @@
+"""From a config to resolved interventions: each representation's site, intervention and group.
+
+Built once when an :class:`~das_train.core.model.IntervenableModel` is made, then read by every
+call (planning, hooks, generation, saving). Every problem in the config is reported at once,
+naming the representation, before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from das_train.core.config import IntervenableConfig, RepresentationConfig
+from das_train.core.sites import (
+    HEAD_COMPONENTS,
+    RECURRENT_COMPONENTS,
+    Site,
+    is_module_path,
+    resolve_site,
+)
+from das_train.interventions.base import Intervention, LambdaIntervention, build_intervention
+
+UNITS = ("pos", "h", "h.pos", "t")
+
+
+def representation_key(rep: RepresentationConfig, seen: dict[str, int]) -> str:
+    """pyvene's key format, so keys of saved pyvene artifacts match ours."""
+    unit = rep.unit.replace(".", "_")
+    if is_module_path(rep.component):
+        stem = f"comp_{rep.component.replace('.', '_')}_unit_{unit}_nunit_{rep.max_number_of_units}"
+    else:
+        stem = f"layer_{rep.layer}_comp_{rep.component}_unit_{unit}_nunit_{rep.max_number_of_units}"
+    index = seen.get(stem, -1) + 1
+    seen[stem] = index
+    return f"{stem}#{index}"
+
+
+class InterventionDict(nn.ModuleDict):
+    """The interventions by key; also found by ``"layer.6.block_output"`` when unambiguous."""
+
+    def __getitem__(self, key: str) -> Intervention:
+        if key in self._modules:
+            return self._modules[key]
+        parts = key.split(".")
+        if len(parts) >= 3 and parts[0] == "layer" and parts[1].isdigit():
+            stem = f"layer_{parts[1]}_comp_{'.'.join(parts[2:])}_"
+            hits = [k for k in self._modules if k.startswith(stem)]
+            if len(hits) == 1:
+                return self._modules[hits[0]]
+            if hits:
+                raise KeyError(f"{key!r} matches several interventions: {hits}; use a full key")
+        raise KeyError(f"no intervention {key!r}; keys: {list(self._modules)}")
+
+
+@dataclass
+class Entry:
+    """One configured intervention and its resolved site."""
+
+    key: str
+    representation: RepresentationConfig
+    site: Site
+    intervention: Intervention
+    group: int  # index of its source group
+
+
+@dataclass
+class Wiring:
+    """The wrapped model and its interventions, in config order, with their source groups."""
+
+    model: nn.Module
+    entries: list[Entry]
+    n_groups: int
+
+
+def build_wiring(config: IntervenableConfig, model: nn.Module) -> Wiring:
+    """Resolves every representation of ``config`` on ``model``; raises ``ValueError`` listing
+    every problem found."""
+    errors: list[str] = []
+    seen: dict[str, int] = {}
+    linked: dict[Any, Intervention] = {}
+    group_ids: list[Any] = []
+    entries: list[Entry] = []
+    reps = config.representations
+    any_group = any(r.group_key is not None for r in reps)
+    if any_group and any(r.group_key is None for r in reps):
+        errors.append("group_key is set on some representations but not all; set it on every one")
+    for i, rep in enumerate(reps):
+        key = representation_key(rep, seen)
+        try:
+            site = resolve_representation_site(model, rep)
+        except (LookupError, ValueError) as err:
+            errors.append(f"representations[{i}] ({key}): {err}")
+            continue
+        intervention = _make_intervention(config, i, rep, site, errors)
+        if intervention is None:
+            continue
+        if rep.intervention_link_key is not None:
+            intervention = linked.setdefault(rep.intervention_link_key, intervention)
+        group = rep.group_key if any_group else i
+        if group not in group_ids:
+            group_ids.append(group)
+        entries.append(Entry(key, rep, site, intervention, group_ids.index(group)))
+    if any_group and group_ids != sorted(group_ids, key=lambda g: (g is None, g)):
+        errors.append(f"group keys must appear in ascending order, got {group_ids}")
+    if errors:
+        raise ValueError("invalid intervenable config:\n  - " + "\n  - ".join(errors))
+    return Wiring(model, entries, len(group_ids))
+
+
+def resolve_representation_site(model: nn.Module, rep: RepresentationConfig) -> Site:
+    """The site of ``rep`` on ``model``, once its unit fits its component."""
+    unit = rep.unit
+    if unit not in UNITS:
+        raise ValueError(f"unit {unit!r} is not allowed; allowed: {', '.join(UNITS)}")
+    site = resolve_site(model, int(rep.layer), rep.component, unit)
+    if is_module_path(rep.component):
+        if unit in ("h", "h.pos"):
+            raise ValueError(f"unit {unit!r} needs a head component ({list(HEAD_COMPONENTS)})")
+        site.recurrent = unit == "t"
+        return site
+    if rep.component in HEAD_COMPONENTS and unit not in ("h", "h.pos"):
+        raise ValueError(f"component {rep.component!r} splits into heads: unit must be 'h' or 'h.pos', not {unit!r}")
+    if rep.component not in HEAD_COMPONENTS and unit in ("h", "h.pos"):
+        raise ValueError(f"unit {unit!r} needs a head component ({list(HEAD_COMPONENTS)}), not {rep.component!r}")
+    if unit == "t" and rep.component not in RECURRENT_COMPONENTS:
+        raise ValueError(f"unit 't' needs a recurrent component ({list(RECURRENT_COMPONENTS)})")
+    if rep.component in RECURRENT_COMPONENTS and unit != "t":
+        raise ValueError(f"component {rep.component!r} is indexed by time: unit must be 't'")
+    return site
+
+
+def _instantiate(config: IntervenableConfig, index: int, rep: RepresentationConfig, site: Site,
+                 errors: list[str]) -> Any:
+    """The representation's own intervention, else one built from its type and the site's
+    widths; ``None`` (with the reason in ``errors``) when it cannot be built."""
+    if rep.intervention is not None:
+        made = rep.intervention
+        if not isinstance(made, nn.Module) and callable(made):
+            made = LambdaIntervention(made)
+        return made
+    cls = config.intervention_type_for(index)
+    if not isinstance(cls, type):
+        return LambdaIntervention(cls)
+    available = {
+        "embed_dim": site.width,
+        "input_dim": site.input_width,
+        "low_rank_dimension": rep.low_rank_dimension,
+        "subspace_partition": rep.subspace_partition,
+        "latent_dim": rep.latent_dim,
+        "source_representation": rep.source_representation,
+        "max_number_of_units": rep.max_number_of_units,
+    }
+    try:
+        return build_intervention(cls, available)
+    except (TypeError, ValueError) as err:
+        errors.append(f"representations[{index}]: cannot build {cls.__name__}: {err}")
+        return None
+
+
+def _make_intervention(config: IntervenableConfig, index: int, rep: RepresentationConfig, site: Site,
+                       errors: list[str]) -> Intervention | None:
+    made = _instantiate(config, index, rep, site, errors)
+    if made is None:
+        return None
+    if not isinstance(made, Intervention):
+        errors.append(
+            f"representations[{index}]: intervention must be an Intervention, got {type(made).__name__}"
+        )
+        return None
+    if made.embed_dim is None:
+        made.embed_dim = site.width
+    elif site.width is not None and made.embed_dim != site.width and made.source_kind != "module_input":
+        errors.append(
+            f"representations[{index}]: intervention embed_dim={made.embed_dim} but the site "
+            f"{rep.component!r} is {site.width} wide"
+        )
+    if made.subspace_partition is None and rep.subspace_partition is not None:
+        made.subspace_partition = [list(p) for p in rep.subspace_partition]
+    return made
