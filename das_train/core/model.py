@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -43,6 +43,11 @@ from das_train.core.sites import (
     table_for,
 )
 from das_train.interventions.base import Intervention, LambdaIntervention, build_intervention
+from das_train.interventions.calling import (
+    InterventionOutput,
+    call_intervention,
+    may_concatenate,
+)
 from das_train.interventions.static import CollectIntervention
 
 logger = logging.getLogger(__name__)
@@ -129,6 +134,9 @@ class IntervenableModel(PyveneTrainingMethods, nn.Module):
         super().__init__()
         self.config: IntervenableConfig = as_config(config)
         self.mode = self.config.mode
+        self.use_fast = bool(use_fast)
+        # pyvene's place for InterventionOutput objects (autoencoder latents) of the last call.
+        self.full_intervention_outputs: list[InterventionOutput] = []
         object.__setattr__(self, "model", model)  # not a submodule: keeps state_dict small
         self.interventions = InterventionDict()
         self._entries: list[_Entry] = []
@@ -204,14 +212,13 @@ class IntervenableModel(PyveneTrainingMethods, nn.Module):
             if not isinstance(cls, type):
                 made = LambdaIntervention(cls)
             else:
+                # What pyvene hands an intervention it builds: the representation's fields,
+                # the site's width and use_fast (plus the module input's width, for LoRA).
                 available = {
+                    **{f.name: getattr(rep, f.name) for f in fields(rep)},
                     "embed_dim": site.width,
                     "input_dim": site.input_width,
-                    "low_rank_dimension": rep.low_rank_dimension,
-                    "subspace_partition": rep.subspace_partition,
-                    "latent_dim": rep.latent_dim,
-                    "source_representation": rep.source_representation,
-                    "max_number_of_units": rep.max_number_of_units,
+                    "use_fast": self.use_fast,
                 }
                 try:
                     made = build_intervention(cls, available)
@@ -225,7 +232,12 @@ class IntervenableModel(PyveneTrainingMethods, nn.Module):
             return None
         if made.embed_dim is None:
             made.embed_dim = site.width
-        elif site.width is not None and made.embed_dim != site.width and made.source_kind != "module_input":
+        elif (
+            site.width is not None
+            and made.embed_dim != site.width
+            and made.source_kind != "module_input"
+            and not may_concatenate(made, site.width)
+        ):
             errors.append(
                 f"representations[{index}]: intervention embed_dim={made.embed_dim} but the site "
                 f"{rep.component!r} is {site.width} wide"
@@ -634,8 +646,11 @@ class IntervenableModel(PyveneTrainingMethods, nn.Module):
                 # and the result comes back, so one intervention serves any layer's device.
                 home = base_units.device
                 moved = None if not torch.is_tensor(source) else source.to(weight.device)
-                return intervention(base_units.to(weight.device), moved, subspaces).to(home)
-            new = intervention(base_units, source, subspaces)
+                new = call_intervention(intervention, base_units.to(weight.device), moved, subspaces)
+                return self._intervention_result(new).to(home)
+            new = self._intervention_result(
+                call_intervention(intervention, base_units, source, subspaces)
+            )
             if new.shape != base_units.shape:
                 raise ValueError(
                     f"{key}: {type(intervention).__name__} returned shape {tuple(new.shape)} for "
@@ -671,6 +686,13 @@ class IntervenableModel(PyveneTrainingMethods, nn.Module):
             return H.write_hooked(args, kwargs, output, H.from_3d(new_x3, x))
 
         return hook
+
+    def _intervention_result(self, result: torch.Tensor | InterventionOutput) -> torch.Tensor:
+        """The tensor to write back; an :class:`InterventionOutput` is also kept, as pyvene does."""
+        if isinstance(result, InterventionOutput):
+            self.full_intervention_outputs.append(result)
+            return result.output
+        return result
 
     def _set_time_step(self, i, x, calls, loc, src_loc, store, module_input, args, kwargs,
                        output, apply, constant, uses_run, protected):
@@ -766,6 +788,7 @@ class IntervenableModel(PyveneTrainingMethods, nn.Module):
         logits only).
         """
         plan = self._plan(base, sources, unit_locations, source_representations, subspaces)
+        self.full_intervention_outputs.clear()
         extra: dict[str, Any] = {}
         if labels is not None:
             extra["labels"] = labels

@@ -21,7 +21,7 @@ convention of subtracting the decoder bias first are pyvene's, so its saved weig
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -58,6 +58,8 @@ class AutoencoderIntervention(TrainableIntervention):
         latent_dim: number of latent features; required.
         subspace_partition: ``[[start, end), ...]`` ranges of the latent dimensions.
         source_representation: a constant source used in place of a source run.
+        **pyvene_keywords: pyvene's other keywords (``keep_last_dim`` honoured; ``use_fast``,
+            ``dtype`` change nothing: parameters are float32, inputs are cast).
     """
 
     config_fields: ClassVar[tuple[str, ...]] = ("embed_dim", "subspace_partition", "latent_dim")
@@ -68,6 +70,7 @@ class AutoencoderIntervention(TrainableIntervention):
         latent_dim: int | None = None,
         subspace_partition: Sequence[Sequence[int]] | None = None,
         source_representation: torch.Tensor | None = None,
+        **pyvene_keywords: Any,
     ) -> None:
         owner = type(self).__name__
         dim = require_dim(embed_dim, "embed_dim", owner, "the width of one unit")
@@ -76,6 +79,7 @@ class AutoencoderIntervention(TrainableIntervention):
             embed_dim=dim,
             subspace_partition=subspace_partition,
             source_representation=source_representation,
+            **pyvene_keywords,
         )
         self.latent_dim = latent
         self.autoencoder = _Autoencoder(dim, latent)
