@@ -47,7 +47,10 @@ from das_train.core.sites import (
     type_to_dimension_mapping,
     type_to_module_mapping,
 )
-from das_train.interventions.autoencoder import AutoencoderIntervention
+from das_train.interventions.autoencoder import (
+    AutoencoderIntervention,
+    JumpReLUAutoencoderIntervention,
+)
 from das_train.interventions.base import (
     INTERVENTION_REGISTRY,
     BasisAgnosticIntervention,
@@ -60,6 +63,7 @@ from das_train.interventions.base import (
     SourcelessIntervention,
     TrainableIntervention,
 )
+from das_train.interventions.calling import InterventionOutput
 from das_train.interventions.lora import LoRAIntervention
 from das_train.interventions.masks import (
     BoundlessRotatedSpaceIntervention,

@@ -36,6 +36,7 @@ from das_train.core.running import call_model, gather_sources, run_hooks
 from das_train.core.serialization import read_saved, save_intervenable
 from das_train.core.sites import table_for
 from das_train.core.wiring import InterventionDict, build_wiring
+from das_train.interventions.calling import InterventionOutput
 from das_train.interventions.static import CollectIntervention
 
 
@@ -57,16 +58,21 @@ class IntervenableModel(PyveneTrainingMethods, nn.Module):
         model: any ``nn.Module``; Hugging Face models of a known family get named
             components, any module gets module-path components.
         use_fast: pyvene's switch to assume every example of a batch shares one location.
-            Accepted and ignored: per-example locations here already take one vectorized
-            gather, so there is nothing to speed up and no shortcut that could go wrong.
+            Locations ignore it: per-example locations here already take one vectorized
+            gather, so there is nothing to speed up and no shortcut that could go wrong. It is
+            kept (``self.use_fast``) and handed to interventions built from the config, as
+            pyvene does.
     """
 
     def __init__(self, config: Any, model: nn.Module, use_fast: bool = False) -> None:
         super().__init__()
         self.config: IntervenableConfig = as_config(config)
         self.mode = self.config.mode
+        self.use_fast = bool(use_fast)
+        # pyvene's place for the InterventionOutput objects (autoencoder latents) of the last call
+        self.full_intervention_outputs: list[InterventionOutput] = []
         object.__setattr__(self, "model", model)  # not a submodule: keeps state_dict small
-        self.wiring = build_wiring(self.config, model)
+        self.wiring = build_wiring(self.config, model, self.use_fast)
         self.interventions = InterventionDict()
         for entry in self.wiring.entries:
             self.interventions[entry.key] = entry.intervention
@@ -202,6 +208,7 @@ class IntervenableModel(PyveneTrainingMethods, nn.Module):
         logits only).
         """
         plan = plan_call(self.wiring, self.mode, base, sources, unit_locations, source_representations, subspaces)
+        self.full_intervention_outputs = plan.intervention_outputs
         given = {"labels": labels, "use_cache": use_cache, "logits_to_keep": logits_to_keep}
         extra = {name: value for name, value in given.items() if value is not None}
         original = call_model(self.model, base, extra) if output_original_output else None

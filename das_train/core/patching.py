@@ -21,6 +21,7 @@ from das_train.core.locations import Location
 from das_train.core.planning import Plan, tensors_of
 from das_train.core.wiring import Entry
 from das_train.interventions.base import Intervention
+from das_train.interventions.calling import InterventionOutput, call_intervention
 from das_train.interventions.static import CollectIntervention
 
 Hook = Callable[..., Any]
@@ -52,10 +53,19 @@ def make_getter(i: int, entry: Entry, loc: Location | None, store: dict[int, Any
     return hook
 
 
-def make_applier(i: int, entry: Entry, subspaces: Any, collected: dict[int, torch.Tensor]) -> Hook:
+def make_applier(i: int, entry: Entry, subspaces: Any, collected: dict[int, torch.Tensor],
+                 outputs: list[InterventionOutput]) -> Hook:
     """``apply(base_units, source)``: the intervention's new units, or ``None`` for a collect
-    intervention (which stores what it saw in ``collected[i]``)."""
+    intervention (which stores what it saw in ``collected[i]``). An intervention may return an
+    :class:`InterventionOutput`: its ``output`` is written back and the whole object is appended
+    to ``outputs``, where pyvene keeps it."""
     intervention: Intervention = entry.intervention
+
+    def unwrap(result: torch.Tensor | InterventionOutput) -> torch.Tensor:
+        if isinstance(result, InterventionOutput):
+            outputs.append(result)
+            return result.output
+        return result
 
     def apply(base_units, source):
         if isinstance(intervention, CollectIntervention):
@@ -67,8 +77,9 @@ def make_applier(i: int, entry: Entry, subspaces: Any, collected: dict[int, torc
             # and the result comes back, so one intervention serves any layer's device.
             home = base_units.device
             moved = None if not torch.is_tensor(source) else source.to(weight.device)
-            return intervention(base_units.to(weight.device), moved, subspaces).to(home)
-        new = intervention(base_units, source, subspaces)
+            new = call_intervention(intervention, base_units.to(weight.device), moved, subspaces)
+            return unwrap(new).to(home)
+        new = unwrap(call_intervention(intervention, base_units, source, subspaces))
         if new.shape != base_units.shape:
             raise ValueError(
                 f"{entry.key}: {type(intervention).__name__} returned shape {tuple(new.shape)} for "
@@ -97,7 +108,7 @@ def make_setter(i: int, entry: Entry, plan: Plan, loc: Location | None, src_loc:
     module_input_kind = entry.intervention.source_kind == "module_input"
     uses_run = plan.source_of[i] is not None
     input_site = replace(site, columns=None, n_heads=None)
-    apply = make_applier(i, entry, plan.subspaces[i], collected)
+    apply = make_applier(i, entry, plan.subspaces[i], collected, plan.intervention_outputs)
     time_step = _time_step_setter(i, entry, loc, src_loc, store, constant, uses_run, apply)
 
     def source_for(base_units: torch.Tensor, module_input: torch.Tensor | None) -> Any:

@@ -44,6 +44,8 @@ class Plan:
     active: list[bool]
     group_inputs: list[Any] = field(default_factory=list)  # serial mode: input per group
     protected: set[int] = field(default_factory=set)  # storages of the caller's tensors
+    # InterventionOutput objects the interventions returned (autoencoder latents), in call order
+    intervention_outputs: list[Any] = field(default_factory=list)
 
 
 def tensors_of(inputs: Any) -> list[torch.Tensor]:

@@ -7,7 +7,7 @@ naming the representation, before anything runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from torch import nn
@@ -21,6 +21,7 @@ from das_train.core.sites import (
     resolve_site,
 )
 from das_train.interventions.base import Intervention, LambdaIntervention, build_intervention
+from das_train.interventions.calling import may_concatenate
 
 UNITS = ("pos", "h", "h.pos", "t")
 
@@ -74,9 +75,10 @@ class Wiring:
     n_groups: int
 
 
-def build_wiring(config: IntervenableConfig, model: nn.Module) -> Wiring:
+def build_wiring(config: IntervenableConfig, model: nn.Module, use_fast: bool = False) -> Wiring:
     """Resolves every representation of ``config`` on ``model``; raises ``ValueError`` listing
-    every problem found."""
+    every problem found. ``use_fast`` is handed to interventions built from the config, as
+    pyvene hands it."""
     errors: list[str] = []
     seen: dict[str, int] = {}
     linked: dict[Any, Intervention] = {}
@@ -93,7 +95,7 @@ def build_wiring(config: IntervenableConfig, model: nn.Module) -> Wiring:
         except (LookupError, ValueError) as err:
             errors.append(f"representations[{i}] ({key}): {err}")
             continue
-        intervention = _make_intervention(config, i, rep, site, errors)
+        intervention = _make_intervention(config, i, rep, site, errors, use_fast)
         if intervention is None:
             continue
         if rep.intervention_link_key is not None:
@@ -132,7 +134,7 @@ def resolve_representation_site(model: nn.Module, rep: RepresentationConfig) -> 
 
 
 def _instantiate(config: IntervenableConfig, index: int, rep: RepresentationConfig, site: Site,
-                 errors: list[str]) -> Any:
+                 errors: list[str], use_fast: bool) -> Any:
     """The representation's own intervention, else one built from its type and the site's
     widths; ``None`` (with the reason in ``errors``) when it cannot be built."""
     if rep.intervention is not None:
@@ -143,14 +145,13 @@ def _instantiate(config: IntervenableConfig, index: int, rep: RepresentationConf
     cls = config.intervention_type_for(index)
     if not isinstance(cls, type):
         return LambdaIntervention(cls)
+    # What pyvene hands an intervention it builds: the representation's fields, the site's
+    # width and use_fast (plus the module input's width, for LoRA).
     available = {
+        **{f.name: getattr(rep, f.name) for f in fields(rep)},
         "embed_dim": site.width,
         "input_dim": site.input_width,
-        "low_rank_dimension": rep.low_rank_dimension,
-        "subspace_partition": rep.subspace_partition,
-        "latent_dim": rep.latent_dim,
-        "source_representation": rep.source_representation,
-        "max_number_of_units": rep.max_number_of_units,
+        "use_fast": use_fast,
     }
     try:
         return build_intervention(cls, available)
@@ -160,8 +161,8 @@ def _instantiate(config: IntervenableConfig, index: int, rep: RepresentationConf
 
 
 def _make_intervention(config: IntervenableConfig, index: int, rep: RepresentationConfig, site: Site,
-                       errors: list[str]) -> Intervention | None:
-    made = _instantiate(config, index, rep, site, errors)
+                       errors: list[str], use_fast: bool) -> Intervention | None:
+    made = _instantiate(config, index, rep, site, errors, use_fast)
     if made is None:
         return None
     if not isinstance(made, Intervention):
@@ -171,7 +172,12 @@ def _make_intervention(config: IntervenableConfig, index: int, rep: Representati
         return None
     if made.embed_dim is None:
         made.embed_dim = site.width
-    elif site.width is not None and made.embed_dim != site.width and made.source_kind != "module_input":
+    elif (
+        site.width is not None
+        and made.embed_dim != site.width
+        and made.source_kind != "module_input"
+        and not may_concatenate(made, site.width)
+    ):
         errors.append(
             f"representations[{index}]: intervention embed_dim={made.embed_dim} but the site "
             f"{rep.component!r} is {site.width} wide"

@@ -23,6 +23,7 @@ intervention looks its type up here and never unpickles or imports anything.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -32,6 +33,42 @@ from torch import nn
 INTERVENTION_REGISTRY: dict[str, type[Intervention]] = {}
 
 Subspaces = Sequence[int] | Sequence[Sequence[int]] | torch.Tensor | int | None
+
+PYVENE_KEYWORDS: frozenset[str] = frozenset(
+    {
+        # The RepresentationConfig fields pyvene hands every intervention it builds.
+        "layer",
+        "component",
+        "unit",
+        "max_number_of_units",
+        "low_rank_dimension",
+        "intervention_type",
+        "intervention",
+        "subspace_partition",
+        "group_key",
+        "intervention_link_key",
+        "moe_key",
+        "source_representation",
+        "hidden_source_representation",
+        "latent_dim",
+        # Constructor keywords of pyvene 0.1.8's (and pyreft's) intervention classes.
+        "embed_dim",
+        "input_dim",
+        "interchange_dim",
+        "use_fast",
+        "keep_last_dim",
+        "dtype",
+        "torch_dtype",
+        "add_bias",
+        "act_fn",
+        "dropout",
+        "pca",
+        "pca_mean",
+        "pca_std",
+        "noise_leve",
+    }
+)
+"""Keywords pyvene programs pass to intervention constructors; accepted silently where unused."""
 
 
 class Intervention(nn.Module):
@@ -43,12 +80,23 @@ class Intervention(nn.Module):
         subspace_partition: ``[[start, end), ...]`` ranges of the last dimension; when given,
             ``subspaces`` name partitions by index instead of single dimensions.
         source_representation: a constant source used in place of a source run.
-        **pyvene_keywords: accepted and ignored. pyvene builds every intervention with the whole
-            representation config as keywords (``input_dim``, ``interchange_dim``,
-            ``low_rank_dimension``, ``use_fast``, ``layer``, ...), and subclasses written for it
-            forward them with ``super().__init__(**kwargs)``; pyvene's base classes ignore the
-            ones they do not use, and so does this one. This is the one documented exception
-            to typed constructors (DESIGN.md section 5), kept for compatibility.
+        keep_last_dim: pyvene's switch for how several selected units (positions, or heads)
+            reach a distributed-representation intervention. ``True``: each unit alone, as
+            ``(batch, units, width)``. ``False``: concatenated into one vector per example, as
+            pyvene's default does, which needs ``embed_dim == units * width``
+            (:mod:`das_train.interventions.calling`). ``None`` (ours): concatenated exactly when
+            ``embed_dim == units * width`` for several units, each unit alone otherwise.
+            Localist interventions (interchange of neurons, addition, zero, ...) always see each
+            unit alone, as in pyvene.
+        **pyvene_keywords: pyvene builds every intervention with the whole representation config
+            as keywords (``input_dim``, ``interchange_dim``, ``low_rank_dimension``,
+            ``use_fast``, ``layer``, ...), and subclasses written for it forward them with
+            ``super().__init__(**kwargs)``; pyvene's classes ignore the ones they do not use,
+            and so does this one. A keyword outside :data:`PYVENE_KEYWORDS` (likely a typo) is
+            accepted with a warning naming it, since pyvene accepts any keyword too, unless the
+            class sets ``accepts_unknown_keywords = False`` (no pyvene counterpart): then it is a
+            ``TypeError``. This is the one documented exception to typed constructors
+            (DESIGN.md section 5), kept for compatibility.
     """
 
     source_kind: ClassVar[str] = "interchange"
@@ -60,6 +108,8 @@ class Intervention(nn.Module):
     keeps_base_for_equal_source: ClassVar[bool] = False
     # Constructor arguments written to the saved config and given back on load.
     config_fields: ClassVar[tuple[str, ...]] = ("embed_dim", "subspace_partition")
+    # Whether a keyword outside PYVENE_KEYWORDS only warns (pyvene's classes take **kwargs).
+    accepts_unknown_keywords: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -70,9 +120,14 @@ class Intervention(nn.Module):
         embed_dim: int | None = None,
         subspace_partition: Sequence[Sequence[int]] | None = None,
         source_representation: torch.Tensor | None = None,
+        keep_last_dim: bool | None = None,
         **pyvene_keywords: Any,
     ) -> None:
         super().__init__()
+        self._check_keywords(pyvene_keywords)
+        if keep_last_dim is not None and not isinstance(keep_last_dim, bool):
+            raise ValueError(f"keep_last_dim must be True, False or None, got {keep_last_dim!r}")
+        self.keep_last_dim = keep_last_dim
         self.embed_dim = None if embed_dim is None else int(embed_dim)
         self.subspace_partition = (
             None if subspace_partition is None else [list(map(int, p)) for p in subspace_partition]
@@ -80,6 +135,22 @@ class Intervention(nn.Module):
         self.source_representation = None
         if source_representation is not None:
             self.set_source_representation(source_representation)
+
+    def _check_keywords(self, keywords: dict[str, Any]) -> None:
+        unknown = sorted(set(keywords) - PYVENE_KEYWORDS)
+        if not unknown:
+            return
+        owner = type(self).__name__
+        if not self.accepts_unknown_keywords:
+            raise TypeError(
+                f"{owner} got unexpected keyword argument(s) {unknown}; it takes its own "
+                f"arguments and these pyvene keywords: {sorted(PYVENE_KEYWORDS)}"
+            )
+        warnings.warn(
+            f"{owner} ignores keyword argument(s) {unknown}: not one it uses nor one pyvene passes "
+            "(a typo?); accepted because pyvene's interventions accept any keyword",
+            stacklevel=3,
+        )
 
     def set_source_representation(self, value: torch.Tensor) -> None:
         """Stores a constant source as a buffer, so it moves and saves with the module."""
@@ -275,13 +346,16 @@ def build_intervention(
 ) -> Intervention:
     """Constructs ``cls`` with the entries of ``available`` its constructor accepts.
 
-    Constructors are typed (no ``**kwargs`` bags of ours); user classes written for pyvene's
-    ``**kwargs`` convention receive every non-``None`` entry.
+    A class taking ``**kwargs`` (pyvene's convention, which ours follow for the keywords in
+    :data:`PYVENE_KEYWORDS`) receives every entry, ``None`` ones included, as pyvene hands a
+    user class the whole representation config: ``kwargs["low_rank_dimension"]`` exists in its
+    constructor even when unset. A class with only named parameters receives the non-``None``
+    entries it names.
     """
     params = inspect.signature(cls.__init__).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     if takes_any:
-        kwargs = {k: v for k, v in available.items() if v is not None}
+        kwargs = dict(available)
     else:
         kwargs = {k: v for k, v in available.items() if k in params and v is not None}
     return cls(**kwargs)

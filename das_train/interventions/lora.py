@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -38,9 +38,13 @@ class LoRAIntervention(TrainableIntervention):
         dropout: dropout probability on the module input (training mode only).
         input_dim: width of the hooked module's input; defaults to ``embed_dim``.
         subspace_partition: ``[[start, end), ...]`` ranges of the output dimensions.
+        **pyvene_keywords: the keywords pyvene's config hands every intervention, which change
+            nothing here. pyvene 0.1.8 has no LoRA class to mirror, so any other keyword is a
+            ``TypeError`` naming it.
     """
 
     source_kind: ClassVar[str] = "module_input"
+    accepts_unknown_keywords: ClassVar[bool] = False
     config_fields: ClassVar[tuple[str, ...]] = (
         "embed_dim",
         "subspace_partition",
@@ -58,6 +62,7 @@ class LoRAIntervention(TrainableIntervention):
         dropout: float = 0.0,
         input_dim: int | None = None,
         subspace_partition: Sequence[Sequence[int]] | None = None,
+        **pyvene_keywords: Any,
     ) -> None:
         owner = type(self).__name__
         dim = require_dim(embed_dim, "embed_dim", owner, "the width of the module's output")
@@ -65,7 +70,7 @@ class LoRAIntervention(TrainableIntervention):
         in_dim = dim if input_dim is None else require_dim(
             input_dim, "input_dim", owner, "the width of the module's input"
         )
-        super().__init__(embed_dim=dim, subspace_partition=subspace_partition)
+        super().__init__(embed_dim=dim, subspace_partition=subspace_partition, **pyvene_keywords)
         self.low_rank_dimension = rank
         self.alpha = float(alpha)
         self.dropout = float(dropout)

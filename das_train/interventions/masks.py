@@ -21,7 +21,7 @@ the base is kept whatever the mask says.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -96,6 +96,8 @@ class BoundlessRotatedSpaceIntervention(
         source_representation: a constant source used in place of a source run.
         mask_formula: ``"centred"`` (ours, above) or ``"pyvene"`` (pyvene 0.1.8's, for
             interventions it trained).
+        **pyvene_keywords: pyvene's other keywords (``keep_last_dim`` honoured; ``use_fast``,
+            ``dtype`` change nothing: parameters are float32, inputs are cast).
     """
 
     keeps_base_for_equal_source = True
@@ -111,6 +113,7 @@ class BoundlessRotatedSpaceIntervention(
         subspace_partition: Sequence[Sequence[int]] | None = None,
         source_representation: torch.Tensor | None = None,
         mask_formula: str = "centred",
+        **pyvene_keywords: Any,
     ) -> None:
         dim = require_dim(embed_dim, "embed_dim", type(self).__name__, "the width of one unit")
         if mask_formula not in self.MASK_FORMULAS:
@@ -121,6 +124,7 @@ class BoundlessRotatedSpaceIntervention(
             embed_dim=dim,
             subspace_partition=subspace_partition,
             source_representation=source_representation,
+            **pyvene_keywords,
         )
         self.rotate_layer = orthogonal_layer(dim, dim)
         # Shape (1,), as in pyvene, so its saved boundaries load here.
@@ -203,6 +207,9 @@ class SigmoidMaskIntervention(
         temperature: starting temperature (pyvene's default, 0.01).
         subspace_partition: ``[[start, end), ...]`` ranges of the dimensions.
         source_representation: a constant source used in place of a source run.
+        **pyvene_keywords: pyvene's other keywords, which change nothing here: a localist
+            intervention sees each unit alone whatever ``keep_last_dim`` says (as in pyvene);
+            ``use_fast``, ``dtype`` are ignored (parameters float32, inputs cast).
     """
 
     keeps_base_for_equal_source = True
@@ -216,12 +223,14 @@ class SigmoidMaskIntervention(
         temperature: float = 0.01,
         subspace_partition: Sequence[Sequence[int]] | None = None,
         source_representation: torch.Tensor | None = None,
+        **pyvene_keywords: Any,
     ) -> None:
         dim = require_dim(embed_dim, "embed_dim", type(self).__name__, "the width of one unit")
         super().__init__(
             embed_dim=dim,
             subspace_partition=subspace_partition,
             source_representation=source_representation,
+            **pyvene_keywords,
         )
         self.mask = nn.Parameter(torch.full((dim,), float(initial_logit)))
         self._init_temperature(temperature)
@@ -259,6 +268,8 @@ class SigmoidMaskRotatedSpaceIntervention(
         temperature: starting temperature (pyvene's default, 50).
         subspace_partition: ``[[start, end), ...]`` ranges of the rotated coordinates.
         source_representation: a constant source used in place of a source run.
+        **pyvene_keywords: pyvene's other keywords (``keep_last_dim`` honoured; ``use_fast``,
+            ``dtype`` change nothing: parameters are float32, inputs are cast).
     """
 
     keeps_base_for_equal_source = True
@@ -272,12 +283,14 @@ class SigmoidMaskRotatedSpaceIntervention(
         temperature: float = 50.0,
         subspace_partition: Sequence[Sequence[int]] | None = None,
         source_representation: torch.Tensor | None = None,
+        **pyvene_keywords: Any,
     ) -> None:
         dim = require_dim(embed_dim, "embed_dim", type(self).__name__, "the width of one unit")
         super().__init__(
             embed_dim=dim,
             subspace_partition=subspace_partition,
             source_representation=source_representation,
+            **pyvene_keywords,
         )
         self.rotate_layer = orthogonal_layer(dim, dim)
         self.masks = nn.Parameter(torch.full((dim,), float(initial_logit)))

@@ -21,7 +21,7 @@ the base outside the span of the components.)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -33,6 +33,19 @@ from das_train.interventions.rotated import first_dims_mask, require_dim, requir
 
 # Dimensions whose variance is below this are not rescaled (they would divide by ~0).
 _MIN_STD = 1e-6
+
+
+def _pyvene_basis(owner, components, mean, std, pca, pca_mean, pca_std):
+    """``(components, mean, std)`` from ours or from pyvene's ``pca``/``pca_mean``/``pca_std``."""
+    given = [n for n, v in (("pca", pca), ("pca_mean", pca_mean), ("pca_std", pca_std)) if v is not None]
+    if not given:
+        return components, mean, std
+    ours = [n for n, v in (("components", components), ("mean", mean), ("std", std)) if v is not None]
+    if ours:
+        raise ValueError(f"{owner}: give either {ours} or pyvene's {given}, not both")
+    if pca is not None and not hasattr(pca, "components_"):
+        raise ValueError(f"{owner}: pca must be a fitted PCA with `components_`, got {type(pca).__name__}")
+    return (None if pca is None else pca.components_), pca_mean, pca_std
 
 
 class PCARotatedSpaceIntervention(DistributedRepresentationIntervention):
@@ -52,6 +65,11 @@ class PCARotatedSpaceIntervention(DistributedRepresentationIntervention):
         mean: ``(d,)`` mean the data were centred with (zeros if ``None``).
         std: ``(d,)`` scale the data were divided by (ones if ``None``).
         source_representation: a constant source used in place of a source run.
+        pca, pca_mean, pca_std: pyvene's form of the same basis: a fitted scikit-learn ``PCA``
+            (its ``components_`` are used), and the mean and scale; not to be combined with
+            ``components``/``mean``/``std``.
+        **pyvene_keywords: pyvene's other keywords (``keep_last_dim`` honoured; ``use_fast``,
+            ``dtype`` change nothing).
     """
 
     config_fields: ClassVar[tuple[str, ...]] = (
@@ -71,8 +89,13 @@ class PCARotatedSpaceIntervention(DistributedRepresentationIntervention):
         mean: torch.Tensor | None = None,
         std: torch.Tensor | None = None,
         source_representation: torch.Tensor | None = None,
+        pca: Any = None,
+        pca_mean: torch.Tensor | None = None,
+        pca_std: torch.Tensor | None = None,
+        **pyvene_keywords: Any,
     ) -> None:
         owner = type(self).__name__
+        components, mean, std = _pyvene_basis(owner, components, mean, std, pca, pca_mean, pca_std)
         if components is not None:
             components = torch.as_tensor(components, dtype=torch.float32)
             if components.dim() != 2:
@@ -98,6 +121,7 @@ class PCARotatedSpaceIntervention(DistributedRepresentationIntervention):
             embed_dim=dim,
             subspace_partition=subspace_partition,
             source_representation=source_representation,
+            **pyvene_keywords,
         )
         self.n_components = count
         if interchange_dim is not None and not 0 <= int(interchange_dim) <= count:

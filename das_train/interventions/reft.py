@@ -21,7 +21,7 @@ model's own representation would perturb it in ways the intervention did not cho
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -83,11 +83,12 @@ class _ReftBase(TrainableIntervention, DistributedRepresentationIntervention):
         dropout: float,
         act_fn: str | None,
         subspace_partition: Sequence[Sequence[int]] | None,
+        pyvene_keywords: dict[str, Any],
     ) -> None:
         owner = type(self).__name__
         dim = require_dim(embed_dim, "embed_dim", owner, "the width of one unit")
         rank = require_dim(low_rank_dimension, "low_rank_dimension", owner, "the rank k")
-        super().__init__(embed_dim=dim, subspace_partition=subspace_partition)
+        super().__init__(embed_dim=dim, subspace_partition=subspace_partition, **pyvene_keywords)
         self.low_rank_dimension = rank
         self.dropout = float(dropout)
         self.act_fn = act_fn
@@ -121,6 +122,9 @@ class LoreftIntervention(_ReftBase):
         act_fn: activation on ``W h + b``: one of ``linear``, ``relu``, ``gelu``, ``silu``,
             ``tanh``, ``sigmoid``, or ``None`` (linear).
         subspace_partition: ``[[start, end), ...]`` ranges of the ``k`` coordinates.
+        **pyvene_keywords: pyreft's other keywords: ``keep_last_dim`` honoured; ``dtype``
+            changes nothing (pyreft keeps the parameters in ``dtype``, default bf16; here
+            they are float32 and inputs are cast, which is at least as precise).
     """
 
     def __init__(
@@ -130,8 +134,11 @@ class LoreftIntervention(_ReftBase):
         dropout: float = 0.0,
         act_fn: str | None = None,
         subspace_partition: Sequence[Sequence[int]] | None = None,
+        **pyvene_keywords: Any,
     ) -> None:
-        super().__init__(embed_dim, low_rank_dimension, dropout, act_fn, subspace_partition)
+        super().__init__(
+            embed_dim, low_rank_dimension, dropout, act_fn, subspace_partition, pyvene_keywords
+        )
         if self.low_rank_dimension > self.embed_dim:
             raise ValueError(
                 f"{type(self).__name__}: low_rank_dimension={self.low_rank_dimension} exceeds "
@@ -160,6 +167,9 @@ class NoreftIntervention(_ReftBase):
         act_fn: activation on ``W h + b`` (see :class:`LoreftIntervention`).
         add_bias: whether the projection ``P h`` has a bias ``c``.
         subspace_partition: ``[[start, end), ...]`` ranges of the ``k`` coordinates.
+        **pyvene_keywords: pyreft's other keywords: ``keep_last_dim`` honoured; ``dtype``
+            changes nothing (pyreft keeps the parameters in ``dtype``, default bf16; here
+            they are float32 and inputs are cast, which is at least as precise).
     """
 
     config_fields: ClassVar[tuple[str, ...]] = (*_ReftBase.config_fields, "add_bias")
@@ -172,8 +182,11 @@ class NoreftIntervention(_ReftBase):
         act_fn: str | None = None,
         add_bias: bool = False,
         subspace_partition: Sequence[Sequence[int]] | None = None,
+        **pyvene_keywords: Any,
     ) -> None:
-        super().__init__(embed_dim, low_rank_dimension, dropout, act_fn, subspace_partition)
+        super().__init__(
+            embed_dim, low_rank_dimension, dropout, act_fn, subspace_partition, pyvene_keywords
+        )
         self.add_bias = bool(add_bias)
         self.proj_layer = nn.Linear(self.embed_dim, self.low_rank_dimension, bias=self.add_bias)  # P h + c
 

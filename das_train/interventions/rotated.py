@@ -29,7 +29,7 @@ The small helpers here (:class:`RotateLayer`, :func:`orthogonal_layer`, :func:`r
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -152,6 +152,10 @@ class RotatedSpaceIntervention(TrainableIntervention, DistributedRepresentationI
         subspace_partition: ``[[start, end), ...]`` ranges of the rotated coordinates, so
             ``subspaces`` can name partitions.
         source_representation: a constant source used in place of a source run.
+        **pyvene_keywords: pyvene's other keywords (:class:`~das_train.interventions.base.Intervention`):
+            ``keep_last_dim`` is honoured; ``use_fast``, ``dtype``/``torch_dtype`` change
+            nothing (the rotation is float32 and inputs are cast to it, as in pyvene, whose
+            0.1.8 classes ignore ``dtype`` too).
     """
 
     keeps_base_for_equal_source = True
@@ -168,12 +172,14 @@ class RotatedSpaceIntervention(TrainableIntervention, DistributedRepresentationI
         interchange_dim: int | None = None,
         subspace_partition: Sequence[Sequence[int]] | None = None,
         source_representation: torch.Tensor | None = None,
+        **pyvene_keywords: Any,
     ) -> None:
         dim = require_dim(embed_dim, "embed_dim", type(self).__name__, "the width of one unit")
         super().__init__(
             embed_dim=dim,
             subspace_partition=subspace_partition,
             source_representation=source_representation,
+            **pyvene_keywords,
         )
         self.interchange_dim: int | None = None
         self.set_interchange_dim(interchange_dim)
@@ -226,6 +232,8 @@ class LowRankRotatedSpaceIntervention(
         low_rank_dimension: the number ``k <= d`` of learned directions; required.
         subspace_partition: ``[[start, end), ...]`` ranges of the ``k`` coordinates.
         source_representation: a constant source used in place of a source run.
+        **pyvene_keywords: as for :class:`RotatedSpaceIntervention` (``keep_last_dim``
+            honoured; ``use_fast``, ``dtype`` change nothing).
     """
 
     keeps_base_for_equal_source = True
@@ -242,6 +250,7 @@ class LowRankRotatedSpaceIntervention(
         low_rank_dimension: int | None = None,
         subspace_partition: Sequence[Sequence[int]] | None = None,
         source_representation: torch.Tensor | None = None,
+        **pyvene_keywords: Any,
     ) -> None:
         owner = type(self).__name__
         dim = require_dim(embed_dim, "embed_dim", owner, "the width of one unit")
@@ -252,6 +261,7 @@ class LowRankRotatedSpaceIntervention(
             embed_dim=dim,
             subspace_partition=subspace_partition,
             source_representation=source_representation,
+            **pyvene_keywords,
         )
         self.low_rank_dimension = rank
         self.rotate_layer = orthogonal_layer(dim, rank)

@@ -12,7 +12,7 @@ so that is the whole unit; a direct call on wider tensors touches only the leadi
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -141,6 +141,11 @@ class NoiseIntervention(SourcelessIntervention, LocalistRepresentationInterventi
     Args:
         scale: the noise's standard deviation (default: 3 x 0.13462, as in causal tracing).
         seed: seed of the intervention's own generator; ``None`` uses torch's global RNG.
+        noise_leve: pyvene's name (sic) for the standard deviation; when given it replaces
+            ``scale``. (pyvene's default is 0.13462 itself, one standard deviation, and it adds
+            one fixed draw for exactly 4 positions; ours draws fresh noise for any number.)
+        **pyvene_keywords: pyvene's other keywords, which change nothing here (a localist
+            intervention sees each unit alone whatever ``keep_last_dim`` says).
     """
 
     config_fields: ClassVar[tuple[str, ...]] = (
@@ -156,9 +161,13 @@ class NoiseIntervention(SourcelessIntervention, LocalistRepresentationInterventi
         scale: float = DEFAULT_NOISE_SCALE,
         seed: int | None = None,
         subspace_partition=None,
+        noise_leve: float | None = None,
+        **pyvene_keywords: Any,
     ) -> None:
-        super().__init__(embed_dim=embed_dim, subspace_partition=subspace_partition)
-        self.scale = float(scale)
+        super().__init__(
+            embed_dim=embed_dim, subspace_partition=subspace_partition, **pyvene_keywords
+        )
+        self.scale = float(scale if noise_leve is None else noise_leve)
         self.seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
 
