@@ -36,7 +36,6 @@ from das_train.core.locations import (
 from das_train.core.pyvene_methods import PyveneTrainingMethods
 from das_train.core.sites import (
     HEAD_COMPONENTS,
-    RECURRENT_COMPONENTS,
     Site,
     is_module_path,
     resolve_site,
@@ -186,9 +185,10 @@ class IntervenableModel(PyveneTrainingMethods, nn.Module):
             raise ValueError(f"component {rep.component!r} splits into heads: unit must be 'h' or 'h.pos', not {unit!r}")
         if rep.component not in HEAD_COMPONENTS and unit in ("h", "h.pos"):
             raise ValueError(f"unit {unit!r} needs a head component ({list(HEAD_COMPONENTS)}), not {rep.component!r}")
-        if unit == "t" and rep.component not in RECURRENT_COMPONENTS:
-            raise ValueError(f"unit 't' needs a recurrent component ({list(RECURRENT_COMPONENTS)})")
-        if rep.component in RECURRENT_COMPONENTS and unit != "t":
+        if unit == "t" and not site.recurrent:
+            raise ValueError(f"unit 't' needs a component of a recurrent model (called once per time step), "
+                             f"not {rep.component!r}")
+        if site.recurrent and unit != "t":
             raise ValueError(f"component {rep.component!r} is indexed by time: unit must be 't'")
         return site
 
@@ -585,7 +585,8 @@ class IntervenableModel(PyveneTrainingMethods, nn.Module):
             if site.unit == "t":
                 step = calls[0]
                 calls[0] += 1
-                store.setdefault(i, {})[step] = x  # (batch, width) at this time step
+                # (batch, width) at this time step, the component's columns only
+                store.setdefault(i, {})[step] = x if site.columns is None else x[:, site.columns.to(x.device)]
                 return None
             x3 = H.as_3d(x)
             H.check_location_in_range(loc, x3, site, f"{key} source")
@@ -651,7 +652,7 @@ class IntervenableModel(PyveneTrainingMethods, nn.Module):
                 protected = protected | H.storage_ptrs(self._tensors_of(args))
             if site.unit == "t":
                 return self._set_time_step(i, x, calls, loc, src_loc, store, module_input,
-                                           args, kwargs, output, apply, constant, uses_run, protected)
+                                           args, kwargs, output, apply, constant, uses_run)
             x3 = H.as_3d(x)
             H.check_location_in_range(loc, x3, site, f"{key} base")
             index = H.UnitIndex(site, loc, x3)
@@ -673,7 +674,7 @@ class IntervenableModel(PyveneTrainingMethods, nn.Module):
         return hook
 
     def _set_time_step(self, i, x, calls, loc, src_loc, store, module_input, args, kwargs,
-                       output, apply, constant, uses_run, protected):
+                       output, apply, constant, uses_run):
         """A recurrent cell's call: intervene on the examples whose chosen step this is."""
         step = calls[0]
         calls[0] += 1
@@ -686,7 +687,10 @@ class IntervenableModel(PyveneTrainingMethods, nn.Module):
                 return None
             rows, unit_idx = hit.nonzero(as_tuple=True)
             source_steps = src_loc.units.to(x.device)[rows, unit_idx] if src_loc is not None else None
-        base_units = x[rows]  # (n, width)
+        columns = self._entries[i].site.columns
+        # a part of a fused projection (a GRU gate's third of x2h): its columns only
+        where = (rows,) if columns is None else (rows[:, None], columns.to(x.device)[None, :])
+        base_units = x[where]  # (n, width)
         if self._entries[i].intervention.source_kind == "module_input":
             source = module_input[rows]
         elif uses_run:
@@ -707,10 +711,9 @@ class IntervenableModel(PyveneTrainingMethods, nn.Module):
         new = apply(base_units, source)
         if new is None:
             return None
-        if H.can_write_in_place(x, protected):
-            x.index_put_((rows,), new.to(x.dtype))
-            return None
-        return H.write_hooked(args, kwargs, output, x.index_put((rows,), new.to(x.dtype)))
+        # Never in place: a cell's input may be another cell's recurrent state (a stacked GRU's
+        # layer-0 output is both layer 1's input and layer 0's next h_prev).
+        return H.write_hooked(args, kwargs, output, x.index_put(where, new.to(x.dtype)))
 
     def _run_hooks(
         self,
