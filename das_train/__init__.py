@@ -7,9 +7,13 @@ The names below are the API of the pyvene seeds, so code written for it runs aft
 from das_train.core.builtin_models import (
     GRUClassifier,
     GRUConfig,
+    GRULMHeadModel,
+    GRUModel,
     MLPClassifier,
     MLPConfig,
+    create_gru,
     create_gru_classifier,
+    create_gru_lm,
     create_mlp_classifier,
 )
 from das_train.core.config import IntervenableConfig, RepresentationConfig

@@ -86,7 +86,7 @@ def test_grouped_query_attention_widths(llama, base_source):
 
 def _step_by_hand(gru, embeds, step, replace_at, new_value_for):
     """Unrolls the GRU cell, replacing h_t at ``replace_at[b]`` for each example b."""
-    cell = gru.cells[0]
+    cell = gru.gru.cells[0]
     h = torch.zeros(embeds.shape[0], gru.config.h_dim)
     for t in range(embeds.shape[1]):
         h = cell(embeds[:, t], h)
@@ -94,12 +94,12 @@ def _step_by_hand(gru, embeds, step, replace_at, new_value_for):
             if replace_at[b] == t:
                 h = h.clone()
                 h[b] = new_value_for(b)
-    return gru.head(h)
+    return gru.score(h)
 
 
 def test_gru_time_step_interchange_with_batch_of_three():
     """pyvene's recurrent time-step interventions failed for batch > 1."""
-    _, _, gru = pv.create_gru_classifier(pv.GRUConfig(h_dim=8), seed=0)
+    _, _, gru = pv.create_gru_classifier(pv.GRUConfig(h_dim=8, n_layer=1), seed=0)
     gru.eval()
     torch.manual_seed(3)
     base, source = torch.rand(3, 7, 8), torch.rand(3, 7, 8)
@@ -112,7 +112,7 @@ def test_gru_time_step_interchange_with_batch_of_three():
             {"sources->base": ([[[s] for s in src_steps]], [[[t] for t in base_steps]])},
         )
         # source hidden states at every step, by hand
-        cell, h, src_h = gru.cells[0], torch.zeros(3, 8), []
+        cell, h, src_h = gru.gru.cells[0], torch.zeros(3, 8), []
         for t in range(7):
             h = cell(source[:, t], h)
             src_h.append(h)

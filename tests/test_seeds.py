@@ -608,16 +608,20 @@ def test_serial_multi_source_interchange():
 
 
 def _gru_by_hand(gru, x, edit_step=None, value=None):
-    """Steps the GRU cell by hand; at ``edit_step`` the hidden state becomes ``value``."""
-    cell = gru.cells[0].cell
-    h = x.new_zeros(x.shape[0], gru.config.h_dim)
-    states = []
+    """Steps the GRU's cells by hand; at ``edit_step`` layer 0's state becomes ``value``.
+    Returns the logits and layer 0's states."""
+    cells = gru.gru.cells
+    states = [x.new_zeros(x.shape[0], gru.config.h_dim) for _ in cells]
+    layer0 = []
     for t in range(x.shape[1]):
-        h = cell(x[:, t], h)
-        if t == edit_step:
-            h = value(h) if callable(value) else value
-        states.append(h)
-    return gru.head(h), states
+        inp = x[:, t]
+        for layer, cell in enumerate(cells):
+            h = cell(inp, states[layer])
+            if layer == 0 and t == edit_step:
+                h = value(h) if callable(value) else value
+            states[layer] = inp = h
+        layer0.append(states[0])
+    return gru.score(states[-1]), layer0
 
 
 def test_gru_zero_intervention_at_a_time_step():

@@ -39,7 +39,8 @@ def make_getter(i: int, entry: Entry, loc: Location | None, store: dict[int, Any
         if site.unit == "t":
             step = calls[0]
             calls[0] += 1
-            store.setdefault(i, {})[step] = x  # (batch, width) at this time step
+            # (batch, width) at this time step, the component's columns only
+            store.setdefault(i, {})[step] = x if site.columns is None else x[:, site.columns.to(x.device)]
             return None
         x3 = H.as_3d(x)
         H.check_location_in_range(loc, x3, site, f"{key} source")
@@ -127,7 +128,7 @@ def make_setter(i: int, entry: Entry, plan: Plan, loc: Location | None, src_loc:
         if output is not None:
             protected = protected | H.storage_ptrs(tensors_of(args))
         if site.unit == "t":
-            return time_step(x, module_input, args, kwargs, output, protected)
+            return time_step(x, module_input, args, kwargs, output)
         x3 = H.as_3d(x)
         H.check_location_in_range(loc, x3, site, f"{entry.key} base")
         index = H.UnitIndex(site, loc, x3)
@@ -169,7 +170,7 @@ def _time_step_setter(i: int, entry: Entry, loc: Location | None, src_loc: Locat
     """A recurrent cell's calls: each intervenes on the examples whose chosen step it is."""
     calls = [0]
 
-    def time_step(x, module_input, args, kwargs, output, protected):
+    def time_step(x, module_input, args, kwargs, output):
         step = calls[0]
         calls[0] += 1
         if loc is None:
@@ -181,7 +182,10 @@ def _time_step_setter(i: int, entry: Entry, loc: Location | None, src_loc: Locat
                 return None
             rows, unit_idx = hit.nonzero(as_tuple=True)
             source_steps = src_loc.units.to(x.device)[rows, unit_idx] if src_loc is not None else None
-        base_units = x[rows]  # (n, width)
+        columns = entry.site.columns
+        # a part of a fused projection (a GRU gate's third of x2h): its columns only
+        where = (rows,) if columns is None else (rows[:, None], columns.to(x.device)[None, :])
+        base_units = x[where]  # (n, width)
         if entry.intervention.source_kind == "module_input":
             source = module_input[rows]
         elif uses_run:
@@ -193,9 +197,8 @@ def _time_step_setter(i: int, entry: Entry, loc: Location | None, src_loc: Locat
         new = apply(base_units, source)
         if new is None:
             return None
-        if H.can_write_in_place(x, protected):
-            x.index_put_((rows,), new.to(x.dtype))
-            return None
-        return H.write_hooked(args, kwargs, output, x.index_put((rows,), new.to(x.dtype)))
+        # Never in place: a cell's input may be another cell's recurrent state (a stacked GRU's
+        # layer-0 output is both layer 1's input and layer 0's next h_prev).
+        return H.write_hooked(args, kwargs, output, x.index_put(where, new.to(x.dtype)))
 
     return time_step

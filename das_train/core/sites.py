@@ -302,7 +302,8 @@ def resolve_site(model: nn.Module, layer: int, component: str, unit: str) -> Sit
     columns = None
     if spec.fused_qkv is not None:
         layout, index = spec.fused_qkv
-        columns = _qkv_columns(layout, index, width, attention_head_count(config))
+        # a contiguous third needs no head count (a GRU's config has none)
+        columns = _qkv_columns(layout, index, width, attention_head_count(config) if layout == "interleaved" else 0)
     unit_width = width // n_heads if n_heads else width
     return Site(
         module=module,

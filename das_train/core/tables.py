@@ -263,14 +263,39 @@ MLP = ArchitectureTable(
     },
 )
 
+
+def _h_dim(c: Any) -> int:
+    return int(c.h_dim)
+
+
+def _gru_components() -> dict[str, ComponentSpec]:
+    """pyvene's GRU components (paths relative to the bare ``GRUModel``): the cell's input and
+    output, each gate's input and output, and the ``x2h``/``h2h`` projections whole (three
+    h_dim-wide parts side by side: reset, update, new) or one part."""
+    out = {
+        "cell_input": ComponentSpec(
+            "cells.{layer}", "input", _h_dim,
+            layer_width=lambda c, layer: int((getattr(c, "input_dim", None) or c.h_dim) if layer == 0 else c.h_dim),
+        ),
+        "cell_output": ComponentSpec("cells.{layer}", "output", _h_dim),
+        "x2h_output": ComponentSpec("cells.{layer}.x2h", "output", lambda c: 3 * int(c.h_dim)),
+        "h2h_output": ComponentSpec("cells.{layer}.h2h", "output", lambda c: 3 * int(c.h_dim)),
+    }
+    for index, gate in enumerate(("reset", "update", "new")):
+        for side in ("input", "output"):
+            out[f"{gate}_gate_{side}"] = ComponentSpec(f"cells.{{layer}}.{gate}_act", side, _h_dim)
+        for proj in ("x2h", "h2h"):
+            out[f"{gate}_{proj}_output"] = ComponentSpec(
+                f"cells.{{layer}}.{proj}", "output", _h_dim, fused_qkv=("contiguous", index))
+    return out
+
+
+# Every GRU component sits inside the cell, called once per time step: all take unit "t".
 GRU = ArchitectureTable(
     "das_gru",
     ("das_gru",),
     lambda c: int(c.n_layer),
-    {
-        "cell_input": ComponentSpec("cells.{layer}", "input", lambda c: int(c.h_dim)),
-        "cell_output": ComponentSpec("cells.{layer}", "output", lambda c: int(c.h_dim)),
-    },
+    _gru_components(),
     recurrent=True,
     causal=True,
 )

@@ -15,7 +15,6 @@ from torch import nn
 from das_train.core.config import IntervenableConfig, RepresentationConfig
 from das_train.core.sites import (
     HEAD_COMPONENTS,
-    RECURRENT_COMPONENTS,
     Site,
     is_module_path,
     resolve_site,
@@ -126,9 +125,10 @@ def resolve_representation_site(model: nn.Module, rep: RepresentationConfig) -> 
         raise ValueError(f"component {rep.component!r} splits into heads: unit must be 'h' or 'h.pos', not {unit!r}")
     if rep.component not in HEAD_COMPONENTS and unit in ("h", "h.pos"):
         raise ValueError(f"unit {unit!r} needs a head component ({list(HEAD_COMPONENTS)}), not {rep.component!r}")
-    if unit == "t" and rep.component not in RECURRENT_COMPONENTS:
-        raise ValueError(f"unit 't' needs a recurrent component ({list(RECURRENT_COMPONENTS)})")
-    if rep.component in RECURRENT_COMPONENTS and unit != "t":
+    if unit == "t" and not site.recurrent:
+        raise ValueError(f"unit 't' needs a component of a recurrent model (called once per time step), "
+                         f"not {rep.component!r}")
+    if site.recurrent and unit != "t":
         raise ValueError(f"component {rep.component!r} is indexed by time: unit must be 't'")
     return site
 
