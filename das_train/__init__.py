@@ -4,18 +4,16 @@ The names below are the API of the pyvene seeds, so code written for it runs aft
 ``import das_train as pv``.
 """
 
-from das_train.core.builtin_models import (
+from das_train.core.builtin_gru import (
     GRUClassifier,
     GRUConfig,
     GRULMHeadModel,
     GRUModel,
-    MLPClassifier,
-    MLPConfig,
     create_gru,
     create_gru_classifier,
     create_gru_lm,
-    create_mlp_classifier,
 )
+from das_train.core.builtin_models import MLPClassifier, MLPConfig, create_mlp_classifier
 from das_train.core.config import IntervenableConfig, RepresentationConfig
 from das_train.core.loaders import (
     HubUnavailableError,

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import das_train as pv
-from das_train.core.sites import GRU
+from das_train.core.tables import GRU
 
 H, STEPS = 8, 6
 FIELDS = dict(h_dim=H, n_layer=2, vocab_size=11, include_emb=True, max_position_embeddings=16)

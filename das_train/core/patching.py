@@ -124,11 +124,11 @@ def make_setter(i: int, entry: Entry, plan: Plan, loc: Location | None, src_loc:
     def hook(module, args, kwargs, output):
         x = H.read_hooked(args, kwargs, output)
         module_input = H.read_hooked(args, kwargs, None) if module_input_kind else None
+        if site.unit == "t":
+            return time_step(x, module_input, args, kwargs, output)
         protected = plan.protected
         if output is not None:
             protected = protected | H.storage_ptrs(tensors_of(args))
-        if site.unit == "t":
-            return time_step(x, module_input, args, kwargs, output)
         x3 = H.as_3d(x)
         H.check_location_in_range(loc, x3, site, f"{entry.key} base")
         index = H.UnitIndex(site, loc, x3)
