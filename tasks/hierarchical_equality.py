@@ -137,7 +137,8 @@ class EqualityTask:
 
 @dataclass(frozen=True)
 class ExperimentSize:
-    """How much data and how many steps the experiment uses."""
+    """How much data and how many steps the experiment uses: the MLP's training here, and
+    DAS's steps and pairs in :mod:`das_train.training.equality_experiment`."""
 
     train_examples: int = 100_000
     model_epochs: int = 10
@@ -151,7 +152,7 @@ def model_config(task: EqualityTask, size: ExperimentSize) -> MLPConfig:
     """The MLP :func:`train_model` builds; also read before training, so a run's sites and
     widths are checked without training it."""
     return MLPConfig(h_dim=size.hidden, n_layer=3, input_dim=4 * task.embedding_dim, num_classes=2,
-                        activation_function="relu", pdrop=0.0, squeeze_output=False)
+                     activation_function="relu", pdrop=0.0, squeeze_output=False)
 
 
 def train_model(task: EqualityTask, size: ExperimentSize, seed: int = 0) -> tuple[MLPClassifier, float]:
