@@ -49,6 +49,7 @@ from das_train.core.sites import (
     type_to_dimension_mapping,
     type_to_module_mapping,
 )
+from das_train.data.causal_model import CausalModel
 from das_train.interventions.autoencoder import (
     AutoencoderIntervention,
     JumpReLUAutoencoderIntervention,
@@ -87,7 +88,6 @@ from das_train.interventions.static import (
     VanillaIntervention,
     ZeroIntervention,
 )
-from das_train.tasks.causal_model import CausalModel
 
 __version__ = "0.1.0"
 

@@ -90,7 +90,7 @@ def run_loop(args: argparse.Namespace, run_dir: Path, pv, steps: int,
     import lightning
     import torch
 
-    from das_train.tasks.datamodule import PairDataModule
+    from das_train.data.pair_datamodule import PairDataModule
     from das_train.training import run as run_module
     from das_train.training.probe import collect_activations, probe_with_control
 
@@ -189,7 +189,7 @@ class SitesPeak:
     """
 
     def __init__(self, before_mib: float) -> None:
-        from das_train.tasks.datamodule import PairDataModule
+        from das_train.data.pair_datamodule import PairDataModule
         from das_train.training import run as run_module
 
         self.before = before_mib

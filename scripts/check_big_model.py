@@ -58,7 +58,7 @@ def build_model(sizes: dict, device, dtype):
 
 
 def random_pairs(n: int, length: int, vocab: int, seed: int = 0):
-    """Pair rows shaped as the gender task's (``das_train.tasks.base`` columns), with random tokens."""
+    """Pair rows shaped as the gender task's (``das_train.data.pair_contract`` columns), with random tokens."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from das_train.tasks.hierarchical_equality import FULL, SMALL, das_table, format_table
+from das_train.training.equality_experiment import FULL, SMALL, das_table, format_table
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ its capital. Interchanging the country from a source sentence makes the counterf
 the source country's capital. It is the many-valued counterpart of the gender task: a site
 that carries "country" must carry a 20-way choice, not one bit.
 
-Positions come from the tokenizer (see ``das_train.tasks.tokenizers``): with the word-level tokenizer of
+Positions come from the tokenizer (see ``das_train.data.templates``): with the word-level tokenizer of
 :meth:`CapitalsTask.build_tokenizer` (no ``<bos>``) they are
 ``{"the": 0, "capital": 1, "of": 2, "country": 3, "is": 4}``. Under a hub tokenizer, countries
 that are not one token, or whose capital is not one token after the prompt, are dropped and
@@ -22,7 +22,8 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from das_train.tasks.base import (
+from das_train.data.fingerprints import tokenizer_fingerprint
+from das_train.data.pair_contract import (
     BASE_CONTROL,
     BASE_LABEL,
     BASE_VARIABLE,
@@ -32,15 +33,8 @@ from das_train.tasks.base import (
     CounterfactualTask,
     TaskSpec,
 )
-from das_train.tasks.tokenizers import (
-    Piece,
-    TemplateLayout,
-    answer_token,
-    resolve_template,
-    text_pairs,
-    tokenizer_fingerprint,
-    word_level_tokenizer,
-)
+from das_train.data.templates import Piece, TemplateLayout, resolve_template
+from das_train.data.tokenization import answer_token, text_pairs, word_level_tokenizer
 
 logger = logging.getLogger(__name__)
 

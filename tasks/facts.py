@@ -24,7 +24,7 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from das_train.tasks.base import (
+from das_train.data.pair_contract import (
     BASE_CONTROL,
     BASE_LABEL,
     BASE_VARIABLE,
@@ -34,7 +34,7 @@ from das_train.tasks.base import (
     CounterfactualTask,
     TaskSpec,
 )
-from das_train.tasks.tokenizers import encode_sentences, text_pairs, word_level_tokenizer
+from das_train.data.tokenization import encode_sentences, text_pairs, word_level_tokenizer
 
 FIRST_NAMES = ("Anna", "Bruno", "Clara", "Dario", "Elena", "Felix")
 LAST_NAMES = ("Berg", "Costa", "Dahl", "Ferro", "Greco", "Holm")

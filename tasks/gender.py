@@ -6,7 +6,7 @@ counterfactual label the source name's pronoun. The name lists are balanced (20 
 female, unlike the paper's 47/10) and pairs draw the gender first, then a name of that gender,
 so probe and IIA chance stay at 50% even after a hub tokenizer drops some names.
 
-Positions come from the tokenizer (see ``das_train.tasks.tokenizers``): with the word-level tokenizer
+Positions come from the tokenizer (see ``das_train.data.templates``): with the word-level tokenizer
 of :meth:`GenderTask.build_tokenizer` they are ``{"bos": 0, "name": 1, "verb": 2, "last": 3}``;
 with Pythia's BPE, which adds no ``<bos>``, ``{"name": 0, "verb": 1, "last": 2}``, and names
 that are not one token are dropped (logged, and listed in ``layout(tokenizer).template.dropped``).
@@ -21,7 +21,7 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from das_train.tasks.base import (
+from das_train.data.pair_contract import (
     BASE_CONTROL,
     BASE_LABEL,
     BASE_VARIABLE,
@@ -31,14 +31,8 @@ from das_train.tasks.base import (
     CounterfactualTask,
     TaskSpec,
 )
-from das_train.tasks.tokenizers import (
-    Piece,
-    TemplateLayout,
-    answer_token,
-    resolve_template,
-    text_pairs,
-    word_level_tokenizer,
-)
+from das_train.data.templates import Piece, TemplateLayout, resolve_template
+from das_train.data.tokenization import answer_token, text_pairs, word_level_tokenizer
 
 MALE_NAMES = (
     "John", "James", "Robert", "Michael", "William", "David", "Richard", "Joseph", "Thomas", "Charles",

@@ -12,10 +12,25 @@ Everything is generated from a seed with torch alone, so the task runs anywhere,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
+from datasets import Dataset, Features, List, Value
 
-from das_train.tasks.causal_model import CausalModel
+from das_train.core.builtin_models import MLPClassifier, MLPConfig, create_mlp_classifier
+from das_train.data.causal_model import CausalModel
+from das_train.data.pair_contract import (
+    BASE_CONTROL,
+    BASE_EMBEDS,
+    BASE_LABEL,
+    BASE_VARIABLE,
+    COUNTERFACTUAL_LABEL,
+    SOURCE_EMBEDS,
+    SOURCE_LABEL,
+    SOURCE_VARIABLE,
+    CounterfactualTask,
+    TaskSpec,
+)
 
 VARIABLES = ("WX", "YZ")
 
@@ -117,12 +132,13 @@ class EqualityTask:
         }
 
 
-# -- the DAS experiment of Geiger et al. (2023), reproduced at two sizes -----------------------
+# -- the MLP that computes the task ----------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class ExperimentSize:
-    """How much data and how many steps the experiment uses."""
+    """How much data and how many steps the experiment uses: the MLP's training here, and
+    DAS's steps and pairs in :mod:`das_train.training.equality_experiment`."""
 
     train_examples: int = 100_000
     model_epochs: int = 10
@@ -132,25 +148,16 @@ class ExperimentSize:
     eval_pairs: int = 10_000
 
 
-BOUNDARY_PENALTY = 0.2
-FULL = ExperimentSize()
-SMALL = ExperimentSize(train_examples=50_000, model_epochs=8, das_steps=800, batch_size=256, eval_pairs=4_000)
-
-
-def model_config(task: EqualityTask, size: ExperimentSize):
+def model_config(task: EqualityTask, size: ExperimentSize) -> MLPConfig:
     """The MLP :func:`train_model` builds; also read before training, so a run's sites and
     widths are checked without training it."""
-    import das_train as pv
-
-    return pv.MLPConfig(h_dim=size.hidden, n_layer=3, input_dim=4 * task.embedding_dim, num_classes=2,
-                        activation_function="relu", pdrop=0.0, squeeze_output=False)
+    return MLPConfig(h_dim=size.hidden, n_layer=3, input_dim=4 * task.embedding_dim, num_classes=2,
+                     activation_function="relu", pdrop=0.0, squeeze_output=False)
 
 
-def train_model(task: EqualityTask, size: ExperimentSize, seed: int = 0):
+def train_model(task: EqualityTask, size: ExperimentSize, seed: int = 0) -> tuple[MLPClassifier, float]:
     """A 3-layer MLP trained on the task; returns (model, held-out accuracy)."""
-    import das_train as pv
-
-    _, _, model = pv.create_mlp_classifier(model_config(task, size), seed=seed)
+    _, _, model = create_mlp_classifier(model_config(task, size), seed=seed)
     inputs, labels = task.factual(size.train_examples, seed=seed + 1)
     test_inputs, test_labels = task.factual(2_000, seed=seed + 2)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -169,102 +176,7 @@ def train_model(task: EqualityTask, size: ExperimentSize, seed: int = 0):
     return model, acc
 
 
-def _run(intervenable, batch):
-    _, out = intervenable(
-        {"inputs_embeds": batch["base"]},
-        [{"inputs_embeds": batch["source"]}],
-        subspaces=batch.get("subspaces"),
-    )
-    return out.logits
-
-
-def _batches(task: EqualityTask, size: ExperimentSize, seed: int, variable: str | None, with_subspaces: bool):
-    def make(step: int):
-        pairs = task.counterfactual_pairs(size.batch_size, seed=seed * 1_000_003 + step, variable=variable)
-        if with_subspaces:
-            pairs["subspaces"] = [[int(v)] for v in pairs["variable"]]
-        return pairs
-
-    return make
-
-
-def _evaluate(intervenable, task, size, variable, with_subspaces, seed=99):
-    from das_train.training.das_loop import accuracy
-
-    pairs = task.counterfactual_pairs(size.eval_pairs, seed=seed, variable=variable)
-    if with_subspaces:
-        pairs["subspaces"] = [[int(v)] for v in pairs["variable"]]
-    return accuracy(intervenable, iter([pairs]), _run)
-
-
-def das_table(size: ExperimentSize = FULL, seed: int = 0, embedding_dim: int = 4) -> list[dict]:
-    """Rows of (method, variable(s), subspace size, IIA) at the first hidden layer."""
-    import das_train as pv
-    from das_train.training.das_loop import fit
-
-    task = EqualityTask(embedding_dim=embedding_dim, seed=seed)
-    model, model_acc = train_model(task, size, seed)
-    width = size.hidden
-    half = width // 2
-    partition = [[0, half], [half, width]]
-    rows = [{"method": "model accuracy", "variables": "-", "size": "-", "iia": model_acc}]
-    site = {"layer": 0, "component": "block_output"}
-
-    rotated = pv.IntervenableModel(
-        {**site, "intervention_type": pv.RotatedSpaceIntervention, "subspace_partition": partition}, model
-    )
-    fit(rotated, _batches(task, size, seed, None, True), _run, size.das_steps, lr=3e-3, seed=seed)
-    neurons = pv.IntervenableModel({**site, "subspace_partition": partition}, model)
-    for variable in VARIABLES:
-        for name, im in (("DAS rotation", rotated), ("neuron-aligned", neurons)):
-            rows.append({"method": name, "variables": variable, "size": half,
-                         "iia": _evaluate(im, task, size, variable, True)})
-
-    fixed = pv.IntervenableModel(
-        {**site, "intervention": pv.RotatedSpaceIntervention(embed_dim=width, interchange_dim=half)}, model
-    )
-    fit(fixed, _batches(task, size, seed + 1, "WX", False), _run, size.das_steps, lr=3e-3, seed=seed)
-    rows.append({"method": "fixed-size rotation", "variables": "WX", "size": half,
-                 "iia": _evaluate(fixed, task, size, "WX", False)})
-
-    boundless = pv.IntervenableModel({**site, "intervention_type": pv.BoundlessRotatedSpaceIntervention}, model)
-    intervention = boundless.interventions[boundless.sorted_keys[0]]
-    start = intervention.intervention_size()
-    fit(boundless, _batches(task, size, seed + 1, "WX", False), _run, size.das_steps, lr=3e-3,
-        penalty_weight=BOUNDARY_PENALTY, temperature=(50.0, 0.1), seed=seed)
-    rows.append({"method": "boundless DAS", "variables": "WX",
-                 "size": f"{start} -> {intervention.intervention_size()}",
-                 "iia": _evaluate(boundless, task, size, "WX", False)})
-    return rows
-
-
-def format_table(rows: list[dict]) -> str:
-    lines = ["| method | variable | subspace size | IIA |", "|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['method']} | {r['variables']} | {r['size']} | {r['iia']:.3f} |")
-    return "\n".join(lines)
-
-
-# -- counterfactual pairs for the training framework (das_train.tasks.base contract) ---------------------
-
-
-# Imported here, not at the top, because this part was appended to the experiment's module.
-from typing import ClassVar  # noqa: E402
-
-from datasets import Dataset, Features, List, Value  # noqa: E402
-
-from das_train.tasks.base import (  # noqa: E402
-    BASE_CONTROL,
-    BASE_EMBEDS,
-    BASE_LABEL,
-    BASE_VARIABLE,
-    COUNTERFACTUAL_LABEL,
-    SOURCE_EMBEDS,
-    SOURCE_LABEL,
-    SOURCE_VARIABLE,
-    CounterfactualTask,
-    TaskSpec,
-)
+# -- counterfactual pairs for the training framework (das_train.data.pair_contract) ------------
 
 
 @dataclass(frozen=True)

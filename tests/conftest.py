@@ -142,7 +142,7 @@ def hook_count(model) -> int:
 
 
 def random_pair_rows(n: int, seed: int, vocab: int, length: int, control_classes: int = 2) -> list[dict]:
-    """``n`` random pair rows with the columns of ``das_train.tasks.base`` (token ids in 1..vocab-1);
+    """``n`` random pair rows with the columns of ``das_train.data.pair_contract`` (token ids in 1..vocab-1);
     the default collate stacks them. The same seed gives the same rows."""
     gen = torch.Generator().manual_seed(seed)
     return [{

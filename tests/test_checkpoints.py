@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_run import small_overrides  # noqa: E402
 
 from das_train import cli  # noqa: E402
-from das_train.tasks.datamodule import PairDataModule  # noqa: E402
+from das_train.data.pair_datamodule import PairDataModule  # noqa: E402
 from das_train.training import batched_sweep, checkpoints  # noqa: E402
 from das_train.training import run as run_module  # noqa: E402
 

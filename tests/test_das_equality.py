@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from das_train.tasks.hierarchical_equality import ExperimentSize, das_table
+from das_train.tasks.hierarchical_equality import ExperimentSize
+from das_train.training.equality_experiment import das_table
 
 TEST_SIZE = ExperimentSize(train_examples=40_000, model_epochs=8, das_steps=600, batch_size=256, eval_pairs=3_000)
 

@@ -120,7 +120,7 @@ def test_more_sweep_shapes_give_the_same_table_in_two_processes(overrides, rows,
 def test_shuffled_ranks_deal_one_shuffle_and_resume_at_any_step(monkeypatch):
     """Without processes: the two ranks' batches together are one process's batch of twice the
     size, and a sampler resumed at step k yields from there what an uninterrupted one yields."""
-    from das_train.tasks.datamodule import EpochShuffleSampler
+    from das_train.data.samplers import EpochShuffleSampler
     from das_train.training.run import RankShuffleSampler, RankSliceSampler
 
     def batches(rank, resume_at=0, epochs=3):

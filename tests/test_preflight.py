@@ -18,11 +18,11 @@ def _refuse(*_args, **_kwargs):
 @pytest.fixture
 def no_work(monkeypatch):
     """Makes training a model on the spot or generating pairs fail the test."""
+    import das_train.data.tiny_lm as tiny_lm
     import das_train.tasks.hierarchical_equality as equality
-    import das_train.tasks.tiny_model as tiny_model
-    from das_train.tasks.datamodule import PairDataModule
+    from das_train.data.pair_datamodule import PairDataModule
 
-    monkeypatch.setattr(tiny_model, "train_tiny_lm", _refuse)
+    monkeypatch.setattr(tiny_lm, "train_tiny_lm", _refuse)
     monkeypatch.setattr(equality, "train_model", _refuse)
     monkeypatch.setattr(PairDataModule, "generate", _refuse)
 
@@ -153,7 +153,7 @@ def test_a_hub_model_rank_above_its_width(tmp_path, monkeypatch, no_work):
 
 
 def test_a_filter_that_empties_a_split_says_what_to_try(tmp_path, monkeypatch):
-    from das_train.tasks.datamodule import PairDataModule
+    from das_train.data.pair_datamodule import PairDataModule
 
     def wrong_on_every_pair(model, batch, device):
         return batch["base_label"] < 0  # all False: the model is never right

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from das_train import cli
-from das_train.tasks.datamodule import PairDataModule
+from das_train.data.pair_datamodule import PairDataModule
 from das_train.training import run as run_module
 from das_train.training.schema import ConfigError
 

@@ -22,9 +22,9 @@ from datasets import Dataset, DatasetDict
 import das_train as pv
 from das_train import cli
 from das_train.core import files
+from das_train.data.pair_datamodule import _save_atomically
+from das_train.data.tiny_lm import save_pretrained_atomically
 from das_train.hub import save_pretrained
-from das_train.tasks.datamodule import _save_atomically
-from das_train.tasks.tiny_model import save_pretrained_atomically
 from das_train.training import reports
 from das_train.training import run as run_module
 from das_train.training import run_dir as run_dir_state

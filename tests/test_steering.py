@@ -128,12 +128,12 @@ def test_same_seed_same_table(steered):
 
 
 def test_bad_steering_config_is_refused_before_any_forward(tmp_path, monkeypatch):
-    import das_train.tasks.stories
+    import das_train.data.stories
 
     def no_training(*args, **kwargs):
         raise AssertionError("the model was trained before the config was checked")
 
-    monkeypatch.setattr(das_train.tasks.stories, "train_story_lm", no_training)
+    monkeypatch.setattr(das_train.data.stories, "train_story_lm", no_training)
     cfg = cli.check("steering_tiny", _overrides(tmp_path, "steering.prompts=[]", "steering.word=two words",
                                                 "steering.do_sample=false", "steering.samples=3"))
     with pytest.raises(ConfigError) as err:

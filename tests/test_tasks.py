@@ -17,9 +17,9 @@ from torch import nn
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-import das_train.tasks.datamodule as datamodule_module
-import das_train.tasks.tiny_model as tiny_model_module
-from das_train.tasks.base import (
+import das_train.data.pair_datamodule as datamodule_module
+import das_train.data.tiny_lm as tiny_lm_module
+from das_train.data.pair_contract import (
     BASE_CONTROL,
     BASE_IDS,
     BASE_LABEL,
@@ -32,12 +32,12 @@ from das_train.tasks.base import (
     SOURCE_MASK,
     SOURCE_VARIABLE,
 )
+from das_train.data.pair_datamodule import PairDataModule, collate
+from das_train.data.tiny_lm import answer_accuracy, train_tiny_lm
+from das_train.data.tokenization import encode_sentences
 from das_train.tasks.capitals import CapitalsTask
-from das_train.tasks.datamodule import PairDataModule, collate
 from das_train.tasks.gender import FEMALE_NAMES, MALE_NAMES, GenderTask
 from das_train.tasks.hierarchical_equality import EqualityPairsTask, EqualityTask
-from das_train.tasks.tiny_model import answer_accuracy, train_tiny_lm
-from das_train.tasks.tokenizers import encode_sentences
 
 TEXT_COLUMNS = (BASE_IDS, BASE_MASK, SOURCE_IDS, SOURCE_MASK, *LABEL_COLUMNS)
 
@@ -209,7 +209,7 @@ def test_pairs_are_seeded(task):
 
 def test_hub_like_bpe_drops_multi_token_words_and_measures_positions(gender_bpe, caplog):
     task = GenderTask()
-    with caplog.at_level(logging.WARNING, logger="das_train.tasks.tokenizers"):
+    with caplog.at_level(logging.WARNING, logger="das_train.data.templates"):
         layout = task.layout(gender_bpe)
     assert layout.template.dropped == {"name": ("Matthew", "Jennifer", "Elizabeth"), "verb": ("danced",)}
     assert "dropped 3 of 40 words" in caplog.text and "dropped 1 of 12 words" in caplog.text
@@ -263,7 +263,7 @@ def test_tiny_lm_is_cached_and_reloaded(tiny_gender, monkeypatch):
     task, tok, model, cache = tiny_gender
     (saved,) = os.listdir(cache)  # one finished model, no staging leftovers
     assert saved.startswith("tiny-gender-")
-    monkeypatch.setattr(tiny_model_module, "_train", lambda *a: pytest.fail("retrained despite the cache"))
+    monkeypatch.setattr(tiny_lm_module, "train_lm", lambda *a, **k: pytest.fail("retrained despite the cache"))
     again = train_tiny_lm(task, tok, seed=0, cache_dir=str(cache))
     ids, _ = encode_sentences(tok, task.sentences(tok))
     with torch.no_grad():

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from das_train.core.devices import input_device
 from das_train.core.sites import resolve_site
-from das_train.tasks.base import (
+from das_train.data.pair_contract import (
     BASE_CONTROL,
     BASE_EMBEDS,
     BASE_IDS,
@@ -52,7 +52,7 @@ from das_train.tasks.base import (
     SOURCE_MASK,
     TaskSpec,
 )
-from das_train.tasks.datamodule import workers_generator
+from das_train.data.samplers import workers_generator
 from das_train.training.checkpoints import fit_resuming
 from das_train.training.das_module import DASModule, model_inputs
 from das_train.training.multi_site import CACHED_PREFIX, CACHED_SOURCES, MultiSiteDASModule

@@ -9,7 +9,7 @@ make that trustworthy:
   checkpoint's keys is named in a warning, moved aside as ``last.ckpt.corrupt-<time>``, and
   the fit starts from scratch instead of crashing the sweep on every re-run.
 - **A resume is exact**: the training order is a stream of batches positioned by the
-  optimizer step (:class:`~das_train.tasks.datamodule.ResumableOrder`, which the datamodule's
+  optimizer step (:class:`~das_train.data.samplers.ResumableOrder`, which the datamodule's
   shuffle, the batched sweep's cached loader and :class:`~das_train.training.run.RankSliceSampler`
   follow), and :class:`ResumeTrainingOrder` moves it to the restored step. A fit cut off
   mid-epoch thus trains on the batches the uninterrupted fit trained on and ends with the same
@@ -28,7 +28,7 @@ import lightning
 import torch
 from torch.utils.data import DataLoader
 
-from das_train.tasks.datamodule import ResumableOrder
+from das_train.data.samplers import ResumableOrder
 from das_train.training.finite import NonFiniteTrainingError
 
 log = logging.getLogger("das_train")

@@ -20,7 +20,7 @@ Two modes:
   2.6 no longer switches modules to train mode; it warns about modules left in eval mode), so
   call ``model.train()`` first to train it with dropout.
 
-Batches are dicts with the pair columns of :mod:`das_train.tasks.base` (``base_input_ids``,
+Batches are dicts with the pair columns of :mod:`das_train.data.pair_contract` (``base_input_ids``,
 ``base_attention_mask``, ``source_input_ids``, ... or ``base_inputs_embeds``, ... and
 ``counterfactual_label``), as a ``datasets.Dataset`` in torch format yields them.
 """
@@ -38,8 +38,7 @@ from torch import nn
 
 from das_train.core.devices import input_device, is_dispatched, place_model
 from das_train.core.model import IntervenableModel
-from das_train.interventions.base import INTERVENTION_REGISTRY, Intervention
-from das_train.tasks.base import (
+from das_train.data.pair_contract import (
     BASE_EMBEDS,
     BASE_IDS,
     BASE_MASK,
@@ -48,6 +47,7 @@ from das_train.tasks.base import (
     SOURCE_IDS,
     SOURCE_MASK,
 )
+from das_train.interventions.base import INTERVENTION_REGISTRY, Intervention
 from das_train.training.das_loop import boundary_penalty as total_boundary_penalty
 from das_train.training.das_loop import counterfactual_loss
 from das_train.training.finite import check_finite

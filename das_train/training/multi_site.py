@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from das_train.core.devices import place_model
 from das_train.core.hooks import HookSet, as_3d, from_3d, read_hooked, write_hooked
 from das_train.core.sites import resolve_site
-from das_train.tasks.base import COUNTERFACTUAL_LABEL
+from das_train.data.pair_contract import COUNTERFACTUAL_LABEL
 from das_train.training.das_module import (
     DASModule,
     model_inputs,

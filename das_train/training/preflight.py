@@ -31,10 +31,10 @@ from das_train.core.sites import (
     table_for,
     table_for_config,
 )
+from das_train.data.pair_contract import CounterfactualTask, TaskSpec
+from das_train.data.tiny_lm import tiny_lm_config
 from das_train.interventions.base import INTERVENTION_REGISTRY, Intervention
-from das_train.tasks.base import CounterfactualTask, TaskSpec
 from das_train.tasks.hierarchical_equality import ExperimentSize, model_config
-from das_train.tasks.tiny_model import tiny_lm_config
 from das_train.training.das_module import trainable_intervention_class
 from das_train.training.schema import ConfigError
 from das_train.training.task_loading import load_task

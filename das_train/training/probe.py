@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import das_train as pv
-from das_train.tasks.base import BASE_CONTROL, BASE_VARIABLE
+from das_train.data.pair_contract import BASE_CONTROL, BASE_VARIABLE
 from das_train.training.das_module import model_inputs
 from das_train.training.metrics import CountingAccuracy
 

@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 from das_train.core.fault_points import fault_point
 from das_train.core.sites import table_for
-from das_train.tasks.base import CounterfactualTask, TaskSpec
-from das_train.tasks.datamodule import EpochShuffleSampler, ResumableOrder
+from das_train.data.pair_contract import CounterfactualTask, TaskSpec
+from das_train.data.samplers import EpochShuffleSampler, ResumableOrder
 from das_train.training import preflight, reports
 from das_train.training import run_dir as run_dir_state
 from das_train.training.batched_sweep import (
@@ -114,7 +114,7 @@ def build_model(cfg: DictConfig, task: CounterfactualTask):
     if cfg.model.kind == "hub":
         return _hub_model(cfg)
     if cfg.model.kind == "tiny" and hasattr(task, "build_tokenizer"):
-        from das_train.tasks.tiny_model import train_tiny_lm
+        from das_train.data.tiny_lm import train_tiny_lm
 
         tokenizer = task.build_tokenizer()
         model = train_tiny_lm(task, tokenizer, n_layer=cfg.model.n_layer, hidden=cfg.model.hidden,
@@ -176,7 +176,7 @@ class RankSliceSampler(ResumableOrder, torch.utils.data.DistributedSampler):
     of a distributed run when ``use_distributed_sampler=True``, leaves it alone; it does not
     call that class's constructor, which needs the process group. The rank and world size are
     read when iterated, once the process group exists. A training fit resumed mid-epoch
-    continues at the batch it was cut off at (:class:`~das_train.tasks.datamodule.ResumableOrder`).
+    continues at the batch it was cut off at (:class:`~das_train.data.samplers.ResumableOrder`).
     """
 
     def __init__(self, size: int, drop_remainder: bool = True, batch_size: int = 1) -> None:
@@ -217,7 +217,7 @@ class RankSliceSampler(ResumableOrder, torch.utils.data.DistributedSampler):
 class RankShuffleSampler(RankSliceSampler):
     """Training with ``trainer.shuffle=true`` on several processes: epoch ``e``'s shuffle of the
     whole split (the order one process's
-    :class:`~das_train.tasks.datamodule.EpochShuffleSampler` takes), dealt to the ranks in
+    :class:`~das_train.data.samplers.EpochShuffleSampler` takes), dealt to the ranks in
     turn, the last ``size % world`` rows dropped.
 
     The order is a pure function of (seed, epoch), so a fit resumed mid-epoch continues at the
@@ -246,7 +246,7 @@ def _with_sampler(loader: torch.utils.data.DataLoader, sampler: torch.utils.data
 def distributed_train_loader(cfg: DictConfig, loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
     """``loader``, or on several processes its rows dealt to the ranks: in order
     (:class:`RankSliceSampler`), or shuffled as ``loader``'s own
-    :class:`~das_train.tasks.datamodule.EpochShuffleSampler` shuffles (:class:`RankShuffleSampler`)."""
+    :class:`~das_train.data.samplers.EpochShuffleSampler` shuffles (:class:`RankShuffleSampler`)."""
     if cfg.trainer.devices * cfg.trainer.num_nodes == 1:
         return loader
     size, batch = len(loader.dataset), loader.batch_size
@@ -486,7 +486,7 @@ def _run_prepared(cfg: DictConfig, run_dir: Path) -> Path:
     model, tokenizer = build_model(cfg, task)
     if cfg.model.kind == "hub":
         preflight.check_loaded_model(cfg, model, preflight.task_spec(task, tokenizer))
-    from das_train.tasks.datamodule import PairDataModule
+    from das_train.data.pair_datamodule import PairDataModule
 
     datamodule = PairDataModule(
         task, tokenizer, n_train=cfg.task.n_train, n_val=cfg.task.n_val, n_test=cfg.task.n_test,

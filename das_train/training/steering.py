@@ -135,7 +135,7 @@ def load_model(cfg: DictConfig):
         return model.eval(), tokenizer, token
     if cfg.model.kind != "tiny":
         raise ConfigError([f"job=steering needs a language model: model.kind=tiny or hub, not {cfg.model.kind!r}"])
-    from das_train.tasks.stories import build_tokenizer, train_story_lm
+    from das_train.data.stories import build_tokenizer, train_story_lm
 
     tokenizer = build_tokenizer()
     token = word_token(tokenizer, cfg.steering.word)
@@ -188,7 +188,7 @@ def torch_threads(n: int | None):
     """torch's intra-op threads set to ``n`` (None: left alone) and restored afterwards.
 
     One thread is fastest for a model a few dozen wide, and spares it the many-fold slowdown
-    of threads spinning on a busy machine (as ``das_train.tasks.tiny_model`` trains)."""
+    of threads spinning on a busy machine (as ``das_train.data.tiny_lm`` trains)."""
     previous = torch.get_num_threads()
     if n is not None:
         torch.set_num_threads(n)

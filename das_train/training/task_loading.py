@@ -9,7 +9,7 @@ import inspect
 from pathlib import Path
 from types import ModuleType
 
-from das_train.tasks.base import CounterfactualTask
+from das_train.data.pair_contract import CounterfactualTask
 from das_train.training.schema import ConfigError
 
 
@@ -21,7 +21,7 @@ def task_classes(module: ModuleType) -> list[type[CounterfactualTask]]:
 
 
 def available_tasks() -> list[str]:
-    """The modules of ``das_train.tasks`` that define a task (not its framework helpers)."""
+    """The task plugins: the modules of ``das_train.tasks`` that define a CounterfactualTask."""
     names = sorted(p.stem for p in Path(str(importlib.resources.files("das_train.tasks"))).glob("*.py")
                    if not p.stem.startswith("_"))
     return [n for n in names if task_classes(importlib.import_module(f"das_train.tasks.{n}"))]

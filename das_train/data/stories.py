@@ -6,8 +6,8 @@ embeddings: pushing the residual stream along a word's embedding raises that wor
 and the word's topic comes along. The tiny gender model (untied embeddings, a vocabulary of
 names) does not respond to it, so offline steering needs a free-text model with tied
 embeddings: :func:`story_corpus` writes seeded stories from templates over word lists,
-and :func:`train_story_lm` trains a small GPT-2 on them in well under a minute, cached like
-``das_train.tasks.tiny_model``.
+and :func:`train_story_lm` trains a small GPT-2 on them in well under a minute with the one
+tiny-model trainer (``das_train.data.tiny_lm``), cached like the tasks' models.
 
 Three choices, each found by measurement while building this, make steering act as on a real
 model: on the word and its topic, with the text still readable.
@@ -36,12 +36,15 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from das_train.tasks.tiny_model import save_pretrained_atomically
-from das_train.tasks.tokenizers import (
-    settings_fingerprint,
-    tokenizer_fingerprint,
-    word_level_tokenizer,
+from das_train.data.fingerprints import settings_fingerprint, tokenizer_fingerprint
+from das_train.data.tiny_lm import (
+    NextTokenObjective,
+    cached_model,
+    next_token_loss,
+    save_pretrained_atomically,
+    train_lm,
 )
+from das_train.data.tokenization import word_level_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -142,9 +145,16 @@ def _token_stream(tokenizer: PreTrainedTokenizerFast, stories: list[str]) -> tor
     return torch.tensor([t for row in ids for t in row], dtype=torch.long)
 
 
-def _next_token_loss(model: GPT2LMHeadModel, windows: torch.Tensor) -> torch.Tensor:
-    logits = model(input_ids=windows).logits[:, :-1]  # (batch, block - 1, vocab)
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
+def story_lm_config(
+    tokenizer: PreTrainedTokenizerFast, n_layer: int, hidden: int, heads: int, block: int, init_std: float
+) -> GPT2Config:
+    """The GPT-2 :func:`train_story_lm` builds: tied embeddings, no dropout, ``block``
+    positions, weights initialised at std ``init_std``."""
+    return GPT2Config(
+        vocab_size=len(tokenizer), n_positions=block, n_embd=hidden, n_layer=n_layer, n_head=heads,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True, initializer_range=init_std,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=None, pad_token_id=tokenizer.pad_token_id,
+    )
 
 
 def train_story_lm(
@@ -182,57 +192,38 @@ def train_story_lm(
     one that did not (1.19 nats a token for the recipe's model; slot words are drawn
     uniformly, so most of that cannot be learned).
     """
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=block, n_embd=hidden, n_layer=n_layer, n_head=heads,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True, initializer_range=init_std,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=None, pad_token_id=tokenizer.pad_token_id,
-    )
+    config = story_lm_config(tokenizer, n_layer, hidden, heads, block, init_std)
     corpus = story_corpus(stories, seed)
-    target: Path | None = None
+    target = None
     if cache_dir is not None:
         # keyed by the corpus itself, so any change to the word lists or templates retrains
         key = settings_fingerprint(CACHE_VERSION, tokenizer_fingerprint(tokenizer), config.to_dict(), steps, seed,
                                    block, batch_size, lr, corpus)
         target = Path(cache_dir) / f"tiny-stories-{key[:16]}"
-        if target.is_dir():
-            logger.info("loaded the tiny stories GPT-2 from %s", target)
-            return _never_writes_pad_or_unk(GPT2LMHeadModel.from_pretrained(target).eval(), tokenizer)
+    model = cached_model(GPT2LMHeadModel, target)
+    if model is not None:
+        logger.info("loaded the tiny stories GPT-2 from %s", target)
+        return _never_writes_pad_or_unk(model, tokenizer)
 
     stream = _token_stream(tokenizer, corpus)  # (tokens,)
-    held_out = _token_stream(tokenizer, story_corpus(200, seed + 1))
     logger.info("training a %d-layer, %d-wide GPT-2 (tied embeddings) on %d stories (%d tokens), %d steps",
                 n_layer, hidden, stories, stream.numel(), steps)
     start = time.perf_counter()
-    previous_threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
-        with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's RNG
-            torch.manual_seed(seed)
-            model = GPT2LMHeadModel(config)
-            optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-            schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
-            model.train()
-            for _ in range(steps):
-                offsets = torch.randint(0, stream.numel() - block, (batch_size, 1))
-                windows = stream[offsets + torch.arange(block)]  # (batch, block)
-                loss = _next_token_loss(model, windows)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-        model.eval()
-        with torch.no_grad():
-            usable = held_out.numel() // block * block
-            windows = held_out[:usable].view(-1, block)
-            held_loss = _next_token_loss(model, windows).item()
-    finally:
-        torch.set_num_threads(previous_threads)
-    logger.info("tiny stories GPT-2: held-out loss %.3f after %d steps (%.1f s)", held_loss, steps,
-                time.perf_counter() - start)
+    model, _ = train_lm(GPT2LMHeadModel, config, NextTokenObjective(stream, block, batch_size), steps, lr, seed,
+                        one_cycle=True, num_threads=num_threads)
+    logger.info("tiny stories GPT-2: held-out loss %.3f after %d steps (%.1f s)",
+                _held_out_loss(model, tokenizer, seed, block), steps, time.perf_counter() - start)
     if target is not None:
         save_pretrained_atomically(model, target)
     return _never_writes_pad_or_unk(model, tokenizer)
+
+
+def _held_out_loss(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, seed: int, block: int) -> float:
+    """Next-token loss on 200 stories of another seed, cut into windows of ``block`` tokens."""
+    held_out = _token_stream(tokenizer, story_corpus(200, seed + 1))  # (tokens,)
+    usable = held_out.numel() // block * block
+    with torch.no_grad():
+        return next_token_loss(model, held_out[:usable].view(-1, block)).item()
 
 
 def _never_writes_pad_or_unk(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast) -> GPT2LMHeadModel:

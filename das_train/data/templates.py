@@ -1,4 +1,4 @@
-"""Templates measured against a tokenizer, and the word-level tokenizers tiny models use.
+"""Templates measured against a tokenizer: which token sits at which named position.
 
 A text task is a template of named pieces ("John", " walked", " because"), some of them slots
 filled from word lists. Which token sits at which named position depends on the tokenizer: a
@@ -8,73 +8,20 @@ assume a layout, :func:`resolve_template` tokenizes every filled prompt, reads t
 from the tokenizer's character offsets, drops slot words that are not exactly one token, and
 checks that every prompt has the same length and positions, so pairs can be stacked and a
 position means the same token in every row.
-
-Also here: fingerprints of tokenizers and settings, so caches of pairs and tiny models are
-keyed by everything that changes their content.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import itertools
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import torch
-from datasets import Dataset, Features, List, Value
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase
 
-from das_train.tasks.base import BASE_IDS, BASE_MASK, LABEL_COLUMNS, SOURCE_IDS, SOURCE_MASK
+from das_train.data.fingerprints import tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
-
-BOS, PAD, UNK = "<bos>", "<pad>", "<unk>"
-
-
-def word_level_tokenizer(words: Sequence[str], bos: bool) -> PreTrainedTokenizerFast:
-    """One token per whitespace-separated word of ``words`` (first occurrence order).
-
-    Args:
-        words: the vocabulary; duplicates are ignored.
-        bos: prepend ``<bos>`` to every encoded text (as ``add_special_tokens=True`` does).
-
-    ``<pad>``, ``<unk>`` and ``<bos>`` are ids 0, 1 and 2 whether or not ``bos`` is set.
-    """
-    vocab = {word: i for i, word in enumerate(dict.fromkeys([PAD, UNK, BOS, *words]))}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    if bos:
-        backend.post_processor = processors.TemplateProcessing(
-            single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
-        )
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, pad_token=PAD, unk_token=UNK)
-
-
-def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """A hash of everything that decides the token ids (vocabulary, merges, special tokens)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        body = backend.to_str()
-    else:
-        body = json.dumps(sorted(tokenizer.get_vocab().items()))
-    body += json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str)
-    return hashlib.sha256(body.encode()).hexdigest()
-
-
-def settings_fingerprint(*parts: object) -> str:
-    """A hash of dataclasses, dicts and plain values, stable across runs and machines."""
-
-    def plain(value: object) -> object:
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return {"__class__": type(value).__name__, **dataclasses.asdict(value)}
-        return value
-
-    text = json.dumps([plain(p) for p in parts], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -200,32 +147,59 @@ def measure_template(
     slots = [p.name for p in pieces if p.slot]
     if sorted(slots) != sorted(candidates):
         raise ValueError(f"candidates are given for {sorted(candidates)}, the template's slots are {slots}")
-    index = {p.name: i for i, p in enumerate(pieces)}
     reference = {s: candidates[s][0] for s in slots}
-
     kept: dict[str, tuple[str, ...]] = {}
     dropped: dict[str, tuple[str, ...]] = {}
     for slot in slots:
-        texts, all_spans = [], []
-        for word in candidates[slot]:
-            text, spans = fill(pieces, {**reference, slot: word})
-            texts.append(text)
-            all_spans.append(spans)
-        encoded = tokenizer(texts, return_offsets_mapping=True, return_special_tokens_mask=True)
-        single = [
-            len(_assign(offsets, special, spans)[1][index[slot]]) == 1
-            for offsets, special, spans in zip(encoded["offset_mapping"], encoded["special_tokens_mask"], all_spans)
-        ]
-        kept[slot] = tuple(w for w, ok in zip(candidates[slot], single) if ok)
-        dropped[slot] = tuple(w for w, ok in zip(candidates[slot], single) if not ok)
-        if not kept[slot]:
-            raise ValueError(f"no word of slot {slot!r} is a single token under this tokenizer")
+        kept[slot], dropped[slot] = _single_token_words(tokenizer, pieces, slot, candidates[slot], reference)
 
     keys = list(itertools.product(*(kept[s] for s in slots)))
     texts_and_spans = [fill(pieces, dict(zip(slots, key))) for key in keys]
     encoded = tokenizer(
         [t for t, _ in texts_and_spans], return_offsets_mapping=True, return_special_tokens_mask=True
     )
+    length, positions = _common_layout(pieces, texts_and_spans, encoded)
+    return TemplateLayout(
+        positions=positions,
+        length=length,
+        words=kept,
+        dropped=dropped,
+        ids={key: tuple(ids) for key, ids in zip(keys, encoded["input_ids"])},
+        texts={key: text for key, (text, _) in zip(keys, texts_and_spans)},
+    )
+
+
+def _single_token_words(
+    tokenizer: PreTrainedTokenizerBase,
+    pieces: Sequence[Piece],
+    slot: str,
+    words: Sequence[str],
+    reference: Mapping[str, str],
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(kept, dropped) words of ``slot``: kept when, with the other slots at ``reference``,
+    the word is exactly one token of its own."""
+    index = [p.name for p in pieces].index(slot)
+    texts, all_spans = [], []
+    for word in words:
+        text, spans = fill(pieces, {**reference, slot: word})
+        texts.append(text)
+        all_spans.append(spans)
+    encoded = tokenizer(texts, return_offsets_mapping=True, return_special_tokens_mask=True)
+    single = [
+        len(_assign(offsets, special, spans)[1][index]) == 1
+        for offsets, special, spans in zip(encoded["offset_mapping"], encoded["special_tokens_mask"], all_spans)
+    ]
+    kept = tuple(w for w, ok in zip(words, single) if ok)
+    if not kept:
+        raise ValueError(f"no word of slot {slot!r} is a single token under this tokenizer")
+    return kept, tuple(w for w, ok in zip(words, single) if not ok)
+
+
+def _common_layout(
+    pieces: Sequence[Piece], texts_and_spans: Sequence[tuple[str, list[tuple[int, int]]]], encoded
+) -> tuple[int, dict[str, int]]:
+    """(length, positions) shared by every encoded prompt; ``ValueError`` naming the first
+    prompt that differs from the first one."""
     layout: tuple[int, dict[str, int]] | None = None
     for (text, spans), offsets, special, ids in zip(
         texts_and_spans, encoded["offset_mapping"], encoded["special_tokens_mask"], encoded["input_ids"]
@@ -244,63 +218,4 @@ def measure_template(
                 "depends on the words under this tokenizer"
             )
     assert layout is not None
-    return TemplateLayout(
-        positions=layout[1],
-        length=layout[0],
-        words=kept,
-        dropped=dropped,
-        ids={key: tuple(ids) for key, ids in zip(keys, encoded["input_ids"])},
-        texts={key: text for key, (text, _) in zip(keys, texts_and_spans)},
-    )
-
-
-def answer_token(tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str) -> int | None:
-    """The id of ``answer`` as the token after ``prompt``, or None when it is not one token.
-
-    Tokenizing prompt and answer together is what the model sees in training, and it is right
-    for tokenizers where ``answer`` alone would tokenize differently (SentencePiece's ``▁``).
-    """
-    prompt_ids = tokenizer(prompt)["input_ids"]
-    full = tokenizer(prompt + answer)["input_ids"]
-    if len(full) != len(prompt_ids) + 1 or full[: len(prompt_ids)] != prompt_ids:
-        return None
-    return int(full[-1])
-
-
-def encode_sentences(
-    tokenizer: PreTrainedTokenizerBase, sentences: Sequence[tuple[str, str]]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt ids (n, length) and answer ids (n,) of (prompt, answer) pairs.
-
-    Raises ``ValueError`` when prompts differ in length or an answer is not one token.
-    """
-    prompts = tokenizer([p for p, _ in sentences])["input_ids"]
-    lengths = {len(ids) for ids in prompts}
-    if len(lengths) != 1:
-        raise ValueError(f"prompts tokenize to different lengths {sorted(lengths)}; they cannot be stacked")
-    full = tokenizer([p + a for p, a in sentences])["input_ids"]
-    answers = []
-    for (prompt, answer), prompt_ids, ids in zip(sentences, prompts, full):
-        if len(ids) != len(prompt_ids) + 1 or ids[: len(prompt_ids)] != prompt_ids:
-            raise ValueError(f"answer {answer!r} after {prompt!r} is not a single token")
-        answers.append(int(ids[-1]))
-    return torch.tensor(prompts, dtype=torch.long), torch.tensor(answers, dtype=torch.long)
-
-
-def text_pairs(
-    base_ids: torch.Tensor,
-    source_ids: torch.Tensor,
-    labels: Mapping[str, torch.Tensor],
-) -> Dataset:
-    """A pair dataset of token ids: base/source (n, length) ids, all-ones masks, int labels."""
-    columns: dict[str, list] = {
-        BASE_IDS: base_ids.tolist(),
-        BASE_MASK: torch.ones_like(base_ids).tolist(),
-        SOURCE_IDS: source_ids.tolist(),
-        SOURCE_MASK: torch.ones_like(source_ids).tolist(),
-    }
-    features = {name: List(Value("int64")) for name in columns}
-    for name in LABEL_COLUMNS:
-        columns[name] = labels[name].tolist()
-        features[name] = Value("int64")
-    return Dataset.from_dict(columns, features=Features(features))
+    return layout
