@@ -195,20 +195,10 @@ EXPECTED_DIFFERENCES = {
     "config._attn_implementation set after loading",
 }
 
-# Failures that are das_train's to fix, owned by the helper working on the intervention classes
-# (das_train/interventions/*): direct calls with pyvene's per-unit subspace lists.
-KNOWN_GAPS = {
-    f"InterventionUtilsTestCase::{name}": "direct intervention call with pyvene's per-unit "
-    "subspaces list (intervention classes, issue 16 work item)"
-    for name in (
-        "test_collect_intervention_negative",
-        "test_collect_intervention_positive",
-        "test_vanilla_intervention_broadcast_positive",
-        "test_vanilla_intervention_fast_positive",
-        "test_vanilla_intervention_subspace_partition_positive",
-        "test_vanilla_intervention_subspace_positive",
-    )
-}
+# Failures that are das_train's to fix, each with the reason, until they are fixed (the
+# direct-call subspace forms of InterventionUtilsTestCase, the last ones, were fixed in
+# das_train/interventions; tests/test_pyvene_suite_cases.py holds their regression tests).
+KNOWN_GAPS: dict[str, str] = {}
 
 
 @dataclass
