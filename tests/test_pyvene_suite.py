@@ -30,6 +30,7 @@ PASS_FLOOR = 53
 def _suite_module():
     spec = importlib.util.spec_from_file_location("pyvene_suite", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # @dataclass looks its module up there while it runs
     spec.loader.exec_module(module)
     return module
 
