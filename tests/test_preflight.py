@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+import das_train as pv
 from das_train import cli
 from das_train.training import run as run_module
 from das_train.training.schema import ConfigError
@@ -167,3 +168,21 @@ def test_a_filter_that_empties_a_split_says_what_to_try(tmp_path, monkeypatch):
     assert "no train pairs left: 16 generated, 16 dropped" in text
     assert "no test pairs left: 8 generated, 8 dropped" in text
     assert "task.filter_pairs=false" in text and "model.max_steps" in text
+
+
+@pytest.mark.parametrize("component", ["cell_output", "reset_gate_output", "block_output"])
+def test_a_recurrent_model_has_no_sweepable_component(tmp_path, component):
+    """Every GRU component needs unit 't', which a sweep cannot give: each is refused, by name,
+    with what to use instead (before, the non-cell ones were offered as sweepable)."""
+    from das_train.tasks.gender import GenderTask
+    from das_train.training.preflight import check_loaded_model
+
+    task = GenderTask()
+    tokenizer = task.build_tokenizer()
+    _, _, gru = pv.create_gru_lm(pv.GRUConfig(n_layer=1, h_dim=8, vocab_size=len(tokenizer)))
+    cfg = cli.compose("gender_tiny", overrides(tmp_path, f"sweep.component={component}"))
+    with pytest.raises(ConfigError) as err:
+        check_loaded_model(cfg, gru, task.spec(tokenizer))
+    (problem,) = err.value.problems
+    assert f"'sweep.component' = {component!r}" in problem and "recurrent" in problem
+    assert "unit 't'" in problem and "gpt2" in problem

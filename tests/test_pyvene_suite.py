@@ -22,13 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "pyvene_suite.py"
 CHECKOUT = Path(os.environ.get("PYVENE_CHECKOUT", "/work/.mirror/stanfordnlp+pyvene/repo"))
 REV = os.environ.get("PYVENE_REV", "v0.1.8")
-# Reached on pyvene 0.1.8's tests/ (72 tests; pyvene itself passes 68 on this stack).
-PASS_FLOOR = 47
+# Reached on pyvene 0.1.8's tests/ (72 tests; pyvene itself passes 68 on this stack): 47, plus
+# the six InterventionUtilsTestCase direct-call cases fixed since.
+PASS_FLOOR = 53
 
 
 def _suite_module():
     spec = importlib.util.spec_from_file_location("pyvene_suite", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # @dataclass looks its module up there while it runs
     spec.loader.exec_module(module)
     return module
 

@@ -44,3 +44,83 @@ def test_location_list_shorter_than_interventions_is_an_index_error():
         model(base, [source], {"sources->base": one_entry}, subspaces=0)
     with pytest.raises(ValueError):  # still a ValueError for callers of das_train's own API
         model(base, [source], {"sources->base": one_entry}, subspaces=0)
+
+
+# -- InterventionUtilsTestCase: direct calls with pyvene's per-unit subspace lists -------------
+# pyvene calls interventions on a (batch=2, units=3, width=6) tensor with one subspace list per
+# unit (three lists for two examples). The judge is a loop over examples and units.
+
+PER_UNIT = [[1, 0], [0, 1], [1, 2]]
+PARTITION = [[0, 2], [2, 4], [4, 6]]
+
+
+def _hand_interchange(base, source, dims_per_unit):
+    """Loops: out[b, u, d] = source[b, u, d] for d in dims_per_unit[u], else base."""
+    out = base.clone()
+    source = source.expand_as(base)
+    for b in range(base.shape[0]):
+        for u, dims in enumerate(dims_per_unit):
+            for d in dims:
+                out[b, u, d] = source[b, u, d]
+    return out
+
+
+def _partition_dims(rows):
+    return [[d for p in row for d in range(*PARTITION[p])] for row in rows]
+
+
+def test_per_unit_subspaces_interchange_each_unit_on_its_own_dims():
+    base, source = torch.arange(36).view(2, 3, 6), torch.arange(36, 72).view(2, 3, 6)
+    out = pv.VanillaIntervention()(base, source, subspaces=PER_UNIT)
+    assert torch.equal(out, _hand_interchange(base, source, PER_UNIT))
+    assert out[0, 2].tolist() == [12, 49, 50, 15, 16, 17]  # unit 2: dims 1, 2 from the source
+
+
+def test_per_unit_subspaces_through_a_partition_and_a_broadcast_source():
+    base, source = torch.arange(36).view(2, 3, 6), torch.arange(36, 42)
+    out = pv.VanillaIntervention(subspace_partition=PARTITION)(base, source, subspaces=PER_UNIT)
+    assert torch.equal(out, _hand_interchange(base, source, _partition_dims(PER_UNIT)))
+
+
+def test_use_fast_applies_only_the_first_subspace_list_and_warns():
+    base, source = torch.arange(36).view(2, 3, 6), torch.arange(36, 42)
+    fast = pv.VanillaIntervention(subspace_partition=PARTITION, use_fast=True)
+    with pytest.warns(UserWarning, match="only the first"):
+        out = fast(base, source, subspaces=PER_UNIT)
+    first = _partition_dims(PER_UNIT[:1]) * 3
+    assert torch.equal(out, _hand_interchange(base, source, first))
+
+
+def test_as_many_lists_as_examples_stay_per_example_even_when_units_match():
+    """batch == units: the rows are examples, the form IntervenableModel hands over."""
+    base, source = torch.arange(54).view(3, 3, 6), torch.arange(54, 108).view(3, 3, 6)
+    out = pv.VanillaIntervention()(base, source, subspaces=PER_UNIT)
+    hand = base.clone()
+    for b, dims in enumerate(PER_UNIT):
+        hand[b, :, dims] = source[b, :, dims]
+    assert torch.equal(out, hand)
+
+
+def test_collect_per_unit_returns_the_named_columns_in_order():
+    base = torch.arange(36).view(2, 3, 6)
+    out = pv.CollectIntervention(subspace_partition=PARTITION)(base, None, subspaces=PER_UNIT)
+    dims = _partition_dims(PER_UNIT)
+    hand = torch.stack([torch.stack([base[b, u, dims[u]] for u in range(3)]) for b in range(2)])
+    assert torch.equal(out, hand)
+    assert out[0, 0].tolist() == [2, 3, 0, 1]
+
+
+def test_collect_per_example_lists_of_equal_length():
+    base = torch.arange(24).view(2, 2, 6)
+    out = pv.CollectIntervention()(base, None, subspaces=[[5, 0], [1, 2]])
+    assert torch.equal(out, torch.stack([base[0][:, [5, 0]], base[1][:, [1, 2]]]))
+    with pytest.raises(ValueError, match="rectangular"):
+        pv.CollectIntervention()(base, None, subspaces=[[5, 0], [1]])
+
+
+def test_collect_with_a_source_is_refused_as_pyvene_asserts():
+    base = torch.arange(36).view(2, 3, 6)
+    collect = pv.CollectIntervention(subspace_partition=PARTITION)
+    for caught in (AssertionError, ValueError):
+        with pytest.raises(caught, match="takes no source"):
+            collect(base, torch.arange(6), subspaces=PER_UNIT)

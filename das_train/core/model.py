@@ -61,7 +61,7 @@ class IntervenableModel(PyveneTrainingMethods, nn.Module):
             Locations ignore it: per-example locations here already take one vectorized
             gather, so there is nothing to speed up and no shortcut that could go wrong. It is
             kept (``self.use_fast``) and handed to interventions built from the config, as
-            pyvene does.
+            pyvene does; there, as in pyvene, it keeps only the first ``subspaces`` list.
     """
 
     def __init__(self, config: Any, model: nn.Module, use_fast: bool = False) -> None:

@@ -58,8 +58,8 @@ class AutoencoderIntervention(TrainableIntervention):
         latent_dim: number of latent features; required.
         subspace_partition: ``[[start, end), ...]`` ranges of the latent dimensions.
         source_representation: a constant source used in place of a source run.
-        **pyvene_keywords: pyvene's other keywords (``keep_last_dim`` honoured; ``use_fast``,
-            ``dtype`` change nothing: parameters are float32, inputs are cast).
+        **pyvene_keywords: pyvene's other keywords (``keep_last_dim``, ``use_fast``
+            honoured; ``dtype`` changes nothing: parameters are float32, inputs are cast).
     """
 
     config_fields: ClassVar[tuple[str, ...]] = ("embed_dim", "subspace_partition", "latent_dim")
@@ -148,7 +148,7 @@ class JumpReLUAutoencoderIntervention(TrainableIntervention):
         source_representation: a constant source used in place of a source run.
         keep_last_dim: always ``True`` (each unit is encoded alone, as pyvene forces);
             ``False`` is refused.
-        **pyvene_keywords: pyvene's other keywords (``use_fast``, ``dtype``: no effect).
+        **pyvene_keywords: pyvene's other keywords (``use_fast`` honoured; ``dtype``: no effect).
     """
 
     config_fields: ClassVar[tuple[str, ...]] = (

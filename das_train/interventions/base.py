@@ -88,6 +88,9 @@ class Intervention(nn.Module):
             ``embed_dim == units * width`` for several units, each unit alone otherwise.
             Localist interventions (interchange of neurons, addition, zero, ...) always see each
             unit alone, as in pyvene.
+        use_fast (keyword only, from ``**pyvene_keywords``): pyvene's promise that every
+            example shares one subspace list; ``True`` applies only the first list given
+            (:meth:`resolve_subspaces`), as pyvene does. Kept as ``self.use_fast``.
         **pyvene_keywords: pyvene builds every intervention with the whole representation config
             as keywords (``input_dim``, ``interchange_dim``, ``low_rank_dimension``,
             ``use_fast``, ``layer``, ...), and subclasses written for it forward them with
@@ -128,6 +131,7 @@ class Intervention(nn.Module):
         if keep_last_dim is not None and not isinstance(keep_last_dim, bool):
             raise ValueError(f"keep_last_dim must be True, False or None, got {keep_last_dim!r}")
         self.keep_last_dim = keep_last_dim
+        self.use_fast = bool(pyvene_keywords.get("use_fast") or False)
         self.embed_dim = None if embed_dim is None else int(embed_dim)
         self.subspace_partition = (
             None if subspace_partition is None else [list(map(int, p)) for p in subspace_partition]
@@ -177,16 +181,51 @@ class Intervention(nn.Module):
         """Expands ``subspaces`` to dimension indices per example (through the partition)."""
         return expand_subspaces(subspaces, batch_size, self.subspace_partition)
 
-    def subspace_mask(
+    def resolve_subspaces(
         self, subspaces: Subspaces, base: torch.Tensor
-    ) -> torch.Tensor | None:
+    ) -> tuple[list[list[int]] | None, bool]:
+        """Dimension indices per row of ``subspaces``, and whether the rows are units.
+
+        Rows are examples (the form the hook core hands over), except in pyvene's direct-call
+        form: a 3-d or wider ``base`` and one list per unit (``base.shape[-2]``) where the
+        batch has a different size, e.g. ``subspaces=[[1, 0], [0, 1], [1, 2]]`` on a
+        ``(2, 3, 6)`` tensor acts on dimensions 1, 0 of the first position of every example.
+        When there are as many examples as units, the rows are examples (pyvene's direct call
+        would read them as units; its IntervenableModel hands them over per example).
+
+        With ``use_fast=True`` (pyvene's promise that every example shares its subspaces) only
+        the first row counts, for every example and unit, as in pyvene; a warning says so when
+        the rows differ.
+        """
+        if subspaces is None:
+            return None, False
+        if isinstance(subspaces, torch.Tensor):
+            subspaces = subspaces.tolist()
+        if self.use_fast and _depth(subspaces) == 2:
+            if any(list(row) != list(subspaces[0]) for row in subspaces):
+                warnings.warn(
+                    f"{type(self).__name__}(use_fast=True) applies only the first of the "
+                    f"subspace lists {subspaces!r} to every example and unit, as pyvene does",
+                    stacklevel=3,
+                )
+            subspaces = list(subspaces[0])
+        per_unit = (
+            base.dim() >= 3
+            and _depth(subspaces) == 2
+            and len(subspaces) != base.shape[0]
+            and len(subspaces) == base.shape[-2]
+        )
+        rows = len(subspaces) if per_unit else base.shape[0]
+        return expand_subspaces(subspaces, rows, self.subspace_partition), per_unit
+
+    def subspace_mask(self, subspaces: Subspaces, base: torch.Tensor) -> torch.Tensor | None:
         """A boolean mask over ``base``'s last dim, broadcastable to ``base``, or ``None``.
 
         A mask applied with ``torch.where`` writes a fresh output without cloning ``base``, and
-        handles per-example subspaces of different sizes in one kernel.
+        handles per-example (or per-unit) subspaces of different sizes in one kernel.
         """
-        dims = self.subspace_dims(subspaces, base.shape[0])
-        return dims_to_mask(dims, base)
+        dims, per_unit = self.resolve_subspaces(subspaces, base)
+        return dims_to_mask(dims, base, per_unit)
 
     def __getitem__(self, index: int) -> Intervention:
         # Older pyvene releases stored (intervention, hook) pairs under
@@ -321,8 +360,11 @@ def expand_subspaces(
     return expanded
 
 
-def dims_to_mask(dims: list[list[int]] | None, base: torch.Tensor) -> torch.Tensor | None:
-    """Turns per-example dimension lists into a bool mask broadcastable to ``base``."""
+def dims_to_mask(
+    dims: list[list[int]] | None, base: torch.Tensor, per_unit: bool = False
+) -> torch.Tensor | None:
+    """Turns per-example (or, with ``per_unit``, per-unit) dimension lists into a bool mask
+    broadcastable to ``base``."""
     if dims is None:
         return None
     width = base.shape[-1]
@@ -332,18 +374,21 @@ def dims_to_mask(dims: list[list[int]] | None, base: torch.Tensor) -> torch.Tens
         mask = torch.zeros(width, dtype=torch.bool, device=base.device)
         mask[torch.as_tensor(first, dtype=torch.long, device=base.device)] = True
         return mask
-    # (batch, 1, ..., 1, width), filled with one scatter rather than a loop over examples
+    # (batch, 1, ..., 1, width), or (units, width) against the last two dims, filled with one
+    # scatter rather than a loop over rows
     lengths = torch.tensor([len(chosen) for chosen in dims], device=base.device)
     rows = torch.repeat_interleave(torch.arange(len(dims), device=base.device), lengths)
-    cols = torch.tensor([d for chosen in dims for d in chosen], dtype=torch.long, device=base.device)
+    cols = torch.tensor(
+        [d for chosen in dims for d in chosen], dtype=torch.long, device=base.device
+    )
     mask = torch.zeros(len(dims), width, dtype=torch.bool, device=base.device)
     mask[rows, cols] = True
+    if per_unit:
+        return mask
     return mask.view(len(dims), *([1] * (base.dim() - 2)), width)
 
 
-def build_intervention(
-    cls: type[Intervention], available: dict[str, Any]
-) -> Intervention:
+def build_intervention(cls: type[Intervention], available: dict[str, Any]) -> Intervention:
     """Constructs ``cls`` with the entries of ``available`` its constructor accepts.
 
     A class taking ``**kwargs`` (pyvene's convention, which ours follow for the keywords in

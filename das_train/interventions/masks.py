@@ -96,8 +96,8 @@ class BoundlessRotatedSpaceIntervention(
         source_representation: a constant source used in place of a source run.
         mask_formula: ``"centred"`` (ours, above) or ``"pyvene"`` (pyvene 0.1.8's, for
             interventions it trained).
-        **pyvene_keywords: pyvene's other keywords (``keep_last_dim`` honoured; ``use_fast``,
-            ``dtype`` change nothing: parameters are float32, inputs are cast).
+        **pyvene_keywords: pyvene's other keywords (``keep_last_dim``, ``use_fast``
+            honoured; ``dtype`` changes nothing: parameters are float32, inputs are cast).
     """
 
     keeps_base_for_equal_source = True
@@ -209,7 +209,7 @@ class SigmoidMaskIntervention(
         source_representation: a constant source used in place of a source run.
         **pyvene_keywords: pyvene's other keywords, which change nothing here: a localist
             intervention sees each unit alone whatever ``keep_last_dim`` says (as in pyvene);
-            ``use_fast``, ``dtype`` are ignored (parameters float32, inputs cast).
+            ``use_fast`` is honoured, ``dtype`` ignored (parameters float32, inputs cast).
     """
 
     keeps_base_for_equal_source = True
@@ -268,8 +268,8 @@ class SigmoidMaskRotatedSpaceIntervention(
         temperature: starting temperature (pyvene's default, 50).
         subspace_partition: ``[[start, end), ...]`` ranges of the rotated coordinates.
         source_representation: a constant source used in place of a source run.
-        **pyvene_keywords: pyvene's other keywords (``keep_last_dim`` honoured; ``use_fast``,
-            ``dtype`` change nothing: parameters are float32, inputs are cast).
+        **pyvene_keywords: pyvene's other keywords (``keep_last_dim``, ``use_fast``
+            honoured; ``dtype`` changes nothing: parameters are float32, inputs are cast).
     """
 
     keeps_base_for_equal_source = True

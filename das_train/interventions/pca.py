@@ -68,8 +68,8 @@ class PCARotatedSpaceIntervention(DistributedRepresentationIntervention):
         pca, pca_mean, pca_std: pyvene's form of the same basis: a fitted scikit-learn ``PCA``
             (its ``components_`` are used), and the mean and scale; not to be combined with
             ``components``/``mean``/``std``.
-        **pyvene_keywords: pyvene's other keywords (``keep_last_dim`` honoured; ``use_fast``,
-            ``dtype`` change nothing).
+        **pyvene_keywords: pyvene's other keywords (``keep_last_dim``, ``use_fast``
+            honoured; ``dtype`` changes nothing).
     """
 
     config_fields: ClassVar[tuple[str, ...]] = (

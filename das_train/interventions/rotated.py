@@ -153,8 +153,8 @@ class RotatedSpaceIntervention(TrainableIntervention, DistributedRepresentationI
             ``subspaces`` can name partitions.
         source_representation: a constant source used in place of a source run.
         **pyvene_keywords: pyvene's other keywords (:class:`~das_train.interventions.base.Intervention`):
-            ``keep_last_dim`` is honoured; ``use_fast``, ``dtype``/``torch_dtype`` change
-            nothing (the rotation is float32 and inputs are cast to it, as in pyvene, whose
+            ``keep_last_dim`` and ``use_fast`` are honoured; ``dtype``/``torch_dtype``
+            change nothing (the rotation is float32 and inputs are cast to it, as in pyvene, whose
             0.1.8 classes ignore ``dtype`` too).
     """
 
@@ -233,7 +233,7 @@ class LowRankRotatedSpaceIntervention(
         subspace_partition: ``[[start, end), ...]`` ranges of the ``k`` coordinates.
         source_representation: a constant source used in place of a source run.
         **pyvene_keywords: as for :class:`RotatedSpaceIntervention` (``keep_last_dim``
-            honoured; ``use_fast``, ``dtype`` change nothing).
+            honoured, as is ``use_fast``; ``dtype`` changes nothing).
     """
 
     keeps_base_for_equal_source = True

@@ -62,8 +62,9 @@ def _chosen_mask(intervention: Intervention, subspaces: Subspaces, base: torch.T
 class VanillaIntervention(LocalistRepresentationIntervention):
     """Interchange: the base takes the source's values (on ``subspaces`` only, if given).
 
-    pyvene's ``use_fast=True`` is accepted and changes nothing: locations and subspaces here
-    take the same vectorized path whether or not every example shares them.
+    Called directly, ``subspaces`` may also hold one list per unit, and ``use_fast=True`` keeps
+    only the first list, both as in pyvene (:meth:`Intervention.resolve_subspaces`). A source
+    narrower in its leading dimensions (one ``(width,)`` vector) is broadcast over the base.
     """
 
     keeps_base_for_equal_source = True
@@ -112,24 +113,40 @@ class CollectIntervention(SourcelessIntervention):
     """Returns what it is given, restricted to ``subspaces``; the model's run is left unchanged.
 
     Called directly, ``forward(base, None, subspaces)`` returns the selected columns of
-    ``base`` (as pyvene's does). Inside an IntervenableModel the hook core calls
-    :meth:`collect` and leaves the activation as it was.
+    ``base`` in the order ``subspaces`` names them (as pyvene's does), per example or, in
+    pyvene's direct-call form, per unit (:meth:`Intervention.resolve_subspaces`). Inside an
+    IntervenableModel the hook core calls :meth:`collect` and leaves the activation as it was.
     """
 
     def forward(self, base, source=None, subspaces: Subspaces = None):
+        if source is not None:
+            raise CollectSourceError(
+                "CollectIntervention takes no source (it only reads the base): call it as "
+                "intervention(base, None, subspaces=...)"
+            )
         return self.collect(base, subspaces)
 
     def collect(self, base: torch.Tensor, subspaces: Subspaces = None) -> torch.Tensor:
-        dims = self.subspace_dims(subspaces, base.shape[0])
+        dims, per_unit = self.resolve_subspaces(subspaces, base)
         if dims is None:
             leading = _leading_dims_mask(self, base)
             return base if leading is None else base[..., : self.embed_dim]
-        if any(d != dims[0] for d in dims):
+        if any(len(d) != len(dims[0]) for d in dims):
             raise ValueError(
-                "CollectIntervention needs the same subspaces for every example, so the "
-                "collected tensor is rectangular"
+                "CollectIntervention needs as many subspace dimensions for every example (or "
+                f"unit), so the collected tensor is rectangular; got {dims!r}"
             )
-        return base[..., torch.as_tensor(dims[0], device=base.device)]
+        index = torch.as_tensor(dims, dtype=torch.long, device=base.device)  # (rows, k)
+        if all(d == dims[0] for d in dims):
+            return base[..., index[0]]
+        if not per_unit:  # (batch, 1, ..., 1, k)
+            index = index.view(index.shape[0], *([1] * (base.dim() - 2)), index.shape[-1])
+        return torch.gather(base, -1, index.expand(*base.shape[:-1], index.shape[-1]))
+
+
+class CollectSourceError(ValueError, AssertionError):
+    """A source handed to a collect intervention. An ``AssertionError`` too, because pyvene
+    asserts there and programs written for it catch that."""
 
 
 class NoiseIntervention(SourcelessIntervention, LocalistRepresentationIntervention):
@@ -212,6 +229,7 @@ class SkipIntervention(VanillaIntervention, BasisAgnosticIntervention):
 __all__ = [
     "AdditionIntervention",
     "CollectIntervention",
+    "CollectSourceError",
     "ConstantSourceIntervention",
     "Intervention",
     "NoiseIntervention",

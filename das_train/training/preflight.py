@@ -25,7 +25,6 @@ from omegaconf import DictConfig
 
 from das_train.core.sites import (
     HEAD_COMPONENTS,
-    RECURRENT_COMPONENTS,
     TABLES,
     ArchitectureTable,
     table_for,
@@ -112,7 +111,15 @@ def swept_widths(cfg: DictConfig, table: ArchitectureTable, config: Any, spec: T
 def site_problems(cfg: DictConfig, table: ArchitectureTable, config: Any, spec: TaskSpec) -> list[str]:
     """The swept component, layers and positions exist, and the rank fits every site."""
     problems = []
-    sweepable = sorted(c for c in table.components if c not in HEAD_COMPONENTS + RECURRENT_COMPONENTS)
+    if table.recurrent:
+        # Every component of a recurrent table is indexed by time step (unit 't'), and a sweep
+        # places its interventions at token positions: none can be swept.
+        return [f"'sweep.component' = {cfg.sweep.component!r}: {table.name} models are recurrent, "
+                "every component is indexed by time step (unit 't') and a sweep intervenes at "
+                "token positions, so no component can be swept; use a model of another family "
+                f"({sorted(t.name for t in TABLES if not t.recurrent)}) or an IntervenableModel "
+                "with unit 't' directly"]
+    sweepable = sorted(c for c in table.components if c not in HEAD_COMPONENTS)
     if cfg.sweep.component not in sweepable:
         problems.append(f"'sweep.component' = {cfg.sweep.component!r} is not a component a sweep can use on "
                         f"{table.name} models; allowed: {sweepable}")
