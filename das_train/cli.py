@@ -284,7 +284,7 @@ def recipe_for_child_processes(recipe: str):
 
 def report_interrupt(exit_code: int, run_dir: str) -> None:
     """One line on stderr, from rank 0 only (a Ctrl-C reaches every DDP process)."""
-    from das_train.training.run import is_global_zero
+    from das_train.training.ranks import is_global_zero
 
     if is_global_zero():
         print(f"das_train: interrupted ({signal.Signals(exit_code - 128).name}); results so far are in "

@@ -56,7 +56,7 @@ class Intervention(nn.Module):
     # Whether f(b, b) = b (up to rounding) for every parameter value: the intervention swaps
     # (part of) the source into the base, so where a pair's source equals its base it returns
     # the base and the counterfactual loss cannot depend on its parameters
-    # (das_train.training.shared_prefix).
+    # (das_train.training.sweep.shared_prefix).
     keeps_base_for_equal_source: ClassVar[bool] = False
     # Constructor arguments written to the saved config and given back on load.
     config_fields: ClassVar[tuple[str, ...]] = ("embed_dim", "subspace_partition")
