@@ -16,6 +16,10 @@ import sys
 import threading
 from pathlib import Path
 
+from das_train import usage
+from das_train.training.preflight import SWEEP_CHECKS, sweep_problems
+from das_train.training.ranks import is_global_zero
+from das_train.training.run import run
 from das_train.training.run_dir import RunDirLocked
 from das_train.training.schema import ConfigError, schema_keys, validate
 
@@ -124,7 +128,6 @@ def _sweep_problems(data: dict, schema_clean: bool) -> list[str]:
     a value of the wrong type stops adds nothing (the schema's message names that value)."""
     from omegaconf import OmegaConf
 
-    from das_train.training.preflight import SWEEP_CHECKS, sweep_problems
 
     if data.get("job") != "das_sweep" or data.get("sweep", {}).get("merge"):
         return []
@@ -177,7 +180,6 @@ MULTIRUN_FLAGS = ("-m", "--multirun")
 
 def print_help(recipe: str | None, overrides: list[str]) -> None:
     """``--help``: recipes, groups, every key; with ``recipe=``, that recipe's composed values."""
-    from das_train import usage
 
     values = None
     if recipe is not None:
@@ -284,7 +286,6 @@ def recipe_for_child_processes(recipe: str):
 
 def report_interrupt(exit_code: int, run_dir: str) -> None:
     """One line on stderr, from rank 0 only (a Ctrl-C reaches every DDP process)."""
-    from das_train.training.run import is_global_zero
 
     if is_global_zero():
         print(f"das_train: interrupted ({signal.Signals(exit_code - 128).name}); results so far are in "
@@ -296,7 +297,6 @@ def run_with_hydra(recipe: str, overrides: list[str], flags: list[str], run_dirs
     which is appended to ``run_dirs`` (so an interrupt can name it)."""
     import hydra
 
-    from das_train.training.run import run
 
     def entry(cfg) -> None:
         cfg.run_dir = job_run_dir(cfg)

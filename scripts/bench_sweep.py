@@ -91,12 +91,14 @@ def run_loop(args: argparse.Namespace, run_dir: Path, pv, steps: int,
     import torch
 
     from das_train.data.pair_datamodule import PairDataModule
-    from das_train.training import run as run_module
+    from das_train.training import model_loading, outputs, task_loading
     from das_train.training.probe import collect_activations, probe_with_control
+    from das_train.training.sweep import group_fit
+    from das_train.training.sweep import sites as sweep_sites
 
     cfg = config(args, run_dir, steps=steps, probe_epochs=probe_epochs)
-    task = run_module.load_task(cfg.task.name)
-    model, tokenizer = run_module.build_model(cfg, task)
+    task = task_loading.load_task(cfg.task.name)
+    model, tokenizer = model_loading.build_model(cfg, task)
     device = torch.device(args.device)
     model.to(device)
     datamodule = PairDataModule(task, tokenizer, n_train=cfg.task.n_train, n_val=cfg.task.n_val,
@@ -106,7 +108,7 @@ def run_loop(args: argparse.Namespace, run_dir: Path, pv, steps: int,
     datamodule.setup()
     datamodule.filter_with(model)
     spec = datamodule.spec()
-    sites = run_module.build_sites(cfg, spec, run_module.number_of_layers(model))
+    sites = sweep_sites.build_sites(cfg, spec, model_loading.number_of_layers(model))
     results, rows = {}, []
     for site in sites:
         lightning.seed_everything(cfg.seed, verbose=False)
@@ -152,9 +154,9 @@ def run_loop(args: argparse.Namespace, run_dir: Path, pv, steps: int,
                                    max_epochs=cfg.sweep.probe.max_epochs, seed=cfg.seed)
         results[f"{site.component}-L{site.layer}-{site.position_name}"] = {"iia": right / total,
                                                                            "probe": probe.accuracy}
-        rows.append(run_module.result_row(site, cfg.seed, right / total, probe, None, total, 0.0))
+        rows.append(group_fit.result_row(site, cfg.seed, right / total, probe, None, total, 0.0))
     # The same table and heatmaps as the recipe writes, so every variant ends with the same work.
-    run_module.write_outputs(cfg, run_dir, rows, spec.variable)
+    outputs.write_outputs(cfg, run_dir, rows, spec.variable)
     return results
 
 
@@ -190,11 +192,12 @@ class SitesPeak:
 
     def __init__(self, before_mib: float) -> None:
         from das_train.data.pair_datamodule import PairDataModule
-        from das_train.training import run as run_module
+        from das_train.training import outputs
+        from das_train.training.sweep import das_sweep
 
         self.before = before_mib
         self.setup = self.sites = float("nan")
-        filter_with, write_outputs = PairDataModule.filter_with, run_module.write_outputs
+        filter_with, write_outputs = PairDataModule.filter_with, outputs.write_outputs
 
         def filtered(*args, **kwargs):
             done = filter_with(*args, **kwargs)
@@ -207,7 +210,8 @@ class SitesPeak:
             return write_outputs(*args, **kwargs)
 
         PairDataModule.filter_with = filtered
-        run_module.write_outputs = writing
+        # The sweep's own call and the hand-written loop's.
+        outputs.write_outputs = das_sweep.write_outputs = writing
 
     def whole(self) -> float:
         """The whole sweep's peak growth: set-up, sites and outputs."""

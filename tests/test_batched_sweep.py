@@ -1,6 +1,6 @@
 """The cached and batched sweep path against the plain per-site path.
 
-The batched path (das_train/training/site_cache.py, multi_site.py, batched_sweep.py) must give
+The batched path (das_train/training/sweep/: site_cache.py, multi_site.py, group_fit.py) must give
 the numbers the per-site path gives: the same logits for the same interventions, the same
 trained parameters and IIA, the same probe accuracies. These tests check each piece against
 the plain computation, then a whole small sweep both ways.
@@ -15,18 +15,26 @@ import transformers
 from conftest import random_pair_rows
 from torch.utils.data import DataLoader
 
-from das_train.training import batched_sweep
 from das_train.training.das_module import DASModule
-from das_train.training.multi_site import CACHED_PREFIX, CACHED_SOURCES, MultiSiteDASModule, row_of
-from das_train.training.probe import fit_probe, fit_probes
-from das_train.training.site_cache import (
+from das_train.training.probe import collect_activations, fit_probe, fit_probes, probe_with_control
+from das_train.training.sweep import cached_pairs as sweep_pairs
+from das_train.training.sweep import group_fit
+from das_train.training.sweep.multi_site import (
+    CACHED_PREFIX,
+    CACHED_SOURCES,
+    MultiSiteDASModule,
+    row_of,
+)
+from das_train.training.sweep.prefix_skip import PrefixSkip
+from das_train.training.sweep.probes import probe_waves, sweep_probes
+from das_train.training.sweep.site_cache import (
     DistinctInputs,
-    PrefixSkip,
     batched_sites_supported,
     block_modules,
     collect_base_sites,
     collect_layer,
 )
+from das_train.training.sweep.sites import SweepSite
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),
@@ -331,9 +339,9 @@ def test_the_probe_collection_reads_every_site_in_one_forward_per_chunk():
 def test_probe_waves_keep_each_wave_within_the_budget_and_the_sites_in_order():
     model = neox()  # hidden 32: a site's table of 100 rows is 12,800 bytes
     sites = [(layer, "block_output", p) for layer in range(3) for p in (0, 1)]
-    assert batched_sweep.probe_waves(model, sites, 100, 1e9) == [sites]
-    assert batched_sweep.probe_waves(model, sites, 100, 2 * 12_800) == [sites[0:2], sites[2:4], sites[4:6]]
-    assert batched_sweep.probe_waves(model, sites, 100, 1.0) == [[site] for site in sites]  # over budget: alone
+    assert probe_waves(model, sites, 100, 1e9) == [sites]
+    assert probe_waves(model, sites, 100, 2 * 12_800) == [sites[0:2], sites[2:4], sites[4:6]]
+    assert probe_waves(model, sites, 100, 1.0) == [[site] for site in sites]  # over budget: alone
 
 
 def test_sweep_probes_in_waves_equal_sweep_probes_at_once(tmp_path):
@@ -342,26 +350,51 @@ def test_sweep_probes_in_waves_equal_sweep_probes_at_once(tmp_path):
 
     from omegaconf import open_dict
 
-    from das_train.training import run as run_module
-
     sys.path.insert(0, str(Path(__file__).parent))
     from test_run import small_gender_run
 
     cfg, model, datamodule, spec = small_gender_run(tmp_path)
-    jobs = [(run_module.Site(layer, "block_output", p, name), 0)
+    jobs = [(SweepSite(layer, "block_output", p, name), 0)
             for layer in (0, 1) for p, name in ((1, "name"), (3, "last"))]
     forwards = []
     handle = model.get_input_embeddings().register_forward_hook(lambda *a: forwards.append(1))
-    at_once = batched_sweep.sweep_probes(cfg, model, datamodule, spec, jobs)
+    at_once = sweep_probes(cfg, model, spec, jobs, sweep_pairs.SplitReader(datamodule, spec.is_language_model_task))
     chunks = len(forwards)
     with open_dict(cfg):
         cfg.sweep.probe.tables_mib = 1e-6  # every site its own wave
-    in_waves = batched_sweep.sweep_probes(cfg, model, datamodule, spec, jobs)
+    in_waves = sweep_probes(cfg, model, spec, jobs, sweep_pairs.SplitReader(datamodule, spec.is_language_model_task))
     handle.remove()
     assert len(forwards) - chunks == 4 * chunks  # one pass over the distinct bases per wave
     assert in_waves.keys() == at_once.keys() and len(at_once) == 4
     for key in at_once:
         assert in_waves[key] == at_once[key], key
+
+
+def test_sweep_probes_equal_each_probe_fitted_alone_on_activations_collected_pair_by_pair(tmp_path):
+    """One way to fit probes for both fits: a site the cache reads (a block output) and one it
+    cannot (the query columns of NeoX's fused qkv, collected by an IntervenableModel), each on
+    its table of distinct bases, give exactly the probe fitted on that site's activations
+    collected from the training loader batch by batch."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_run import small_gender_run
+
+    cfg, model, datamodule, spec = small_gender_run(tmp_path)
+    sites = [SweepSite(1, "block_output", 3, "last"), SweepSite(1, "query_output", 1, "name")]
+    assert batched_sites_supported(model, 1, "block_output") is None
+    assert batched_sites_supported(model, 1, "query_output") is not None
+    jobs = [(site, seed) for site in sites for seed in (0, 1)]
+    probes = sweep_probes(cfg, model, spec, jobs, sweep_pairs.SplitReader(datamodule, spec.is_language_model_task))
+    assert len(probes) == 4
+    for site, seed in jobs:
+        activations, variables, controls = collect_activations(
+            model, site.layer, site.component, site.position, datamodule.ordered_dataloader("train"))
+        alone = probe_with_control(activations, variables, controls, n_classes=spec.variable_values,
+                                   lr=cfg.sweep.probe.lr, weight_decay=cfg.sweep.probe.weight_decay,
+                                   max_epochs=cfg.sweep.probe.max_epochs, seed=seed)
+        assert probes[(site.layer, site.component, site.position, seed)] == alone, (site, seed)
 
 
 def test_a_sweeps_splits_are_read_once_and_give_what_their_loaders_give(tmp_path):
@@ -372,10 +405,10 @@ def test_a_sweeps_splits_are_read_once_and_give_what_their_loaders_give(tmp_path
     from test_run import small_gender_run
 
     cfg, model, datamodule, spec = small_gender_run(tmp_path)
-    splits = batched_sweep.SplitReader(datamodule, spec.is_language_model_task)
+    splits = sweep_pairs.SplitReader(datamodule, spec.is_language_model_task)
     for split in ("train", "test"):
         loader = datamodule.ordered_dataloader(split)
-        read = batched_sweep.split_columns(loader)
+        read = sweep_pairs.split_columns(loader)
         columns = splits.columns(split)
         assert columns.keys() == read.keys() and "source_input_ids" in columns
         assert all(torch.equal(columns[name], read[name]) for name in read)
@@ -395,7 +428,7 @@ def test_a_sweeps_splits_are_read_once_and_give_what_their_loaders_give(tmp_path
     with pytest.raises(ValueError, match="both sides"):
         collect_layer(model, 1, "block_output", [1], bases)
     # Training batches carry no source inputs and no probe labels: the cache stands for them.
-    pairs = batched_sweep.cached_pairs(splits.columns("train"), collect_layer(model, 1, "block_output", [1],
+    pairs = sweep_pairs.cached_pairs(splits.columns("train"), collect_layer(model, 1, "block_output", [1],
                                                                               splits.inputs("train")))
     assert set(pairs.columns) == {"base_input_ids", "base_attention_mask", "counterfactual_label"}
 
@@ -442,10 +475,8 @@ def test_a_cut_off_group_fit_resumes_from_its_checkpoint(tmp_path, monkeypatch, 
     import sys
     from pathlib import Path
 
-    from das_train.training import run as run_module
-
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_run import small_gender_run
+    from test_run import fit_by_hand, small_gender_run
 
     class Interrupt(Exception):
         pass
@@ -456,23 +487,22 @@ def test_a_cut_off_group_fit_resumes_from_its_checkpoint(tmp_path, monkeypatch, 
                 raise Interrupt
 
     cfg, model, datamodule, spec = small_gender_run(tmp_path)
-    sites = [run_module.Site(1, "block_output", 1, "name"), run_module.Site(1, "block_output", 3, "last")]
-    probes = batched_sweep.sweep_probes(cfg, model, datamodule, spec, [(site, 0) for site in sites])
-    real_make_trainer = run_module.make_trainer
+    sites = [SweepSite(1, "block_output", 1, "name"), SweepSite(1, "block_output", 3, "last")]
+    real_make_trainer = group_fit.make_trainer
 
     def interrupted(*args, **kwargs):
         trainer = real_make_trainer(*args, **kwargs)
         trainer.callbacks.append(StopAt())
         return trainer
 
-    monkeypatch.setattr(run_module, "make_trainer", interrupted)
+    monkeypatch.setattr(group_fit, "make_trainer", interrupted)
     with pytest.raises(Interrupt):
-        batched_sweep.fit_site_group(cfg, model, datamodule, spec, [(site, 0) for site in sites], tmp_path, probes)
+        fit_by_hand(cfg, model, datamodule, spec, [(site, 0) for site in sites], tmp_path)
     checkpoint = tmp_path / "checkpoints" / "block_output-L1-name+last-s0" / "last.ckpt"
     assert torch.load(checkpoint, weights_only=True)["global_step"] == 20
-    monkeypatch.setattr(run_module, "make_trainer", real_make_trainer)
+    monkeypatch.setattr(group_fit, "make_trainer", real_make_trainer)
     with caplog.at_level("INFO", logger="das_train"):
-        rows = batched_sweep.fit_site_group(cfg, model, datamodule, spec, [(site, 0) for site in sites], tmp_path, probes)
+        rows = fit_by_hand(cfg, model, datamodule, spec, [(site, 0) for site in sites], tmp_path)
     assert "resuming from" in caplog.text
     assert [row["position_name"] for row in rows] == ["name", "last"]
     assert all(0.0 <= row["iia"] <= 1.0 and row["test_pairs"] == 64 for row in rows)

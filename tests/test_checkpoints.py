@@ -12,20 +12,22 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_run import small_overrides  # noqa: E402
+from test_run import fit_by_hand, small_overrides  # noqa: E402
 
 from das_train import cli  # noqa: E402
 from das_train.data.pair_datamodule import PairDataModule  # noqa: E402
-from das_train.training import batched_sweep, checkpoints  # noqa: E402
+from das_train.training import checkpoints, model_loading, task_loading  # noqa: E402
 from das_train.training import run as run_module  # noqa: E402
+from das_train.training.sweep import group_fit  # noqa: E402
+from das_train.training.sweep.sites import SweepSite  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*LeafSpec.*", "ignore:.*does not have many workers.*", "ignore:.*val_dataloader.*",
     "ignore:.*ModelCheckpoint with manual optimization.*",
 )
 
-SITE = run_module.Site(1, "block_output", 3, "last")
-GROUP = [run_module.Site(1, "block_output", 1, "name"), SITE]
+SITE = SweepSite(1, "block_output", 3, "last")
+GROUP = [SweepSite(1, "block_output", 1, "name"), SITE]
 
 
 class Interrupt(Exception):
@@ -53,8 +55,8 @@ def gender_run(cache: Path, *extra: str):
     overrides = small_overrides(cache, f"trainer.max_steps={STEPS}", "trainer.batch_size=16", "task.n_train=64",
                                 "task.n_test=32", "sweep.probe.max_epochs=1", *extra)
     cfg = run_module.as_run_config(cli.check("gender_tiny", overrides))
-    task = run_module.load_task("gender")
-    model, tokenizer = run_module.build_model(cfg, task)
+    task = task_loading.load_task("gender")
+    model, tokenizer = model_loading.build_model(cfg, task)
     datamodule = PairDataModule(task, tokenizer, n_train=64, n_val=16, n_test=32, batch_size=16, seed=0)
     datamodule.setup()
     return cfg, model, datamodule, datamodule.spec()
@@ -66,17 +68,17 @@ def gender(tmp_path_factory):
 
 
 def interrupting(monkeypatch, step: int) -> None:
-    real_make_trainer = run_module.make_trainer
+    real_make_trainer = group_fit.make_trainer
 
     def make_trainer(*args, **kwargs):
         trainer = real_make_trainer(*args, **kwargs)
         trainer.callbacks.append(StopAt(step))
         return trainer
 
-    monkeypatch.setattr(run_module, "make_trainer", make_trainer)
+    monkeypatch.setattr(group_fit, "make_trainer", make_trainer)
 
 
-def saved_weights(run_dir: Path, site: run_module.Site) -> dict[str, torch.Tensor]:
+def saved_weights(run_dir: Path, site: SweepSite) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(run_dir / "interventions" / f"{site.key}-s0" / "interventions.safetensors"))
@@ -84,16 +86,15 @@ def saved_weights(run_dir: Path, site: run_module.Site) -> dict[str, torch.Tenso
 
 def fit_one(gender, run_dir):
     cfg, model, datamodule, spec = gender
-    return [run_module.fit_site(cfg, model, datamodule, spec, SITE, 0, run_dir)]
+    return fit_by_hand(cfg, model, datamodule, spec, [(SITE, 0)], run_dir, batched=False)
 
 
-def fit_group(gender, run_dir):
+def fit_batched(gender, run_dir):
     cfg, model, datamodule, spec = gender
-    probes = batched_sweep.sweep_probes(cfg, model, datamodule, spec, [(site, 0) for site in GROUP])
-    return batched_sweep.fit_site_group(cfg, model, datamodule, spec, [(site, 0) for site in GROUP], run_dir, probes)
+    return fit_by_hand(cfg, model, datamodule, spec, [(site, 0) for site in GROUP], run_dir)
 
 
-@pytest.mark.parametrize("fit, version", [(fit_one, f"{SITE.key}-s0"), (fit_group, "block_output-L1-name+last-s0")],
+@pytest.mark.parametrize("fit, version", [(fit_one, f"{SITE.key}-s0"), (fit_batched, "block_output-L1-name+last-s0")],
                          ids=["per_site", "batched"])
 def test_a_resumed_fit_ends_where_the_uninterrupted_fit_ends(gender, tmp_path, monkeypatch, fit, version):
     steps_per_epoch = len(gender[2].train_dataloader())
@@ -128,7 +129,7 @@ def test_checkpoints_load_weights_only_also_with_the_boundless_callbacks_state(t
 
     interrupting(monkeypatch, CUT)
     with pytest.raises(Interrupt):
-        run_module.fit_site(cfg, model, datamodule, spec, SITE, 0, tmp_path)
+        fit_by_hand(cfg, model, datamodule, spec, [(SITE, 0)], tmp_path, batched=False)
     checkpoint = tmp_path / "checkpoints" / f"{SITE.key}-s0" / "last.ckpt"
     saved = torch.load(checkpoint, weights_only=True)  # hparams, loops, optimizer, callbacks
     assert {"hyper_parameters", "loops", "optimizer_states", "callbacks"} <= set(saved)
@@ -136,8 +137,9 @@ def test_checkpoints_load_weights_only_also_with_the_boundless_callbacks_state(t
     assert checkpoints.unusable_reason(checkpoint) is None
     monkeypatch.undo()
     monkeypatch.setattr(lightning.Trainer, "fit", spy)
-    run_module.fit_site(cfg, model, datamodule, spec, SITE, 0, tmp_path)
-    assert fits[0]["weights_only"] is True and fits[0]["ckpt_path"] == str(checkpoint)
+    fit_by_hand(cfg, model, datamodule, spec, [(SITE, 0)], tmp_path, batched=False)
+    # The DAS fit is the last: the probes' fits come before it.
+    assert fits[-1]["weights_only"] is True and fits[-1]["ckpt_path"] == str(checkpoint)
 
 
 RAN = []
@@ -198,7 +200,7 @@ def test_a_fit_over_a_garbage_checkpoint_trains_from_scratch(gender, tmp_path, m
     monkeypatch.setattr(lightning.Trainer, "fit", lambda trainer, *a, **k: fits.append(k) or real_fit(trainer, *a, **k))
     with pytest.warns(RuntimeWarning, match="last.ckpt is unusable"):
         (row,) = fit_one(gender, tmp_path)
-    assert fits[0]["ckpt_path"] is None and fits[0]["weights_only"] is True
+    assert fits[-1]["ckpt_path"] is None and fits[-1]["weights_only"] is True  # the probes' fits come first
     assert trained_for(row) and (tmp_path / "interventions" / f"{SITE.key}-s0" / "config.json").is_file()
 
 

@@ -75,7 +75,7 @@ SHAPES = {
     # The per-site path (sweep.batched=false) with plain DAS.
     "per_site_one": (("sweep.batched=false", "sweep.layers=[1]", "sweep.include_embeddings=false",
                       "sweep.positions=[last]"), 1),
-    # IIT trains the model too: the per-site path (fit_site), BOS included, each site on its own
+    # IIT trains the model too: the per-site fit (group_fit.OneSiteFit), BOS included, each site on its own
     # copy of the model (before it had one, the two runs learned different rotations).
     "iit_per_site": (("intervention.iit=true", "sweep.layers=[1]", "sweep.include_embeddings=false",
                       "sweep.positions=[bos,last]"), 2),
@@ -121,7 +121,7 @@ def test_shuffled_ranks_deal_one_shuffle_and_resume_at_any_step(monkeypatch):
     """Without processes: the two ranks' batches together are one process's batch of twice the
     size, and a sampler resumed at step k yields from there what an uninterrupted one yields."""
     from das_train.data.samplers import EpochShuffleSampler
-    from das_train.training.run import RankShuffleSampler, RankSliceSampler
+    from das_train.training.samplers import RankShuffleSampler, RankSliceSampler
 
     def batches(rank, resume_at=0, epochs=3):
         monkeypatch.setattr(RankSliceSampler, "_world", staticmethod(lambda: (rank, 2)))

@@ -11,9 +11,9 @@ function is allowed only for an optional or heavy package (:data:`CALL_TIME_PACK
 for a ``das_train`` module: that would be a cycle dodged instead of removed. Files stay under
 400 lines and functions under 60, so each reads in one sitting.
 
-Parts of the code base other helpers of issue 17 are reworking right now carry their current
-violations in the ``KNOWN_*`` sets below, each a temporary entry; the core, the interventions
-and the hub carry none. An entry that no longer happens fails too, so the lists only shrink.
+There is no list of tolerated exceptions: every module of ``das_train/`` and ``tasks/`` follows
+the rule, and the one call-time import it allows (the hub, from ``IntervenableModel``'s thin
+publishing methods) is named in :data:`CALL_TIME_DAS_TRAIN`.
 """
 
 from __future__ import annotations
@@ -76,50 +76,6 @@ CALL_TIME_DAS_TRAIN = {
 }
 """The one import of a ``das_train`` module inside a function that the rule allows."""
 
-KNOWN_VIOLATIONS: set[tuple[str, str]] = {
-    # being fixed by issue 17 (the CLI: imports the training layer when a run starts)
-    ("das_train/cli.py", "das_train.training.preflight"),
-    ("das_train/cli.py", "das_train.training.run"),
-    ("das_train/cli.py", "das_train.usage"),
-    # being fixed by issue 17 (house-training: training/run.py split)
-    ("das_train/training/run.py", "das_train.root"),
-    ("das_train/training/run.py", "das_train.core.loaders"),
-    ("das_train/training/run.py", "das_train.hub"),
-    ("das_train/training/run.py", "das_train.training.steering"),
-    ("das_train/training/run.py", "das_train.training.tracing"),
-    ("das_train/training/batched_sweep.py", "das_train.training.run"),
-    ("das_train/training/steering.py", "das_train.training.run"),
-    ("das_train/training/tracing.py", "das_train.training.run"),
-    ("das_train/training/tracing.py", "das_train.root"),
-    ("das_train/training/steering.py", "das_train.root"),
-    ("das_train/training/steering.py", "das_train.data.stories"),
-    ("das_train/training/run.py", "das_train.data.tiny_lm"),
-    ("das_train/training/run.py", "das_train.tasks.hierarchical_equality"),
-    ("das_train/training/run.py", "das_train.data.pair_datamodule"),
-    ("das_train/training/run.py", "das_train.training.callbacks"),
-    ("das_train/training/run.py", "das_train.training.das_module"),
-    ("das_train/training/run.py", "das_train.training.probe"),
-    ("das_train/training/run.py", "lightning.pytorch.loggers"),
-    ("das_train/training/reports.py", "numpy"),
-    ("das_train/training/schema.py", "types"),
-    ("das_train/training/schema.py", "importlib.util"),
-}
-"""(file, imported module) pairs outside the core, the interventions and the hub that break the
-rule today; each is being fixed by issue 17 and must then leave this set."""
-
-KNOWN_LONG_FILES: set[str] = {
-    # being fixed by issue 17 (house-training)
-    "das_train/training/run.py",
-    "das_train/training/batched_sweep.py",
-    "das_train/training/site_cache.py",
-}
-KNOWN_LONG_FUNCTIONS: set[tuple[str, str]] = {
-    # being fixed by issue 17 (house-training)
-    ("das_train/training/batched_sweep.py", "fit_site_group"),
-    ("das_train/training/das_module.py", "__init__"),
-    ("das_train/training/probe.py", "fit_probes"),
-    ("das_train/training/run.py", "_run_prepared"),
-}
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 60
 
@@ -253,16 +209,7 @@ PROBLEMS = problems(IMPORTS, MODULE_OF_FILE)
 
 
 def test_every_import_follows_the_layering_rule():
-    new = [(imp, why) for imp, why in PROBLEMS if (imp.file, _shown(imp.module)) not in KNOWN_VIOLATIONS]
-    assert not new, "imports against the layering rule:\n" + _report(new)
-
-
-def test_known_violations_are_still_real_and_outside_the_core():
-    seen = {(imp.file, _shown(imp.module)) for imp, _ in PROBLEMS}
-    stale = sorted(KNOWN_VIOLATIONS - seen)
-    assert not stale, f"fixed: remove these from KNOWN_VIOLATIONS: {stale}"
-    clean = ("das_train/core/", "das_train/interventions/", "das_train/hub/")
-    assert not [pair for pair in KNOWN_VIOLATIONS if pair[0].startswith(clean)]
+    assert not PROBLEMS, "imports against the layering rule:\n" + _report(PROBLEMS)
 
 
 def test_files_and_functions_stay_short():
@@ -277,15 +224,8 @@ def test_files_and_functions_stay_short():
                 length = node.end_lineno - node.lineno + 1
                 if length > MAX_FUNCTION_LINES:
                     long_functions[(_relative(path), node.name)] = length
-    assert long_files == KNOWN_LONG_FILES, (
-        f"files over {MAX_FILE_LINES} lines: new {sorted(long_files - KNOWN_LONG_FILES)}; "
-        f"no longer long (remove from KNOWN_LONG_FILES) {sorted(KNOWN_LONG_FILES - long_files)}"
-    )
-    assert set(long_functions) == KNOWN_LONG_FUNCTIONS, (
-        f"functions over {MAX_FUNCTION_LINES} lines: new "
-        f"{sorted((k, long_functions[k]) for k in set(long_functions) - KNOWN_LONG_FUNCTIONS)}; "
-        f"no longer long (remove from KNOWN_LONG_FUNCTIONS) {sorted(KNOWN_LONG_FUNCTIONS - set(long_functions))}"
-    )
+    assert not long_files, f"files over {MAX_FILE_LINES} lines: {sorted(long_files)}"
+    assert not long_functions, f"functions over {MAX_FUNCTION_LINES} lines: {sorted(long_functions.items())}"
 
 
 # -- the checker checks: each rule fails on code that breaks it ------------------------------------

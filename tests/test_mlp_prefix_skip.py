@@ -16,7 +16,8 @@ import torch
 import das_train as pv
 from das_train import cli
 from das_train.training import run as run_module
-from das_train.training.site_cache import PrefixSkip, collect_layer
+from das_train.training.sweep.prefix_skip import PrefixSkip
+from das_train.training.sweep.site_cache import collect_layer
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*LeafSpec.*", "ignore:.*does not have many workers.*", "ignore:.*val_dataloader.*",

@@ -11,9 +11,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_checkpoints import GROUP, SITE, gender_run  # noqa: E402
+from test_run import fit_by_hand  # noqa: E402
 
-from das_train.training import batched_sweep  # noqa: E402
-from das_train.training import run as run_module  # noqa: E402
 from das_train.training.finite import NonFiniteTrainingError, check_finite  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
@@ -32,17 +31,16 @@ def infinite_lr(tmp_path_factory):
 def test_a_per_site_fit_with_an_infinite_lr_stops_naming_site_seed_and_step(infinite_lr, tmp_path):
     cfg, model, datamodule, spec = infinite_lr
     with pytest.raises(NonFiniteTrainingError, match=r"step 1: block_output-L1-last seed 0: the weights") as err:
-        run_module.fit_site(cfg, model, datamodule, spec, SITE, 0, tmp_path)
+        fit_by_hand(cfg, model, datamodule, spec, [(SITE, 0)], tmp_path, batched=False)
     assert err.value.step == 1 and err.value.problems == {0: "weights"}
     assert not (tmp_path / "interventions").exists()
 
 
 def test_a_batched_fit_with_an_infinite_lr_stops_naming_its_sites(infinite_lr, tmp_path):
     cfg, model, datamodule, spec = infinite_lr
-    probes = batched_sweep.sweep_probes(cfg, model, datamodule, spec, [(site, 0) for site in GROUP])
     with pytest.raises(NonFiniteTrainingError, match=r"step 1: block_output-L1-name seed 0: the weights.*"
                                                      r"block_output-L1-last seed 0: the weights"):
-        batched_sweep.fit_site_group(cfg, model, datamodule, spec, [(site, 0) for site in GROUP], tmp_path, probes)
+        fit_by_hand(cfg, model, datamodule, spec, [(site, 0) for site in GROUP], tmp_path)
     assert not (tmp_path / "interventions").exists()
 
 

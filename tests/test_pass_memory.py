@@ -13,13 +13,14 @@ import torch
 from test_batched_sweep import HIDDEN, LENGTH, batches, neox, pair_rows, site_modules, with_cache
 from torch.utils.data import DataLoader
 
-from das_train.training.multi_site import MultiSiteDASModule
-from das_train.training.pass_memory import (
+from das_train.training.sweep.multi_site import MultiSiteDASModule
+from das_train.training.sweep.pass_memory import (
     saved_bytes_of_forward,
     sites_per_pass_within,
     step_costs,
 )
-from das_train.training.site_cache import PrefixSkip, RowBuffer, block_modules, collect_layer
+from das_train.training.sweep.prefix_skip import PrefixSkip
+from das_train.training.sweep.site_cache import RowBuffer, block_modules, collect_layer
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*does not have many workers.*")]
 

@@ -8,6 +8,7 @@ import pytest
 
 import das_train as pv
 from das_train import cli
+from das_train.training import model_loading
 from das_train.training import run as run_module
 from das_train.training.schema import ConfigError
 
@@ -130,7 +131,7 @@ def test_a_hub_model_is_checked_right_after_it_loads(tmp_path, monkeypatch, no_w
 
     tokenizer = GenderTask().build_tokenizer()
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tokenizer)))
-    monkeypatch.setattr(run_module, "_hub_model", lambda cfg: (model, tokenizer))
+    monkeypatch.setattr(model_loading, "load_hub_model", lambda cfg: (model, tokenizer))
     found = problems_of(tmp_path, "gender_tiny", "model.kind=hub", "+model.name=tiny/gpt2",
                         "sweep.component=attention_weights", "sweep.layers=[1,2]",
                         "intervention.low_rank_dimension=40")
@@ -147,7 +148,7 @@ def test_a_hub_model_rank_above_its_width(tmp_path, monkeypatch, no_work):
 
     tokenizer = GenderTask().build_tokenizer()
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tokenizer)))
-    monkeypatch.setattr(run_module, "_hub_model", lambda cfg: (model, tokenizer))
+    monkeypatch.setattr(model_loading, "load_hub_model", lambda cfg: (model, tokenizer))
     found = problems_of(tmp_path, "gender_tiny", "model.kind=hub", "+model.name=tiny/gpt2",
                         "intervention.low_rank_dimension=40")
     assert found == [p for p in found if "'intervention.low_rank_dimension' = 40" in p and "1..32" in p], found

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from das_train import cli
+from das_train.training import model_loading
 from das_train.training import run as run_module
 
 pytestmark = pytest.mark.filterwarnings(
@@ -29,7 +30,7 @@ WRITES = {"gender_tiny": "table.csv", "hierarchical_equality": "table.csv", "cau
 
 
 def test_every_offline_recipe_is_covered():
-    assert set(SHORTER_STEPS) == set(run_module.OFFLINE_RECIPES)
+    assert set(SHORTER_STEPS) == set(model_loading.OFFLINE_RECIPES)
 
 
 @pytest.mark.parametrize("recipe", sorted(SHORTER_STEPS))

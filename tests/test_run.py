@@ -13,8 +13,15 @@ import torch
 
 from das_train import cli
 from das_train.data.pair_datamodule import PairDataModule
+from das_train.training import model_loading, samplers, task_loading
 from das_train.training import run as run_module
 from das_train.training.schema import ConfigError
+from das_train.training.sweep import das_sweep, group_fit
+from das_train.training.sweep import sites as sweep_sites
+from das_train.training.sweep.cached_pairs import SplitReader
+from das_train.training.sweep.group_fit import Sweep, fit_group
+from das_train.training.sweep.probes import sweep_probes
+from das_train.training.sweep.sites import SweepSite
 
 RECIPES = cli.available_recipes()
 
@@ -68,12 +75,12 @@ def test_every_recipe_instantiates_against_a_tiny_model(recipe, tmp_path):
     if cfg.model.kind == "hub":
         cfg = cli.check(recipe, overrides + ["model=tiny"])
     cfg = run_module.as_run_config(cfg)
-    task = run_module.load_task(cfg.task.name)
-    model, tokenizer = run_module.build_model(cfg, task) if cfg.model.kind != "mlp" else _small_mlp(task)
+    task = task_loading.load_task(cfg.task.name)
+    model, tokenizer = model_loading.build_model(cfg, task) if cfg.model.kind != "mlp" else _small_mlp(task)
     datamodule = PairDataModule(task, tokenizer, n_train=64, n_val=16, n_test=32, batch_size=16, seed=0)
     datamodule.setup()
     spec = datamodule.spec()
-    sites = run_module.build_sites(cfg, spec, run_module.number_of_layers(model))
+    sites = sweep_sites.build_sites(cfg, spec, model_loading.number_of_layers(model))
     assert sites
     from das_train.training.das_module import DASModule
 
@@ -148,8 +155,8 @@ def test_small_sweep_end_to_end_and_resume(tmp_path, monkeypatch):
         writer.writeheader()
         writer.writerows(rows[:4])
     trained = []
-    original = run_module.fit_site_group
-    monkeypatch.setattr(run_module, "fit_site_group", lambda *a, **k: trained.extend(s for s, _ in a[4]) or original(*a, **k))
+    original = das_sweep.fit_group
+    monkeypatch.setattr(das_sweep, "fit_group", lambda *a, **k: trained.extend(s for s, _ in a[1]) or original(*a, **k))
     run_module.run(cfg)
     assert [(s.layer, s.component, s.position) for s in trained] == [
         (int(r["layer"]), r["component"], int(r["position"])) for r in rows[4:]
@@ -173,31 +180,40 @@ def small_gender_run(tmp_path):
     """(cfg, model, datamodule, spec) of a small gender_tiny run with 40 DAS steps, for tests
     that drive one site's or one group's fit by hand."""
     cfg = run_module.as_run_config(cli.check("gender_tiny", small_overrides(tmp_path, "trainer.max_steps=40")))
-    task = run_module.load_task("gender")
-    model, tokenizer = run_module.build_model(cfg, task)
+    task = task_loading.load_task("gender")
+    model, tokenizer = model_loading.build_model(cfg, task)
     datamodule = PairDataModule(task, tokenizer, n_train=128, n_val=16, n_test=64, batch_size=16, seed=0)
     datamodule.setup()
     return cfg, model, datamodule, datamodule.spec()
 
 
+def fit_by_hand(cfg, model, datamodule, spec, jobs, run_dir, batched=True):
+    """The rows of the (site, seed) ``jobs`` fitted as one group outside a run, with their
+    probes: a group of one job through the per-site module unless ``batched``."""
+    splits = SplitReader(datamodule, spec.is_language_model_task)
+    sweep = Sweep(cfg, model, datamodule, spec, run_dir, splits, sweep_probes(cfg, model, spec, jobs, splits))
+    return fit_group(sweep, jobs, batched)
+
+
 def test_a_cut_off_fit_resumes_from_its_checkpoint(tmp_path, monkeypatch, caplog):
     cfg, model, datamodule, spec = small_gender_run(tmp_path)
-    site = run_module.Site(1, "block_output", 3, "last")
-    real_trainer = lightning.Trainer
+    site = SweepSite(1, "block_output", 3, "last")
+    real_make_trainer = group_fit.make_trainer
 
     def interrupted(*args, **kwargs):
-        kwargs["callbacks"] = [*kwargs["callbacks"], _StopAt(25)]
-        return real_trainer(*args, **kwargs)
+        trainer = real_make_trainer(*args, **kwargs)
+        trainer.callbacks.append(_StopAt(25))
+        return trainer
 
-    monkeypatch.setattr(run_module.lightning, "Trainer", interrupted)
+    monkeypatch.setattr(group_fit, "make_trainer", interrupted)
     with pytest.raises(_Interrupt):
-        run_module.fit_site(cfg, model, datamodule, spec, site, 0, tmp_path)
+        fit_by_hand(cfg, model, datamodule, spec, [(site, 0)], tmp_path, batched=False)
     checkpoint = tmp_path / "checkpoints" / f"{site.key}-s0" / "last.ckpt"
     assert checkpoint.exists()
     assert torch.load(checkpoint, weights_only=True)["global_step"] == 20
-    monkeypatch.setattr(run_module.lightning, "Trainer", real_trainer)
+    monkeypatch.setattr(group_fit, "make_trainer", real_make_trainer)
     with caplog.at_level("INFO", logger="das_train"):
-        row = run_module.fit_site(cfg, model, datamodule, spec, site, 0, tmp_path)
+        (row,) = fit_by_hand(cfg, model, datamodule, spec, [(site, 0)], tmp_path, batched=False)
     assert "resuming from" in caplog.text
     assert 0.0 <= row["iia"] <= 1.0
     assert not checkpoint.exists()  # cleaned once the row exists
@@ -334,9 +350,9 @@ def test_rank_slices_cover_a_split_once_for_evaluation_and_evenly_for_training(m
     """Without processes: the slices every rank of a world of 3 would take."""
     seen_eval, seen_train = [], []
     for rank in range(3):
-        monkeypatch.setattr(run_module.RankSliceSampler, "_world", staticmethod(lambda rank=rank: (rank, 3)))
-        evaluation = run_module.RankSliceSampler(10, drop_remainder=False)
-        training = run_module.RankSliceSampler(10)
+        monkeypatch.setattr(samplers.RankSliceSampler, "_world", staticmethod(lambda rank=rank: (rank, 3)))
+        evaluation = samplers.RankSliceSampler(10, drop_remainder=False)
+        training = samplers.RankSliceSampler(10)
         assert len(evaluation) == len(list(evaluation)) and len(training) == len(list(training)) == 3
         seen_eval += list(evaluation)
         seen_train += list(training)
@@ -351,11 +367,11 @@ def test_a_hub_model_is_put_on_its_gpu_once_when_loaded(monkeypatch):
     cfg = cli.check("gender_pythia", [])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert run_module.frozen_model_device(cfg) == torch.device("cuda", 1)
-    assert run_module.frozen_model_device(cli.check("gender_pythia", ["model.device_map=auto"])) is None
-    assert run_module.frozen_model_device(cli.check("gender_pythia", ["trainer.accelerator=cpu"])) is None
+    assert model_loading.frozen_model_device(cfg) == torch.device("cuda", 1)
+    assert model_loading.frozen_model_device(cli.check("gender_pythia", ["model.device_map=auto"])) is None
+    assert model_loading.frozen_model_device(cli.check("gender_pythia", ["trainer.accelerator=cpu"])) is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert run_module.frozen_model_device(cfg) is None
+    assert model_loading.frozen_model_device(cfg) is None
 
 
 def test_publish_at_the_end_of_a_run(tmp_path, monkeypatch):

@@ -29,6 +29,7 @@ from das_train.training import reports
 from das_train.training import run as run_module
 from das_train.training import run_dir as run_dir_state
 from das_train.training.schema import ConfigError
+from das_train.training.sweep import das_sweep
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*LeafSpec.*", "ignore:.*does not have many workers.*", "ignore:.*val_dataloader.*"
@@ -76,10 +77,9 @@ def finished(finished_once, tmp_path):
 def trained(monkeypatch):
     """The (site key, seed) of every site the sweep trains from here on."""
     seen = []
-    group, one = run_module.fit_site_group, run_module.fit_site
-    monkeypatch.setattr(run_module, "fit_site_group",
-                        lambda *a, **k: seen.extend((s.key, seed) for s, seed in a[4]) or group(*a, **k))
-    monkeypatch.setattr(run_module, "fit_site", lambda *a, **k: seen.append((a[4].key, a[5])) or one(*a, **k))
+    group = das_sweep.fit_group
+    monkeypatch.setattr(das_sweep, "fit_group",
+                        lambda *a, **k: seen.extend((s.key, seed) for s, seed in a[1]) or group(*a, **k))
     return seen
 
 

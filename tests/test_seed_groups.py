@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from das_train.training import run as run_module
-from das_train.training.batched_sweep import group_jobs, group_version
+from das_train.training.sweep import das_sweep
+from das_train.training.sweep.groups import group_jobs, group_version
+from das_train.training.sweep.sites import SweepSite
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_run import small_sweep  # noqa: E402
@@ -24,8 +25,8 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:.*ModelCheckpoint with manual optimization.*",
 )
 
-NAME, LAST = run_module.Site(1, "block_output", 1, "name"), run_module.Site(1, "block_output", 3, "last")
-EMB = run_module.Site(0, "block_input", 1, "name")
+NAME, LAST = SweepSite(1, "block_output", 1, "name"), SweepSite(1, "block_output", 3, "last")
+EMB = SweepSite(0, "block_input", 1, "name")
 
 
 def test_a_layers_jobs_form_one_group_whatever_their_seeds():
@@ -40,14 +41,14 @@ def test_a_groups_checkpoint_name_lists_each_trained_job_once():
     assert group_version(jobs[::2], [0, 1]) == "block_output-L1-name+last-s0"  # one seed: as before
     assert group_version(jobs, [0, 1, 2, 3]) == "block_output-L1-name+last-s0+name+last-s1"
     assert group_version(jobs, [1, 2, 3]) == "block_output-L1-name+last-s1+last-s0"
-    assert group_version(jobs, []) == "block_output-L1-untrained"
+    assert group_version(jobs[::2], []) == "block_output-L1-name+last-s0-untrained"
 
 
 def test_batched_seeds_equal_the_per_site_rows_in_one_fit_per_layer(tmp_path, monkeypatch):
     fits = []
-    original = run_module.fit_site_group
-    monkeypatch.setattr(run_module, "fit_site_group",
-                        lambda *a, **k: fits.append(sorted(set(s.layer for s, _ in a[4]))) or original(*a, **k))
+    original = das_sweep.fit_group
+    monkeypatch.setattr(das_sweep, "fit_group",
+                        lambda *a, **k: fits.append(sorted(set(s.layer for s, _ in a[1]))) or original(*a, **k))
     extra = ("sweep.layers=[1]", "sweep.positions=[bos,name,last]", "sweep.include_embeddings=false",
              "sweep.seeds=[0,1]")
     rows_b, weights_b = small_sweep(tmp_path, "batched", *extra)

@@ -19,7 +19,11 @@ import transformers
 from omegaconf import OmegaConf
 
 from das_train.interventions.base import INTERVENTION_REGISTRY
-from das_train.training.shared_prefix import shared_prefix, shared_prefix_length, untrained_reason
+from das_train.training.sweep.shared_prefix import (
+    shared_prefix,
+    shared_prefix_length,
+    untrained_reason,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_run import small_sweep  # noqa: E402

@@ -11,8 +11,8 @@ import torch
 
 from das_train import cli
 from das_train.tasks.facts import FactsTask
+from das_train.training import model_loading, tracing
 from das_train.training import run as run_module
-from das_train.training import tracing
 
 
 def _overrides(run_dir, cache_dir, *extra):
@@ -69,7 +69,7 @@ def test_noise_is_applied_only_at_subject_positions(traced):
     root, _ = traced
     cfg = run_module.as_run_config(cli.check("causal_tracing", _overrides(root / "run", root / "cache")))
     task = FactsTask()
-    model, tokenizer = run_module.build_model(cfg, task)
+    model, tokenizer = model_loading.build_model(cfg, task)
     fact = tracing.load_facts(cfg, task, tokenizer)[0]
     assert list(fact.subject) == task.subject_positions(tokenizer) == [1, 2]
     seen = []

@@ -26,8 +26,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from das_train.interventions.base import Subspaces, TrainableIntervention
+from das_train.interventions.base import TrainableIntervention
 from das_train.interventions.rotated import first_dims_mask, require_dim, require_source
+from das_train.interventions.subspaces import Subspaces
 
 
 class _Autoencoder(nn.Module):

@@ -30,9 +30,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-INTERVENTION_REGISTRY: dict[str, type[Intervention]] = {}
+from das_train.interventions.subspaces import Subspaces, dims_to_mask, expand_subspaces, list_depth
 
-Subspaces = Sequence[int] | Sequence[Sequence[int]] | torch.Tensor | int | None
+INTERVENTION_REGISTRY: dict[str, type[Intervention]] = {}
 
 PYVENE_KEYWORDS: frozenset[str] = frozenset(
     {
@@ -107,7 +107,7 @@ class Intervention(nn.Module):
     # Whether f(b, b) = b (up to rounding) for every parameter value: the intervention swaps
     # (part of) the source into the base, so where a pair's source equals its base it returns
     # the base and the counterfactual loss cannot depend on its parameters
-    # (das_train.training.shared_prefix).
+    # (das_train.training.sweep.shared_prefix).
     keeps_base_for_equal_source: ClassVar[bool] = False
     # Constructor arguments written to the saved config and given back on load.
     config_fields: ClassVar[tuple[str, ...]] = ("embed_dim", "subspace_partition")
@@ -201,7 +201,7 @@ class Intervention(nn.Module):
             return None, False
         if isinstance(subspaces, torch.Tensor):
             subspaces = subspaces.tolist()
-        if self.use_fast and _depth(subspaces) == 2:
+        if self.use_fast and list_depth(subspaces) == 2:
             if any(list(row) != list(subspaces[0]) for row in subspaces):
                 warnings.warn(
                     f"{type(self).__name__}(use_fast=True) applies only the first of the "
@@ -211,7 +211,7 @@ class Intervention(nn.Module):
             subspaces = list(subspaces[0])
         per_unit = (
             base.dim() >= 3
-            and _depth(subspaces) == 2
+            and list_depth(subspaces) == 2
             and len(subspaces) != base.shape[0]
             and len(subspaces) == base.shape[-2]
         )
@@ -299,93 +299,6 @@ class LambdaIntervention(Intervention):
         if self._takes_subspaces:
             return self.fn(base, source, subspaces)
         return self.fn(base, source)
-
-
-# -- subspace arithmetic, shared with the hook core's validation ------------------------------
-
-
-def _depth(value: Any) -> int:
-    depth = 0
-    while isinstance(value, (list, tuple)) and len(value) > 0:
-        depth += 1
-        value = value[0]
-    return depth
-
-
-def expand_subspaces(
-    subspaces: Subspaces,
-    batch_size: int,
-    partition: Sequence[Sequence[int]] | None = None,
-) -> list[list[int]] | None:
-    """Normalizes ``subspaces`` to a list (one per example) of dimension indices.
-
-    Accepted: ``None`` (all dimensions), an int, a list of ints (the same for every example),
-    or a list with one list of ints per example. With a ``partition``, the ints name
-    partitions, each of which expands to its ``range(start, end)``.
-    """
-    if subspaces is None:
-        return None
-    if isinstance(subspaces, torch.Tensor):
-        subspaces = subspaces.tolist()
-    if isinstance(subspaces, int):
-        per_example = [[subspaces]] * batch_size
-    elif _depth(subspaces) == 1:
-        per_example = [list(subspaces)] * batch_size
-    elif _depth(subspaces) == 2:
-        if len(subspaces) != batch_size:
-            raise ValueError(
-                f"subspaces has {len(subspaces)} per-example lists but the batch has "
-                f"{batch_size} examples; give one list per example, or one flat list for all"
-            )
-        per_example = [list(s) for s in subspaces]
-    else:
-        raise ValueError(
-            "subspaces must be an int, a list of ints, or one list of ints per example; "
-            f"got {subspaces!r}"
-        )
-    if partition is None:
-        return per_example
-    expanded = []
-    for chosen in per_example:
-        dims: list[int] = []
-        for index in chosen:
-            if not 0 <= index < len(partition):
-                raise ValueError(
-                    f"subspace {index} is not a partition of subspace_partition={partition} "
-                    f"(allowed: 0..{len(partition) - 1})"
-                )
-            start, end = partition[index]
-            dims.extend(range(start, end))
-        expanded.append(dims)
-    return expanded
-
-
-def dims_to_mask(
-    dims: list[list[int]] | None, base: torch.Tensor, per_unit: bool = False
-) -> torch.Tensor | None:
-    """Turns per-example (or, with ``per_unit``, per-unit) dimension lists into a bool mask
-    broadcastable to ``base``."""
-    if dims is None:
-        return None
-    width = base.shape[-1]
-    first = dims[0]
-    if all(d == first for d in dims):
-        # (width,)
-        mask = torch.zeros(width, dtype=torch.bool, device=base.device)
-        mask[torch.as_tensor(first, dtype=torch.long, device=base.device)] = True
-        return mask
-    # (batch, 1, ..., 1, width), or (units, width) against the last two dims, filled with one
-    # scatter rather than a loop over rows
-    lengths = torch.tensor([len(chosen) for chosen in dims], device=base.device)
-    rows = torch.repeat_interleave(torch.arange(len(dims), device=base.device), lengths)
-    cols = torch.tensor(
-        [d for chosen in dims for d in chosen], dtype=torch.long, device=base.device
-    )
-    mask = torch.zeros(len(dims), width, dtype=torch.bool, device=base.device)
-    mask[rows, cols] = True
-    if per_unit:
-        return mask
-    return mask.view(len(dims), *([1] * (base.dim() - 2)), width)
 
 
 def build_intervention(cls: type[Intervention], available: dict[str, Any]) -> Intervention:

@@ -22,8 +22,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from das_train.interventions.base import Subspaces, TrainableIntervention
+from das_train.interventions.base import TrainableIntervention
 from das_train.interventions.rotated import require_dim
+from das_train.interventions.subspaces import Subspaces
 
 
 class LoRAIntervention(TrainableIntervention):

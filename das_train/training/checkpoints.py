@@ -10,7 +10,7 @@ make that trustworthy:
   the fit starts from scratch instead of crashing the sweep on every re-run.
 - **A resume is exact**: the training order is a stream of batches positioned by the
   optimizer step (:class:`~das_train.data.samplers.ResumableOrder`, which the datamodule's
-  shuffle, the batched sweep's cached loader and :class:`~das_train.training.run.RankSliceSampler`
+  shuffle, the batched sweep's cached loader and :class:`~das_train.training.samplers.RankSliceSampler`
   follow), and :class:`ResumeTrainingOrder` moves it to the restored step. A fit cut off
   mid-epoch thus trains on the batches the uninterrupted fit trained on and ends with the same
   weights; Lightning alone would restart the epoch's iterator from its first batch.

@@ -132,6 +132,17 @@ def trainable_intervention_class(name: str, iit: bool) -> type[Intervention]:
     return cls
 
 
+def check_training_options(low_rank_dimension: int, lr: float, boundary_penalty: float) -> None:
+    """Refuses a rank below 1, a non-positive learning rate or a negative boundary penalty,
+    naming the bad value, before anything is built."""
+    if low_rank_dimension < 1:
+        raise ValueError(f"low_rank_dimension must be >= 1, got {low_rank_dimension}")
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if boundary_penalty < 0:
+        raise ValueError(f"boundary_penalty must be >= 0, got {boundary_penalty}")
+
+
 class DASModule(lightning.LightningModule):
     """Trains one intervention at one site on counterfactual pairs (DAS), or the model too (IIT).
 
@@ -172,12 +183,7 @@ class DASModule(lightning.LightningModule):
         self.position = position
         self.is_language_model_task = is_language_model_task
         self.call_options = prediction_only_options(model)
-        if low_rank_dimension < 1:
-            raise ValueError(f"low_rank_dimension must be >= 1, got {low_rank_dimension}")
-        if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        if boundary_penalty < 0:
-            raise ValueError(f"boundary_penalty must be >= 0, got {boundary_penalty}")
+        check_training_options(low_rank_dimension, lr, boundary_penalty)
         self.save_hyperparameters(ignore=["model"])
         cls = trainable_intervention_class(intervention, iit)
         if iit:

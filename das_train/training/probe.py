@@ -33,6 +33,33 @@ from das_train.training.metrics import CountingAccuracy
 Batch = Mapping[str, torch.Tensor]
 
 
+def site_collector(model: nn.Module, layer: int, component: str) -> pv.IntervenableModel:
+    """An IntervenableModel that collects (layer, component), leaving ``model``'s
+    ``requires_grad`` flags as they were (wrapping freezes the model; collecting mid-IIT must
+    change nothing)."""
+    requires_grad = [p.requires_grad for p in model.parameters()]
+    try:
+        return pv.IntervenableModel(
+            {"layer": layer, "component": component, "unit": "pos",
+             "intervention_type": pv.CollectIntervention},
+            model,
+        )
+    finally:
+        for p, flag in zip(model.parameters(), requires_grad):
+            p.requires_grad_(flag)
+
+
+@torch.no_grad()
+def collected_rows(collector: pv.IntervenableModel, inputs: Batch, position: int | None) -> torch.Tensor:
+    """``collector``'s activations on the model ``inputs`` at ``position`` (``None``: the whole
+    activation), one ``(batch, units * D)`` float32 row per input, on CPU."""
+    device = collector.get_device()
+    locations = None if position is None else {"base": position}
+    (_, collected), _ = collector({k: v.to(device) for k, v in inputs.items()}, unit_locations=locations)
+    acts = collected[0]  # (batch, units, D); units = 1 at one position
+    return acts.reshape(acts.shape[0], -1).float().cpu()  # (batch, units * D)
+
+
 @torch.no_grad()
 def collect_activations(
     model: nn.Module,
@@ -55,27 +82,12 @@ def collect_activations(
         ``(activations, variables, controls)``: ``(N, D)`` float32 on CPU (several units are
         flattened into one row), and two ``(N,)`` int64 label vectors.
     """
-    # Wrapping freezes the model; restore its flags so collecting mid-IIT changes nothing.
-    requires_grad = [p.requires_grad for p in model.parameters()]
-    try:
-        collector = pv.IntervenableModel(
-            {"layer": layer, "component": component, "unit": "pos",
-             "intervention_type": pv.CollectIntervention},
-            model,
-        )
-    finally:
-        for p, flag in zip(model.parameters(), requires_grad):
-            p.requires_grad_(flag)
-    device = collector.get_device()
-    locations = None if position is None else {"base": position}
+    collector = site_collector(model, layer, component)
     activations: list[torch.Tensor] = []
     variables: list[torch.Tensor] = []
     controls: list[torch.Tensor] = []
     for batch in dataloader:
-        base = {k: v.to(device) for k, v in model_inputs(batch, "base", is_language_model_task).items()}
-        (_, collected), _ = collector(base, unit_locations=locations)
-        acts = collected[0]  # (batch, units, D); units = 1 at one position
-        activations.append(acts.reshape(acts.shape[0], -1).float().cpu())  # (batch, units * D)
+        activations.append(collected_rows(collector, model_inputs(batch, "base", is_language_model_task), position))
         variables.append(torch.as_tensor(batch[BASE_VARIABLE]).long().cpu())
         controls.append(torch.as_tensor(batch[BASE_CONTROL]).long().cpu())
     if not activations:
@@ -175,7 +187,7 @@ class TableRows(Dataset):
 
     ``table`` is ``(S, U, D)``: one slice per probe, a row per distinct input; row ``i`` of the
     data is ``table[:, index[i]]`` with label ``labels[i]``. A sweep's pairs share their inputs
-    (see :class:`~das_train.training.site_cache.LayerActivations`), so no split is ever copied
+    (see :class:`~das_train.training.sweep.site_cache.LayerActivations`), so no split is ever copied
     out whole: each batch gathers its own rows, ``(S, B, D)``.
     """
 
@@ -232,6 +244,23 @@ def split_indices(n: int, holdout_fraction: float, seed: int) -> tuple[torch.Ten
     return order[n_test:], order[:n_test]
 
 
+def checked_rows(activations: torch.Tensor, labels: torch.Tensor, n_classes: int,
+                 rows: torch.Tensor | None) -> torch.Tensor:
+    """Each example's row in ``activations`` (``rows``, or one row per example), once the
+    shapes agree and every label is a class; else a ValueError naming the shapes or labels."""
+    if rows is None:
+        rows = torch.arange(activations.shape[1] if activations.dim() == 3 else 0)
+    if activations.dim() != 3 or labels.shape != rows.shape:
+        raise ValueError(
+            f"need activations (S, N, D) and labels (N,), got {tuple(activations.shape)} and "
+            f"{tuple(labels.shape)}"
+            + ("" if rows.shape == labels.shape else f" for {len(rows)} rows")
+        )
+    if int(labels.min()) < 0 or int(labels.max()) >= n_classes:
+        raise ValueError(f"labels must be in 0..{n_classes - 1}, got {int(labels.min())}..{int(labels.max())}")
+    return rows
+
+
 def fit_probes(
     activations: torch.Tensor,
     labels: torch.Tensor,
@@ -261,16 +290,7 @@ def fit_probes(
     cheaper on CPU than a device round trip.
     """
     labels = labels.long()  # (N,)
-    if rows is None:
-        rows = torch.arange(activations.shape[1] if activations.dim() == 3 else 0)
-    if activations.dim() != 3 or labels.shape != rows.shape:
-        raise ValueError(
-            f"need activations (S, N, D) and labels (N,), got {tuple(activations.shape)} and "
-            f"{tuple(labels.shape)}"
-            + ("" if rows.shape == labels.shape else f" for {len(rows)} rows")
-        )
-    if int(labels.min()) < 0 or int(labels.max()) >= n_classes:
-        raise ValueError(f"labels must be in 0..{n_classes - 1}, got {int(labels.min())}..{int(labels.max())}")
+    rows = checked_rows(activations, labels, n_classes, rows)
     n_probes, _, width = activations.shape
     train_idx, test_idx = split_indices(len(rows), holdout_fraction, seed)
     with torch.random.fork_rng(devices=[]):
@@ -359,9 +379,11 @@ __all__ = [
     "ProbeResult",
     "TableRows",
     "collect_activations",
+    "collected_rows",
     "fit_probe",
     "fit_probes",
     "probe_with_control",
     "probes_with_control",
+    "site_collector",
     "split_indices",
 ]

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from das_train.core.fault_points import fault_point
 from das_train.core.files import atomic_write, atomic_write_text
 
@@ -204,7 +206,6 @@ def write_heatmaps(run_dir: Path, sites: Sequence[dict[str, Any]], title: str) -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     rows = sorted({(s["component"] != "block_input", s["layer"], site_label(s["layer"], s["component"])) for s in sites})
     row_labels = [r[2] for r in rows]

@@ -9,7 +9,9 @@ with one message that names them all.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -278,7 +280,7 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     args = typing.get_args(annotation)
     if annotation is Any:
         return True
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         return any(_type_ok(value, a) for a in args)
     if annotation is type(None):
         return value is None
@@ -343,8 +345,6 @@ def validate(data: dict[str, Any]) -> list[str]:
     if isinstance(shard, int) and isinstance(shards, int) and not 0 <= shard < max(shards, 1):
         errors.append(f"'sweep.shard' = {shard} must be in 0..{shards - 1} (sweep.num_shards = {shards})")
     if model.get("device_map") is not None:
-        import importlib.util
-
         if model.get("kind") != "hub":
             errors.append("'model.device_map' applies to model.kind=hub only")
         if importlib.util.find_spec("accelerate") is None:
@@ -352,8 +352,6 @@ def validate(data: dict[str, Any]) -> list[str]:
     logger = data.get("logger", {}) if isinstance(data.get("logger"), dict) else {}
     package = {"wandb": "wandb", "tensorboard": "tensorboard"}.get(logger.get("kind"))
     if package is not None:
-        import importlib.util
-
         if importlib.util.find_spec(package) is None:
             errors.append(f"logger={logger['kind']} needs the {package} package: pip install 'das_train[{package}]'")
     return errors

@@ -30,7 +30,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+import das_train as pv
 from das_train.core.files import atomic_write_text
+from das_train.data.stories import build_tokenizer, train_story_lm
+from das_train.training.model_loading import build_model, number_of_layers
+from das_train.training.ranks import is_global_zero
 from das_train.training.schema import ConfigError, SteeringConfig
 
 log = logging.getLogger("das_train")
@@ -126,8 +130,6 @@ def load_model(cfg: DictConfig):
     The word is looked up before the tiny model trains, so a bad word costs nothing.
     """
     if cfg.model.kind == "hub":
-        from das_train.training.run import build_model
-
         model, tokenizer = build_model(cfg, None)  # fails fast offline, naming the offline recipes
         token = word_token(tokenizer, cfg.steering.word)
         if cfg.model.device_map is None and torch.cuda.is_available():
@@ -135,8 +137,6 @@ def load_model(cfg: DictConfig):
         return model.eval(), tokenizer, token
     if cfg.model.kind != "tiny":
         raise ConfigError([f"job=steering needs a language model: model.kind=tiny or hub, not {cfg.model.kind!r}"])
-    from das_train.data.stories import build_tokenizer, train_story_lm
-
     tokenizer = build_tokenizer()
     token = word_token(tokenizer, cfg.steering.word)
     model = train_story_lm(tokenizer, n_layer=cfg.model.n_layer, hidden=cfg.model.hidden, heads=cfg.model.heads,
@@ -147,8 +147,6 @@ def load_model(cfg: DictConfig):
 def steering_model(model, n_layers: int):
     """Figure 1's intervenable model: an addition on every layer's MLP output; the constant
     (coefficient x embedding) is given per call, so one model serves every coefficient."""
-    import das_train as pv
-
     config = pv.IntervenableConfig(
         representations=[{"layer": layer, "component": "mlp_output"} for layer in range(n_layers)],
         intervention_types=pv.AdditionIntervention,
@@ -274,8 +272,6 @@ def markdown(cfg: DictConfig, prompts: list[str], rows: list[Continuation], coef
 
 def run_steering(cfg: DictConfig, run_dir: Path) -> Path:
     """Plain and steered continuations of ``cfg.steering.prompts``; writes steering.csv/.md."""
-    from das_train.training.run import is_global_zero, number_of_layers
-
     cfg = with_defaults(cfg)
     problems = config_problems(cfg)
     if problems:

@@ -31,8 +31,12 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+import das_train as pv
 from das_train.core.devices import input_device
 from das_train.core.files import atomic_write, atomic_write_text
+from das_train.training.model_loading import build_model, number_of_layers
+from das_train.training.ranks import is_global_zero
+from das_train.training.task_loading import load_task
 
 log = logging.getLogger("das_train")
 
@@ -125,8 +129,6 @@ def embedding_std(model: torch.nn.Module) -> float:
 
 
 def _noise_rep(noise_std: float, seed: int) -> dict:
-    import das_train as pv
-
     return {"layer": 0, "component": "block_input", "intervention": pv.NoiseIntervention(scale=noise_std, seed=seed)}
 
 
@@ -136,16 +138,12 @@ def _answer_prob(logits: torch.Tensor, answer: int) -> torch.Tensor:
 
 def corrupted_model(model, noise_std: float, seed: int):
     """An IntervenableModel that only adds the subject noise (for the corrupted run and checks)."""
-    import das_train as pv
-
     return pv.IntervenableModel(pv.IntervenableConfig([_noise_rep(noise_std, seed)]), model)
 
 
 def trace_fact(model, fact: Fact, components: list[str], n_layers: int, window: int, noise_std: float,
                samples: int, seed: int, bar=None) -> FactTrace:
     """Clean, corrupted and restored probabilities of ``fact``'s answer (see the module doc)."""
-    import das_train as pv
-
     device = input_device(model)  # a model offloaded by accelerate has weights on `meta`
     ids = fact.input_ids.to(device)
     length = ids.shape[1]
@@ -311,8 +309,6 @@ def plot(path: Path, title: str, labels: list[str], tables: dict, clean: float, 
 
 def run_tracing(cfg: DictConfig, run_dir: Path) -> Path:
     """Causal tracing of ``cfg.tracing.facts`` facts; writes tracing.csv/.md/.png in ``run_dir``."""
-    from das_train.training.run import build_model, is_global_zero, load_task, number_of_layers
-
     torch.manual_seed(cfg.seed)
     task = load_task(cfg.task.name)
     model, tokenizer = build_model(cfg, task)

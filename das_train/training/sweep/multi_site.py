@@ -2,7 +2,7 @@
 
 A per-site sweep trains each site on its own: every step runs the source and the base through
 the whole frozen model, for each of the P positions of a layer. Here the P sites of a layer
-train together on cached activations (:mod:`das_train.training.site_cache`):
+train together on cached activations (:mod:`das_train.training.sweep.site_cache`):
 
 - the sources' activations at the site come from the cache (no source forward at all);
 - the base batch is repeated P times, one copy per site, and the model runs from the site's
@@ -48,7 +48,7 @@ from das_train.training.das_module import (
 )
 from das_train.training.finite import check_finite
 from das_train.training.metrics import InterchangeInterventionAccuracy, PairCount
-from das_train.training.site_cache import PrefixSkip
+from das_train.training.sweep.prefix_skip import PrefixSkip
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -119,7 +119,7 @@ class MultiSiteDASModule(lightning.LightningModule):
             held for the backward grow with it; a step accumulates the gradients of its passes
             before the optimizer steps, so the result does not depend on it.
         trained: the indices of the sites that train (default: all); the others are only
-            tested, with their interventions as built (:mod:`das_train.training.shared_prefix`).
+            tested, with their interventions as built (:mod:`das_train.training.sweep.shared_prefix`).
         source_columns: for each site, its column of the batch's cached sources (default: the
             site's own index); the seeds of one position share a column.
     """

@@ -107,4 +107,19 @@ def shared_prefix(splits: Iterable[Mapping[str, torch.Tensor]], is_language_mode
     return (prefix or 0), seq
 
 
-__all__ = ["can_skip", "shared_prefix", "shared_prefix_length", "untrained_reason"]
+def untrained_positions(cfg: DictConfig, model: nn.Module, splits: Iterable[Mapping[str, torch.Tensor]],
+                        is_language_model_task: bool, positions: Iterable[int | None]) -> dict[int | None, str]:
+    """The swept ``positions`` tested untrained, each with why: those every pair of ``splits``
+    (the training and test columns) agrees on, base and source, up to the position."""
+    if not can_skip(cfg, model):
+        return {}
+    prefix, seq = shared_prefix(splits, is_language_model_task)
+    found = {}
+    for position in positions:
+        reason = untrained_reason(cfg, model, position, prefix, seq)
+        if reason is not None:
+            found[position] = reason
+    return found
+
+
+__all__ = ["can_skip", "shared_prefix", "shared_prefix_length", "untrained_positions", "untrained_reason"]

@@ -1,0 +1,49 @@
+"""The counterfactual pairs of a DAS sweep: made, split, filtered by the frozen model, recorded.
+
+Pairs the frozen model gets wrong (base or counterfactual) say nothing about where it keeps a
+variable, so they are dropped before any site trains; ``run_info.json`` records what was kept,
+so a results table can always be traced back to the exact pairs it counts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig
+from torch import nn
+
+from das_train import __version__
+from das_train.data.pair_contract import CounterfactualTask
+from das_train.data.pair_datamodule import PairDataModule
+from das_train.training import preflight, reports
+from das_train.training import run_dir as run_dir_state
+from das_train.training.ranks import is_global_zero
+
+
+def prepare_pairs(cfg: DictConfig, task: CounterfactualTask, tokenizer, model: nn.Module,
+                  run_dir: Path) -> PairDataModule:
+    """The task's splits, set up and filtered with ``model``; refused when too few pairs are
+    left (:func:`~das_train.training.preflight.check_pairs_left`); recorded by rank 0."""
+    datamodule = PairDataModule(
+        task, tokenizer, n_train=cfg.task.n_train, n_val=cfg.task.n_val, n_test=cfg.task.n_test,
+        batch_size=cfg.trainer.batch_size, seed=cfg.seed, cache_dir=str(Path(cfg.cache_dir) / "pairs"),
+        filter_pairs=cfg.task.filter_pairs, shuffle=cfg.trainer.shuffle,
+    )
+    datamodule.prepare_data()
+    datamodule.setup()
+    dropped = datamodule.filter_with(model)
+    kept = {split: len(ds) for split, ds in datamodule.datasets.items()}
+    print(f"pairs kept {kept}, dropped by the frozen-model filter {dropped}", flush=True)
+    preflight.check_pairs_left(cfg, kept, dropped)
+    if is_global_zero():
+        reports.atomic_write_text(run_dir / "run_info.json", json.dumps({
+            "das_train_version": __version__,
+            "config_fingerprint": run_dir_state.config_fingerprint(cfg),
+            "dataset": {"task": task.name, "seed": cfg.seed, "fingerprint": datamodule.fingerprint(),
+                        "kept": kept, "dropped": dropped},
+        }, indent=2))
+    return datamodule
+
+
+__all__ = ["prepare_pairs"]

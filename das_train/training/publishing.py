@@ -1,0 +1,29 @@
+"""Uploading a finished sweep to the Hugging Face Hub when ``publish.repo_id`` asks for it.
+
+The upload itself is :func:`das_train.hub.publish_run`, looked up on the module at call time
+(so tests can replace it); this module only decides whether and from which process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from das_train import hub
+from das_train.training.ranks import is_global_zero
+
+
+def publish(cfg: DictConfig, run_dir: Path) -> None:
+    """Uploads the finished sweep when ``publish.repo_id`` is set (token from HF_TOKEN).
+
+    A failed upload raises with the reason and where the local files are; the results are on
+    disk already, so nothing is lost.
+    """
+    if not cfg.publish.repo_id or not is_global_zero():
+        return
+    url = hub.publish_run(run_dir, cfg.publish.repo_id, private=cfg.publish.private)
+    print(f"published {run_dir} to {url}", flush=True)
+
+
+__all__ = ["publish"]

@@ -1,0 +1,150 @@
+"""The DAS sweep job: every (site, seed) of the config trained, tested and probed, one row each.
+
+For every site of the sweep ((layer, position), plus the embedding row) and every seed it
+trains one intervention, measures IIA on held-out pairs, reads the probe and control fitted at
+the same site, and appends a row to ``results.csv`` (this shard's rows file when sharded).
+Jobs are fitted in groups (:func:`~das_train.training.sweep.group_fit.fit_group`): by default
+the jobs of one layer train together on cached activations, with the results one job at a time
+gives. Re-running the same run directory skips finished rows and resumes a cut-off fit from
+its last checkpoint. The last shard to finish writes the table and the heatmaps.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from das_train.core.fault_points import fault_point
+from das_train.training import preflight, reports
+from das_train.training import run_dir as run_dir_state
+from das_train.training.model_loading import build_model, number_of_layers
+from das_train.training.outputs import results_path, write_outputs
+from das_train.training.pair_data import prepare_pairs
+from das_train.training.publishing import publish
+from das_train.training.ranks import is_global_zero
+from das_train.training.schema import ConfigError
+from das_train.training.sweep.cached_pairs import SplitReader
+from das_train.training.sweep.group_fit import Sweep, fit_group
+from das_train.training.sweep.groups import Job, fits_of, group_jobs
+from das_train.training.sweep.pass_memory import one_site_costs
+from das_train.training.sweep.probes import sweep_probes
+from das_train.training.sweep.shared_prefix import untrained_positions
+from das_train.training.sweep.sites import SweepSite, build_sites
+from das_train.training.task_loading import load_task
+
+log = logging.getLogger("das_train")
+
+
+def run_das_sweep(cfg: DictConfig, run_dir: Path) -> Path:
+    """Runs (or resumes) this shard's jobs of the sweep, then, once every shard's rows are in,
+    writes the table and heatmaps and publishes; with ``sweep.merge`` only the last part."""
+    fingerprint = run_dir_state.config_fingerprint(cfg)
+    if cfg.sweep.merge:
+        return merge_shards(cfg, run_dir, fingerprint)
+    lightning.seed_everything(cfg.seed, verbose=False)
+    task = load_task(cfg.task.name)
+    model, tokenizer = build_model(cfg, task)
+    if cfg.model.kind == "hub":
+        preflight.check_loaded_model(cfg, model, preflight.task_spec(task, tokenizer))
+    datamodule = prepare_pairs(cfg, task, tokenizer, model, run_dir)
+    spec = datamodule.spec()
+    sites = build_sites(cfg, spec, number_of_layers(model))
+    every_job = [(s, seed) for s in sites for seed in cfg.sweep.seeds]
+    # Every (site, seed) in a fixed order; shard i of n takes every n-th one from i.
+    jobs = every_job[cfg.sweep.shard :: cfg.sweep.num_shards]
+    if is_global_zero():
+        run_dir_state.write_plan(run_dir, fingerprint, every_job)
+    rows, done = run_dir_state.resume_rows(run_dir, results_path(run_dir, cfg), fingerprint)
+    todo = [(s, seed) for s, seed in jobs if (s.layer, s.component, s.position, seed) not in done]
+    if done:
+        print(f"resuming: {len(done)} finished site runs found in {run_dir}, {len(todo)} to go", flush=True)
+    sweep = start_sweep(cfg, model, datamodule, run_dir, jobs, todo, sites)
+    fault_point("probes")
+    fit_jobs(sweep, todo, rows, fingerprint)
+    if not is_global_zero():
+        return run_dir
+    return finish(cfg, run_dir, fingerprint, every_job, spec.variable)
+
+
+def start_sweep(cfg: DictConfig, model, datamodule, run_dir: Path, jobs: Sequence[Job], todo: Sequence[Job],
+                sites: Sequence[SweepSite]) -> Sweep:
+    """What the fits of ``todo`` share; ``jobs`` (this shard's, finished ones included) set the
+    one-site step costs, so a resumed run chooses its sites per pass as the first did."""
+    spec = datamodule.spec()
+    lm = spec.is_language_model_task
+    costs = one_site_costs(cfg, model, datamodule, spec, jobs) if todo else None
+    splits = SplitReader(datamodule, lm)
+    untrained = (untrained_positions(cfg, model, (splits.columns(s) for s in ("train", "test")), lm,
+                                     [site.position for site in sites]) if todo else {})
+    probes = sweep_probes(cfg, model, spec, todo, splits)
+    return Sweep(cfg, model, datamodule, spec, run_dir, splits, probes, costs, untrained)
+
+
+def fit_jobs(sweep: Sweep, todo: Sequence[Job], rows: list[dict[str, Any]], fingerprint: str) -> None:
+    """Fits ``todo`` a layer group at a time, appending each group's rows to ``rows`` and
+    writing them all (rank 0) before the next group starts."""
+    cfg = sweep.cfg
+    path = results_path(sweep.run_dir, cfg)
+    bar = tqdm(total=len(todo), desc="sweep", unit="site", disable=not cfg.progress or not is_global_zero())
+    for group in group_jobs(todo):
+        site = group[0][0]
+        fits, reason = fits_of(cfg, sweep.model, group)
+        if reason is not None and cfg.sweep.batched:
+            log.info("%s-L%d one site at a time: %s", site.component, site.layer, reason)
+        new_rows = []
+        for jobs in fits:
+            if reason is None:
+                seeds = sorted({seed for _, seed in jobs})
+                bar.set_postfix_str(f"{site.component}-L{site.layer}: {len(jobs)} sites in one fit, seeds {seeds}")
+            else:
+                bar.set_postfix_str(f"{jobs[0][0].key} seed {jobs[0][1]}")
+            new_rows += fit_group(sweep, jobs, batched=reason is None)
+        for row in new_rows:
+            row["config_fingerprint"] = fingerprint
+        rows += new_rows
+        if is_global_zero():
+            reports.write_rows(path, rows)
+        fault_point("between_groups")
+        for row in new_rows:
+            log.info("%s-L%d-%s seed %d: IIA %.3f, probe %.3f (control %.3f)", row["component"], row["layer"],
+                     row["position_name"], row["seed"], row["iia"], row["probe_accuracy"], row["control_accuracy"])
+        bar.update(len(group))
+    bar.close()
+
+
+def finish(cfg: DictConfig, run_dir: Path, fingerprint: str, every_job: Sequence[Job], variable: str) -> Path:
+    """The table, heatmaps and upload once every job's row is in the run directory; until
+    then, a line saying which shards are still running."""
+    everything = run_dir_state.finished_rows(run_dir, fingerprint)
+    finished = {run_dir_state.site_key(r) for r in everything}
+    missing = [(s, seed) for s, seed in every_job if (s.layer, s.component, s.position, seed) not in finished]
+    if missing:
+        print(f"shard {cfg.sweep.shard} of {cfg.sweep.num_shards} is done; {len(missing)} site runs belong to "
+              "shards still running. The last shard to finish writes the table, or run again with "
+              "sweep.merge=true.", flush=True)
+        return run_dir
+    write_outputs(cfg, run_dir, everything, variable)
+    publish(cfg, run_dir)
+    return run_dir
+
+
+def merge_shards(cfg: DictConfig, run_dir: Path, fingerprint: str) -> Path:
+    """``sweep.merge=true``: the table and heatmaps of the shards' rows already in ``run_dir``."""
+    rows = run_dir_state.finished_rows(run_dir, fingerprint)
+    if not rows:
+        raise ConfigError([f"sweep.merge=true but {run_dir} holds no results.csv or results.shard-*.csv"])
+    problems = run_dir_state.merge_problems(run_dir, fingerprint, rows)
+    if problems:
+        raise ConfigError(problems)
+    write_outputs(cfg, run_dir, rows, cfg.task.name)
+    publish(cfg, run_dir)
+    return run_dir
+
+
+__all__ = ["finish", "fit_jobs", "merge_shards", "run_das_sweep", "start_sweep"]
