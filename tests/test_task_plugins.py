@@ -1,14 +1,13 @@
-"""tasks/ holds task plugins only, and the data side stays below training.
+"""tasks/ holds task plugins only, and the one tiny-LM trainer keeps its callers' promises.
 
 Task plugins are found by file name, so a framework module left in tasks/ would show up as a
-"task" (or hide one); and a plugin or a data module that imports training would close a
-cycle, since training loads the plugins. The one tiny-LM trainer is checked here for the two
-promises both of its callers rely on.
+"task" (or hide one). What plugins and the data side may import is checked with every other
+layer in tests/test_layering.py. The one tiny-LM trainer is checked here for the two promises
+both of its callers rely on.
 """
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
@@ -34,32 +33,6 @@ def test_available_tasks_are_the_plugins_and_tasks_holds_nothing_else():
 def test_a_framework_module_is_no_task():
     with pytest.raises(ConfigError, match=r"task.name='pair_contract': no module tasks/pair_contract.py; available: \['capitals'"):
         load_task("pair_contract")
-
-
-def _das_train_imports(path: Path) -> list[tuple[str, bool]]:
-    """(module, inside a function) of every ``das_train`` import in ``path``."""
-    tree = ast.parse(path.read_text())
-    nested = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
-              for n in ast.walk(f) if isinstance(n, ast.Import | ast.ImportFrom)}
-    found = []
-    for node in ast.walk(tree):
-        names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
-                 else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
-        found += [(name, id(node) in nested) for name in names if name.split(".")[0] == "das_train"]
-    return found
-
-
-@pytest.mark.parametrize("folder, allowed", [
-    ("tasks", ("das_train.data.", "das_train.core.")),
-    ("das_train/data", ("das_train.data.", "das_train.core.")),
-])
-def test_plugins_and_data_import_only_data_and_core_at_the_top(folder, allowed):
-    files = sorted((ROOT / folder).glob("*.py"))
-    assert files
-    for path in files:
-        for module, inside_function in _das_train_imports(path):
-            assert module.startswith(allowed), f"{path.name} imports {module}; allowed: {allowed}"
-            assert not inside_function, f"{path.name} imports {module} inside a function"
 
 
 def _tiny_gpt2() -> GPT2Config:
