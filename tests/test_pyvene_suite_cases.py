@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import GPT2Config, GPT2Model
 
 import das_train as pv
 
@@ -124,3 +125,122 @@ def test_collect_with_a_source_is_refused_as_pyvene_asserts():
     for caught in (AssertionError, ValueError):
         with pytest.raises(caught, match="takes no source"):
             collect(base, torch.arange(6), subspaces=PER_UNIT)
+
+
+# -- pyvene_101 tutorial cells ---------------------------------------------------------------
+
+
+def _tiny_gpt2(attn: str = "eager"):
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_head=4, n_embd=16, vocab_size=50, n_positions=32)
+    return GPT2Model._from_config(config, attn_implementation=attn).eval()
+
+
+def _attention_probs_by_hand(model, ids, layer):
+    """The attention probabilities of ``layer``, recomputed from a plain hook on its input."""
+    seen = {}
+    attn = model.h[layer].attn
+    handle = attn.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.update(x=args[0] if args else kwargs["hidden_states"]),
+        with_kwargs=True,
+    )
+    try:
+        model(ids)
+    finally:
+        handle.remove()
+    q, k, _ = attn.c_attn(seen["x"]).split(16, dim=-1)
+    q, k = (t.view(1, -1, 4, 4).transpose(1, 2) for t in (q, k))
+    scores = q @ k.transpose(-1, -2) / 2.0  # sqrt(head_dim = 4)
+    seq = ids.shape[1]
+    scores = scores.masked_fill(~torch.ones(seq, seq, dtype=torch.bool).tril(), float("-inf"))
+    return scores.softmax(-1)
+
+
+def test_attention_weight_collects_chosen_heads_as_pyvene():
+    """pyvene_101 cell 2: unit_locations index dim 1 of (batch, heads, q, k), the heads."""
+    model = _tiny_gpt2()
+    ids = torch.randint(0, 50, (1, 7))
+    pv_model = pv.IntervenableModel(
+        {"layer": 1, "component": "attention_weight", "intervention_type": pv.CollectIntervention},
+        model=model,
+    )
+    expected = _attention_probs_by_hand(model, ids, 1)
+    every = pv_model(base={"input_ids": ids}, unit_locations={"base": [0, 1, 2, 3]})[0][-1][0]
+    assert every.shape == (1, 4, 7, 7)
+    torch.testing.assert_close(every, expected)
+    chosen = pv_model(base={"input_ids": ids}, unit_locations={"base": [2, 0]})[0][-1][0]
+    torch.testing.assert_close(chosen, expected[:, [2, 0]])
+
+
+def test_attention_weight_refuses_sdpa_and_writes():
+    with pytest.raises(ValueError, match="attn_implementation='eager'"):
+        pv.IntervenableModel(
+            {
+                "layer": 1,
+                "component": "attention_weight",
+                "intervention_type": pv.CollectIntervention,
+            },
+            model=_tiny_gpt2("sdpa"),
+        )
+    with pytest.raises(ValueError, match="can only be collected"):
+        pv.IntervenableModel(
+            {
+                "layer": 1,
+                "component": "attention_weight",
+                "intervention_type": pv.VanillaIntervention,
+            },
+            model=_tiny_gpt2(),
+        )
+
+
+def test_module_never_called_raises_instead_of_collecting_nothing():
+    """pyvene_101 cells 3 and 50: transformers 5 applies GPT-2's attention dropout as a function,
+    so a hook on ``attn.attn_dropout`` never runs; an empty result would be a silent skip."""
+    pv_model = pv.IntervenableModel(
+        {"component": "h[1].attn.attn_dropout.input", "intervention": pv.CollectIntervention()},
+        model=_tiny_gpt2(),
+    )
+    with pytest.raises(RuntimeError, match="never called.*attn_dropout"):
+        pv_model(base={"input_ids": torch.randint(0, 50, (1, 7))}, unit_locations={"base": [0, 1]})
+
+
+class _GhostLoRA(pv.ConstantSourceIntervention):
+    """pyvene_101 cell 52's adaptor: adds a rank-1 map of the module's input."""
+
+    def __init__(self, **kwargs):
+        super().__init__(keep_last_dim=True)
+        self.W_A = torch.rand(16, 1)
+        self.W_B = torch.rand(1, 16)
+
+    def forward(self, base, source=None, subspaces=None, **kwargs):
+        return base + kwargs["args"] @ self.W_A @ self.W_B
+
+
+def test_as_adaptor_hands_the_module_input():
+    model = _tiny_gpt2()
+    ids = torch.randint(0, 50, (2, 7))
+    ghost = _GhostLoRA()
+    pv_model = pv.IntervenableModel(
+        {"component": "h[1].attn.c_proj.output", "intervention": ghost},
+        model=model,
+        as_adaptor=True,
+    )
+    out = pv_model(base={"input_ids": ids}, unit_locations=None)[1].last_hidden_state
+    handle = model.h[1].attn.c_proj.register_forward_hook(
+        lambda mod, args, o: o + args[0] @ ghost.W_A @ ghost.W_B
+    )
+    try:
+        expected = model(ids).last_hidden_state
+    finally:
+        handle.remove()
+    torch.testing.assert_close(out, expected)
+    assert not torch.allclose(out, model(ids).last_hidden_state)
+
+
+def test_as_adaptor_refuses_an_intervention_without_args():
+    with pytest.raises(ValueError, match="VanillaIntervention.forward accepts neither 'args'"):
+        pv.IntervenableModel(
+            {"layer": 0, "component": "block_output", "intervention_type": pv.VanillaIntervention},
+            model=_tiny_gpt2(),
+            as_adaptor=True,
+        )

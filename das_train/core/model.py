@@ -62,17 +62,23 @@ class IntervenableModel(PyveneTrainingMethods, nn.Module):
             gather, so there is nothing to speed up and no shortcut that could go wrong. It is
             kept (``self.use_fast``) and handed to interventions built from the config, as
             pyvene does; there, as in pyvene, it keeps only the first ``subspaces`` list.
+        as_adaptor: pyvene's switch to hand every intervention the hooked module's input too,
+            as the keyword ``args`` (its units at the same locations), so an intervention can
+            act as an adaptor (``base + f(args)``, a LoRA written by hand). Each intervention's
+            ``forward`` must accept ``args`` (or ``**kwargs``); this is checked here.
     """
 
-    def __init__(self, config: Any, model: nn.Module, use_fast: bool = False) -> None:
+    def __init__(self, config: Any, model: nn.Module, use_fast: bool = False,
+                 as_adaptor: bool = False) -> None:
         super().__init__()
         self.config: IntervenableConfig = as_config(config)
         self.mode = self.config.mode
         self.use_fast = bool(use_fast)
+        self.as_adaptor = bool(as_adaptor)
         # pyvene's place for the InterventionOutput objects (autoencoder latents) of the last call
         self.full_intervention_outputs: list[InterventionOutput] = []
         object.__setattr__(self, "model", model)  # not a submodule: keeps state_dict small
-        self.wiring = build_wiring(self.config, model, self.use_fast)
+        self.wiring = build_wiring(self.config, model, self.use_fast, self.as_adaptor)
         self.interventions = InterventionDict()
         for entry in self.wiring.entries:
             self.interventions[entry.key] = entry.intervention

@@ -19,6 +19,7 @@ import torch
 from das_train.core import hooks as H
 from das_train.core.locations import Location
 from das_train.core.planning import Plan, tensors_of
+from das_train.core.sites import EAGER_HINT, Site
 from das_train.core.wiring import Entry
 from das_train.interventions.base import Intervention
 from das_train.interventions.calling import InterventionOutput, call_intervention
@@ -68,7 +69,8 @@ def make_applier(i: int, entry: Entry, subspaces: Any, collected: dict[int, torc
             return result.output
         return result
 
-    def apply(base_units, source):
+    def apply(base_units, source, extra=None):
+        extra = extra or {}
         if isinstance(intervention, CollectIntervention):
             collected[i] = intervention.collect(base_units, subspaces)
             return None
@@ -78,9 +80,10 @@ def make_applier(i: int, entry: Entry, subspaces: Any, collected: dict[int, torc
             # and the result comes back, so one intervention serves any layer's device.
             home = base_units.device
             moved = None if not torch.is_tensor(source) else source.to(weight.device)
-            new = call_intervention(intervention, base_units.to(weight.device), moved, subspaces)
+            extra = {k: v.to(weight.device) for k, v in extra.items()}
+            new = call_intervention(intervention, base_units.to(weight.device), moved, subspaces, **extra)
             return unwrap(new).to(home)
-        new = unwrap(call_intervention(intervention, base_units, source, subspaces))
+        new = unwrap(call_intervention(intervention, base_units, source, subspaces, **extra))
         if new.shape != base_units.shape:
             raise ValueError(
                 f"{entry.key}: {type(intervention).__name__} returned shape {tuple(new.shape)} for "
@@ -99,6 +102,20 @@ def _constant_source(constant: torch.Tensor, base_units: torch.Tensor) -> torch.
     return c
 
 
+def _output_item_units(key: str, site: Site, loc: Location | None, output: Any) -> torch.Tensor:
+    """The selected units of a read-only output item such as attention probabilities
+    ``(batch, heads, query, key)``: the locations pick along dim 1, as pyvene's gather does,
+    and the trailing dims are kept."""
+    item = site.output_item
+    x = output[item] if isinstance(output, (tuple, list)) and len(output) > item else None
+    if not torch.is_tensor(x):
+        raise RuntimeError(f"{key}: {site.description} returned no tensor as output item {item}; {EAGER_HINT}")
+    x3 = x.flatten(2)
+    H.check_location_in_range(loc, x3, site, f"{key} base")
+    units = H.UnitIndex(site, loc, x3).gather(x3)
+    return units.view(*units.shape[:2], *x.shape[2:])
+
+
 def make_setter(i: int, entry: Entry, plan: Plan, loc: Location | None, src_loc: Location | None,
                 store: dict[int, Any], collected: dict[int, torch.Tensor]) -> Hook:
     """A hook that applies intervention ``i`` at ``loc`` of the module it is registered on,
@@ -112,18 +129,24 @@ def make_setter(i: int, entry: Entry, plan: Plan, loc: Location | None, src_loc:
     apply = make_applier(i, entry, plan.subspaces[i], collected, plan.intervention_outputs)
     time_step = _time_step_setter(i, entry, loc, src_loc, store, constant, uses_run, apply)
 
+    def input_units(module_input: torch.Tensor) -> torch.Tensor:
+        # The module's input may be wider or narrower than its output (LoRA on an MLP).
+        inputs3 = H.as_3d(module_input)
+        return H.UnitIndex(input_site, loc, inputs3).gather(inputs3)
+
     def source_for(base_units: torch.Tensor, module_input: torch.Tensor | None) -> Any:
         if module_input_kind:
-            # The module's input may be wider or narrower than its output (LoRA on an MLP).
-            inputs3 = H.as_3d(module_input)
-            return H.UnitIndex(input_site, loc, inputs3).gather(inputs3)
+            return input_units(module_input)
         if constant is not None and not uses_run:
             return _constant_source(constant, base_units)
         return store[i] if uses_run else None
 
     def hook(module, args, kwargs, output):
+        if site.output_item:  # read-only: the wiring allows only collecting here
+            apply(_output_item_units(entry.key, site, loc, output), None)
+            return None
         x = H.read_hooked(args, kwargs, output)
-        module_input = H.read_hooked(args, kwargs, None) if module_input_kind else None
+        module_input = H.read_hooked(args, kwargs, None) if module_input_kind or entry.adaptor else None
         if site.unit == "t":
             return time_step(x, module_input, args, kwargs, output)
         protected = plan.protected
@@ -134,7 +157,7 @@ def make_setter(i: int, entry: Entry, plan: Plan, loc: Location | None, src_loc:
         index = H.UnitIndex(site, loc, x3)
         base_units = index.gather(x3)
         source = source_for(base_units, module_input)
-        new = apply(base_units, source)
+        new = apply(base_units, source, {"args": input_units(module_input)} if entry.adaptor else None)
         if new is None:
             return None
         if index.whole and torch.is_tensor(source) and (

@@ -30,6 +30,28 @@ def call_model(model: nn.Module, inputs: Any, extra: dict[str, Any]) -> Any:
     return model(inputs, **extra)
 
 
+def _recording(fired: set[int], i: int, hook: Any) -> Any:
+    def recorded(module, args, kwargs, output):
+        fired.add(i)
+        return hook(module, args, kwargs, output)
+
+    return recorded
+
+
+def check_all_fired(wiring: Wiring, expected: list[int], fired: set[int]) -> None:
+    """Raises when a hooked module was never called during a completed forward: its
+    intervention would otherwise be skipped in silence (e.g. ``attn.attn_dropout``, which
+    transformers 5 applies as a function, never calling the module)."""
+    missing = [wiring.entries[i] for i in expected if i not in fired]
+    if missing:
+        sites = "; ".join(f"{e.key} at {e.site.description or type(e.site.module).__name__}" for e in missing)
+        raise RuntimeError(
+            f"the hooked module was never called during the forward, so nothing was collected or "
+            f"patched there: {sites}. Choose a module the forward calls (a component name such as "
+            f"'attention_weight' for attention probabilities)"
+        )
+
+
 def run_hooks(wiring: Wiring, inputs: Any, setters: list[int], getters: list[int], plan: Plan,
               store_in: dict[int, Any], collected: dict[int, torch.Tensor],
               extra: dict[str, Any]) -> tuple[Any, dict[int, Any]]:
@@ -42,18 +64,22 @@ def run_hooks(wiring: Wiring, inputs: Any, setters: list[int], getters: list[int
     store_out: dict[int, Any] = {}
     stoppable = not setters and all(entries[i].site.unit != "t" for i in getters)
     pending = set(getters) if getters and stoppable else None
+    fired: set[int] = set()
     with H.HookSet() as hooks:
         for i in setters:
             site = entries[i].site
-            hooks.add(site.module, site.hook, make_setter(
-                i, entries[i], plan, plan.base_locs[i], plan.src_locs[i], store_in, collected))
+            hooks.add(site.module, site.hook, _recording(fired, i, make_setter(
+                i, entries[i], plan, plan.base_locs[i], plan.src_locs[i], store_in, collected)))
         for i in getters:
             site = entries[i].site
-            hooks.add(site.module, site.hook, make_getter(i, entries[i], plan.src_locs[i], store_out, pending))
+            hooks.add(site.module, site.hook,
+                      _recording(fired, i, make_getter(i, entries[i], plan.src_locs[i], store_out, pending)))
         try:
-            return call_model(wiring.model, inputs, extra), store_out
+            outputs = call_model(wiring.model, inputs, extra)
         except H.StopForward:
             return None, store_out
+    check_all_fired(wiring, setters + getters, fired)
+    return outputs, store_out
 
 
 def gather_sources(wiring: Wiring, mode: str, plan: Plan, collected: dict[int, torch.Tensor],

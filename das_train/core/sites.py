@@ -30,6 +30,7 @@ __all__ = [
     "RECURRENT_COMPONENTS",
     "TABLES",
     "ArchitectureTable",
+    "EAGER_HINT",
     "ComponentSpec",
     "Site",
     "get_submodule",
@@ -190,7 +191,15 @@ class Site:
     description: str = ""
     input_width: int | None = None
     """Width of the module's input, for interventions that read it (LoRA, skip)."""
+    output_item: int = 0
+    """Item of the module's tuple output hooked (1: attention probabilities, read-only)."""
 
+
+EAGER_HINT = (
+    "attention probabilities are returned under eager attention only (sdpa and flash "
+    "attention never form them): load the model with attn_implementation='eager' or call "
+    "model.set_attn_implementation('eager')"
+)
 
 _PATH_TOKEN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]|(\d+)")
 
@@ -296,7 +305,7 @@ def resolve_site(model: nn.Module, layer: int, component: str, unit: str) -> Sit
     path = spec.path.format(layer=layer)
     module = get_submodule(_base_model(model, path), path)
     width = spec.layer_width(config, layer) if spec.layer_width else spec.width(config)
-    if width is None:  # a pyvene-form entry with no dimension: read it off the module
+    if width is None and not spec.output_item:  # a pyvene-form entry with no dimension
         width = _infer_width(module, spec.hook)
     n_heads = spec.heads(config) if spec.heads is not None else None
     columns = None
@@ -315,4 +324,5 @@ def resolve_site(model: nn.Module, layer: int, component: str, unit: str) -> Sit
         recurrent=table.recurrent,
         description=f"{table.name}:{path}:{spec.hook}",
         input_width=width if spec.hook == "input" else _infer_width(module, "input"),
+        output_item=spec.output_item,
     )

@@ -40,6 +40,10 @@ class ComponentSpec:
     """``("contiguous" | "interleaved", 0|1|2)`` when the hooked tensor is a fused q/k/v."""
     layer_width: Callable[[Any, int], int] | None = None
     """Width that depends on the layer (an MLP's first layer reads the raw input)."""
+    output_item: int = 0
+    """Which item of the module's tuple output the component is. Item 1 of an attention
+    module is its attention probabilities ``(batch, heads, query, key)``: returned, not used
+    further, so such a component can be collected but not patched."""
 
 
 @dataclass(frozen=True)
@@ -133,11 +137,19 @@ def _kv_width(c: Any) -> int:
     return _n_kv_heads(c) * _head_dim(c)
 
 
+# pyvene's GPT-2 ``attention_weight`` hooks the input of ``attn.attn_dropout``; transformers 5
+# applies that dropout functionally, so the module is never called. The same probabilities are
+# the attention module's second output under eager attention; as in pyvene, the units index
+# dim 1 of ``(batch, heads, query, key)``, the heads. No width: the key length is the call's
+# (pyvene's n_positions is only its upper bound, and a collect sized to it would refuse).
+_ATTENTION_WEIGHT = ComponentSpec("h.{layer}.attn", "output", lambda c: None, output_item=1)
+
 GPT2 = ArchitectureTable(
     "gpt2",
     ("gpt2",),
     lambda c: int(c.n_layer),
     {
+        "attention_weight": _ATTENTION_WEIGHT,
         **_block_and_mlp("h.{layer}", "h.{layer}.mlp", "h.{layer}.mlp.act", _inner),
         **_attention_components(
             "h.{layer}.attn",

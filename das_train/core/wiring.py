@@ -7,6 +7,7 @@ naming the representation, before anything runs.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -14,6 +15,7 @@ from torch import nn
 
 from das_train.core.config import IntervenableConfig, RepresentationConfig
 from das_train.core.sites import (
+    EAGER_HINT,
     HEAD_COMPONENTS,
     Site,
     is_module_path,
@@ -21,6 +23,7 @@ from das_train.core.sites import (
 )
 from das_train.interventions.base import Intervention, LambdaIntervention, build_intervention
 from das_train.interventions.calling import may_concatenate
+from das_train.interventions.static import CollectIntervention
 
 UNITS = ("pos", "h", "h.pos", "t")
 
@@ -63,6 +66,8 @@ class Entry:
     site: Site
     intervention: Intervention
     group: int  # index of its source group
+    adaptor: bool = False
+    """Also hand the intervention the module's input, as keyword ``args`` (pyvene's as_adaptor)."""
 
 
 @dataclass
@@ -74,10 +79,11 @@ class Wiring:
     n_groups: int
 
 
-def build_wiring(config: IntervenableConfig, model: nn.Module, use_fast: bool = False) -> Wiring:
+def build_wiring(config: IntervenableConfig, model: nn.Module, use_fast: bool = False,
+                 as_adaptor: bool = False) -> Wiring:
     """Resolves every representation of ``config`` on ``model``; raises ``ValueError`` listing
     every problem found. ``use_fast`` is handed to interventions built from the config, as
-    pyvene hands it."""
+    pyvene hands it; ``as_adaptor`` marks every entry to receive the module's input."""
     errors: list[str] = []
     seen: dict[str, int] = {}
     linked: dict[Any, Intervention] = {}
@@ -97,12 +103,17 @@ def build_wiring(config: IntervenableConfig, model: nn.Module, use_fast: bool = 
         intervention = _make_intervention(config, i, rep, site, errors, use_fast)
         if intervention is None:
             continue
+        problem = _read_only_problem(model, rep, site, intervention) or (
+            _adaptor_problem(intervention) if as_adaptor else None)
+        if problem:
+            errors.append(f"representations[{i}] ({key}): {problem}")
+            continue
         if rep.intervention_link_key is not None:
             intervention = linked.setdefault(rep.intervention_link_key, intervention)
         group = rep.group_key if any_group else i
         if group not in group_ids:
             group_ids.append(group)
-        entries.append(Entry(key, rep, site, intervention, group_ids.index(group)))
+        entries.append(Entry(key, rep, site, intervention, group_ids.index(group), as_adaptor))
     if any_group and group_ids != sorted(group_ids, key=lambda g: (g is None, g)):
         errors.append(f"group keys must appear in ascending order, got {group_ids}")
     if errors:
@@ -131,6 +142,36 @@ def resolve_representation_site(model: nn.Module, rep: RepresentationConfig) -> 
     if site.recurrent and unit != "t":
         raise ValueError(f"component {rep.component!r} is indexed by time: unit must be 't'")
     return site
+
+
+def _read_only_problem(model: nn.Module, rep: RepresentationConfig, site: Site,
+                       intervention: Intervention) -> str | None:
+    """Why a read-only site (an attention module's probabilities) cannot take this
+    intervention, or ``None``. The probabilities are returned, not used further, so writing
+    them would change nothing: only collecting means something."""
+    if not site.output_item:
+        return None
+    if not isinstance(intervention, CollectIntervention):
+        return (f"component {rep.component!r} is the attention probabilities the module returns "
+                f"and can only be collected (CollectIntervention), not patched with "
+                f"{type(intervention).__name__}")
+    if rep.unit != "pos":
+        return f"component {rep.component!r} takes unit 'pos' (it picks heads, as in pyvene), not {rep.unit!r}"
+    implementation = getattr(getattr(model, "config", None), "_attn_implementation", "eager")
+    if implementation not in (None, "eager"):
+        return f"component {rep.component!r} under {implementation!r} attention: {EAGER_HINT}"
+    return None
+
+
+def _adaptor_problem(intervention: Intervention) -> str | None:
+    """Why ``intervention`` cannot take the module's input as keyword ``args``, or ``None``."""
+    if isinstance(intervention, CollectIntervention):
+        return None  # collects what it sees; the input is not needed
+    params = inspect.signature(intervention.forward).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD or p.name == "args" for p in params):
+        return None
+    return (f"as_adaptor=True hands each intervention the module's input as keyword 'args', but "
+            f"{type(intervention).__name__}.forward accepts neither 'args' nor **kwargs")
 
 
 def _instantiate(config: IntervenableConfig, index: int, rep: RepresentationConfig, site: Site,

@@ -115,15 +115,17 @@ def call_intervention(
     base: torch.Tensor,
     source: torch.Tensor | None,
     subspaces: Subspaces,
+    **extra: Any,
 ) -> torch.Tensor | InterventionOutput:
-    """``intervention(base, source, subspaces)``, with the units concatenated where pyvene
-    concatenates them; the result has ``base``'s shape (or is an :class:`InterventionOutput`
-    whose ``output`` has it)."""
+    """``intervention(base, source, subspaces, **extra)``, with the units concatenated where
+    pyvene concatenates them; the result has ``base``'s shape (or is an
+    :class:`InterventionOutput` whose ``output`` has it). ``extra`` holds keywords the model
+    was built to hand over (``args``: the module's input units, under ``as_adaptor``)."""
     if not concatenates_units(intervention, base):
-        return intervention(base, source, subspaces)
+        return intervention(base, source, subspaces, **extra)
     if torch.is_tensor(source):
         source = _flatten(source.expand_as(base))
-    result = intervention(_flatten(base), source, subspaces)
+    result = intervention(_flatten(base), source, subspaces, **extra)
     if isinstance(result, InterventionOutput):
         result.output = _unflatten(result.output, base)
         return result
