@@ -168,7 +168,7 @@ def sigterm_inside_a_finalizer() -> None:
 
 
 def _fake_run(action):
-    def run(cfg):
+    def run(cfg, validated=False):
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         action()
 
@@ -181,9 +181,7 @@ def _fake_run(action):
     (sigterm_inside_a_finalizer, 143, "SIGTERM"),
 ])
 def test_an_interrupted_run_says_where_its_results_are(action, status, name, tmp_path, monkeypatch, capsys):
-    from das_train.training import run as run_module
-
-    monkeypatch.setattr(run_module, "run", _fake_run(action))
+    monkeypatch.setattr(cli, "run", _fake_run(action))
     monkeypatch.setattr(sys, "argv", ["das_train"])
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as exit_:
@@ -223,15 +221,13 @@ def test_ctrl_c_during_a_real_run_exits_130_with_one_line(tmp_path):
 def test_processes_started_from_the_command_line_compose_the_same_recipe(tmp_path, monkeypatch):
     """Lightning's DDP launcher reruns ``sys.argv`` as Hydra saw it (no recipe=) in each further
     process; those must compose the parent's recipe, not the default one."""
-    from das_train.training import run as run_module
-
     seen = {}
 
-    def record_what_a_child_would_run(cfg):
+    def record_what_a_child_would_run(cfg, validated=False):
         recipe, overrides, _ = cli.split_arguments(sys.argv[1:])
         seen["recipe"] = cli.check(recipe, overrides).recipe
 
-    monkeypatch.setattr(run_module, "run", record_what_a_child_would_run)
+    monkeypatch.setattr(cli, "run", record_what_a_child_would_run)
     monkeypatch.setattr(sys, "argv", ["das_train"])
     cli.main(["recipe=hierarchical_equality", f"run_dir={tmp_path}/r"])
     assert seen["recipe"] == "hierarchical_equality"
