@@ -21,7 +21,8 @@ from das_train.training.preflight import SWEEP_CHECKS, sweep_problems
 from das_train.training.ranks import is_global_zero
 from das_train.training.run import run
 from das_train.training.run_dir import RunDirLocked
-from das_train.training.schema import ConfigError, schema_keys, validate
+from das_train.training.schema import ConfigError, complete, defaults, schema_keys
+from das_train.training.validation import validate
 
 CONF_DIR = Path(__file__).parent / "conf"
 GROUPS = ("model", "task", "intervention", "trainer", "logger", "sweep")
@@ -29,6 +30,9 @@ DEFAULT_RECIPE = "gender_tiny"
 # Lightning's DDP launcher starts each further process with this command line as Hydra saw it,
 # which has no recipe= (Hydra never sees it); the recipe file reaches them through this variable.
 RECIPE_OF_PARENT = "DAS_TRAIN_RECIPE_OF_PARENT"
+SCHEMA_DEFAULTS = "schema_defaults"
+"""The name under which the schema's defaults are offered to Hydra; ``conf/base.yaml`` composes
+every recipe on top of it, so recipes and groups hold only what differs."""
 
 
 def shipped_recipes_dir() -> Path:
@@ -109,6 +113,14 @@ def override_problems(recipe: str, overrides: list[str]) -> tuple[list[str], lis
     return problems, usable
 
 
+def offer_schema_defaults() -> None:
+    """Stores the schema's defaults (plain data, untyped, so the schema's own check names a
+    wrong value) as Hydra's :data:`SCHEMA_DEFAULTS` config, the base of every recipe."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=SCHEMA_DEFAULTS, node=defaults())
+
+
 def compose(recipe: str, overrides: list[str]):
     """The composed config (for checks and tests), without starting a Hydra run."""
     from hydra import compose as hydra_compose
@@ -116,6 +128,7 @@ def compose(recipe: str, overrides: list[str]):
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
+    offer_schema_defaults()
     path = recipe_file(recipe)
     with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
         return hydra_compose(config_name=path.stem, overrides=overrides)
@@ -167,6 +180,7 @@ def check(recipe: str, overrides: list[str]):
         raise ConfigError(problems + [str(err).strip().replace("\n", " ")]) from None
     data = OmegaConf.to_container(cfg, resolve=True)
     data.pop("hydra", None)
+    data = complete(data)
     problems += validate(data)
     problems += _sweep_problems(data, schema_clean=not problems)
     if problems:
@@ -294,15 +308,18 @@ def report_interrupt(exit_code: int, run_dir: str) -> None:
 
 def run_with_hydra(recipe: str, overrides: list[str], flags: list[str], run_dirs: list[str]) -> None:
     """Starts Hydra on the recipe; each job runs with ``run_dir`` set to its Hydra directory,
-    which is appended to ``run_dirs`` (so an interrupt can name it)."""
+    which is appended to ``run_dirs`` (so an interrupt can name it). :func:`check` has validated
+    the config of a single run; each job of a multirun (checked through its first values only)
+    is validated by ``run``."""
     import hydra
 
+    validated = not any(flag in MULTIRUN_FLAGS for flag in flags)
 
     def entry(cfg) -> None:
         cfg.run_dir = job_run_dir(cfg)
         run_dirs.append(cfg.run_dir)
         try:
-            run(cfg)
+            run(cfg, validated=validated)
         except (ConfigError, RunDirLocked) as err:
             # Found once the run directory or the model is known: refused as the up-front checks are
             # (one message, exit 2), not reported by Hydra as a crash.
@@ -310,6 +327,7 @@ def run_with_hydra(recipe: str, overrides: list[str], flags: list[str], run_dirs
             raise SystemExit(2) from None
 
     sys.argv = [sys.argv[0], *flags, *overrides]
+    offer_schema_defaults()
     path = recipe_file(recipe)
     hydra.main(version_base="1.3", config_path=str(path.parent), config_name=path.stem)(entry)()
 

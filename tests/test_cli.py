@@ -168,7 +168,7 @@ def sigterm_inside_a_finalizer() -> None:
 
 
 def _fake_run(action):
-    def run(cfg):
+    def run(cfg, validated=False):
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         action()
 
@@ -181,7 +181,6 @@ def _fake_run(action):
     (sigterm_inside_a_finalizer, 143, "SIGTERM"),
 ])
 def test_an_interrupted_run_says_where_its_results_are(action, status, name, tmp_path, monkeypatch, capsys):
-
     monkeypatch.setattr(cli, "run", _fake_run(action))
     monkeypatch.setattr(sys, "argv", ["das_train"])
     before = signal.getsignal(signal.SIGTERM)
@@ -222,10 +221,9 @@ def test_ctrl_c_during_a_real_run_exits_130_with_one_line(tmp_path):
 def test_processes_started_from_the_command_line_compose_the_same_recipe(tmp_path, monkeypatch):
     """Lightning's DDP launcher reruns ``sys.argv`` as Hydra saw it (no recipe=) in each further
     process; those must compose the parent's recipe, not the default one."""
-
     seen = {}
 
-    def record_what_a_child_would_run(cfg):
+    def record_what_a_child_would_run(cfg, validated=False):
         recipe, overrides, _ = cli.split_arguments(sys.argv[1:])
         seen["recipe"] = cli.check(recipe, overrides).recipe
 
@@ -234,3 +232,46 @@ def test_processes_started_from_the_command_line_compose_the_same_recipe(tmp_pat
     cli.main(["recipe=hierarchical_equality", f"run_dir={tmp_path}/r"])
     assert seen["recipe"] == "hierarchical_equality"
     assert cli.RECIPE_OF_PARENT not in os.environ
+
+
+# -- validated once --------------------------------------------------------------------------------
+
+
+def _count_checks(monkeypatch) -> dict[str, int]:
+    """Counts the schema's validation and the sweep's preflight wherever they are called from."""
+    from das_train.training import preflight, validation
+    from das_train.training import run as run_module
+
+    counts = {"validate": 0, "preflight": 0}
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            counts[name] += 1
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    validate, sweep_problems = counted("validate", validation.validate), counted("preflight", preflight.sweep_problems)
+    for module in (cli, run_module):
+        monkeypatch.setattr(module, "validate", validate)
+    for module in (cli, preflight):
+        monkeypatch.setattr(module, "sweep_problems", sweep_problems)
+    monkeypatch.setitem(run_module.JOBS, "das_sweep", lambda cfg, run_dir: run_dir)
+    return counts
+
+
+def test_the_command_line_validates_a_run_once(tmp_path, monkeypatch):
+    counts = _count_checks(monkeypatch)
+    monkeypatch.setattr(sys, "argv", ["das_train"])
+    cli.main([f"run_dir={tmp_path}/r", "progress=false", "logger=none"])
+    assert counts == {"validate": 1, "preflight": 1}
+
+
+def test_run_called_from_python_validates_what_it_is_given(tmp_path, monkeypatch):
+    from das_train.training import run as run_module
+
+    counts = _count_checks(monkeypatch)
+    run_module.run({"run_dir": str(tmp_path / "r"), "progress": False, "logger": {"kind": "none"}})
+    assert counts == {"validate": 1, "preflight": 1}
+    with pytest.raises(schema.ConfigError, match="'trainer.batch_size' = 0 must be positive"):
+        run_module.run({"run_dir": str(tmp_path / "r"), "trainer": {"batch_size": 0}})

@@ -134,10 +134,9 @@ def test_bad_steering_config_is_refused_before_any_forward(tmp_path, monkeypatch
         raise AssertionError("the model was trained before the config was checked")
 
     monkeypatch.setattr(das_train.data.stories, "train_story_lm", no_training)
-    cfg = cli.check("steering_tiny", _overrides(tmp_path, "steering.prompts=[]", "steering.word=two words",
-                                                "steering.do_sample=false", "steering.samples=3"))
     with pytest.raises(ConfigError) as err:
-        run_module.run(cfg)
+        cli.check("steering_tiny", _overrides(tmp_path, "steering.prompts=[]", "steering.word=two words",
+                                              "steering.do_sample=false", "steering.samples=3"))
     message = str(err.value)
     assert "'steering.prompts' is empty" in message
     assert "'steering.word' = 'two words' must be one word" in message

@@ -52,6 +52,7 @@ from das_train.training.das_loop import boundary_penalty as total_boundary_penal
 from das_train.training.das_loop import counterfactual_loss
 from das_train.training.finite import check_finite
 from das_train.training.metrics import InterchangeInterventionAccuracy, PairCount
+from das_train.training.schema import InterventionConfig, SweepConfig
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -158,7 +159,8 @@ class DASModule(lightning.LightningModule):
         intervention: registered name of the intervention class.
         low_rank_dimension: size of the interchanged subspace: the rank ``k`` of a low-rank
             rotation, or the number of leading rotated coordinates a full rotation interchanges.
-        lr: Adam's learning rate.
+        lr: Adam's learning rate. Every default here is the run config's (schema.py), so a
+            module built in code trains as a run with no overrides does.
         boundary_penalty: weight of the boundless intervention's boundary sparsity loss.
         iit: also train the model (interchange intervention training).
         is_language_model_task: token-id inputs (True) or ``inputs_embeds`` (False).
@@ -168,13 +170,13 @@ class DASModule(lightning.LightningModule):
         self,
         model: nn.Module,
         layer: int,
-        component: str = "block_output",
+        component: str = SweepConfig.component,
         position: int | None = None,
-        intervention: str = "LowRankRotatedSpaceIntervention",
-        low_rank_dimension: int = 1,
-        lr: float = 1e-3,
-        boundary_penalty: float = 0.0,
-        iit: bool = False,
+        intervention: str = InterventionConfig.type,
+        low_rank_dimension: int = InterventionConfig.low_rank_dimension,
+        lr: float = InterventionConfig.lr,
+        boundary_penalty: float = InterventionConfig.boundary_penalty,
+        iit: bool = InterventionConfig.iit,
         is_language_model_task: bool = True,
     ) -> None:
         super().__init__()

@@ -29,6 +29,7 @@ import das_train as pv
 from das_train.data.pair_contract import BASE_CONTROL, BASE_VARIABLE
 from das_train.training.das_module import model_inputs
 from das_train.training.metrics import CountingAccuracy
+from das_train.training.schema import ProbeConfig
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -119,8 +120,8 @@ class LinearProbes(lightning.LightningModule):
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, n_probes: int, input_dim: int, n_classes: int, lr: float = 1e-2,
-                 weight_decay: float = 0.0) -> None:
+    def __init__(self, n_probes: int, input_dim: int, n_classes: int, lr: float = ProbeConfig.lr,
+                 weight_decay: float = ProbeConfig.weight_decay) -> None:
         super().__init__()
         if n_classes < 2:
             raise ValueError(f"a probe needs n_classes >= 2, got {n_classes}")
@@ -265,10 +266,10 @@ def fit_probes(
     activations: torch.Tensor,
     labels: torch.Tensor,
     n_classes: int,
-    lr: float = 1e-2,
-    weight_decay: float = 0.0,
+    lr: float = ProbeConfig.lr,
+    weight_decay: float = ProbeConfig.weight_decay,
     batch_size: int = 256,
-    max_epochs: int = 30,
+    max_epochs: int = ProbeConfig.max_epochs,
     holdout_fraction: float = 0.2,
     seed: int = 0,
     accelerator: str = "cpu",

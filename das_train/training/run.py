@@ -1,6 +1,7 @@
 """``run(cfg)``: the one entry point of every job, called by the command line and by tests.
 
-It validates the composed config, prepares the run directory (locked against a second
+It completes the composed config with the schema's defaults, validates it (unless the
+command line already has: a config is validated once), prepares the run directory (locked against a second
 writer, cleared of killed writers' temporary files) and hands the job to its module: the DAS
 sweep (:mod:`das_train.training.sweep.das_sweep`), causal tracing
 (:mod:`das_train.training.tracing`) or steering (:mod:`das_train.training.steering`).
@@ -17,35 +18,40 @@ from das_train.training import preflight
 from das_train.training import run_dir as run_dir_state
 from das_train.training.outputs import results_path, setup_output
 from das_train.training.ranks import is_global_zero
-from das_train.training.schema import ConfigError, validate
+from das_train.training.schema import ConfigError, complete
 from das_train.training.steering import run_steering
 from das_train.training.sweep.das_sweep import run_das_sweep
 from das_train.training.tracing import run_tracing
+from das_train.training.validation import validate
 
 JOBS = {"das_sweep": run_das_sweep, "causal_tracing": run_tracing, "steering": run_steering}
 """Each ``job`` value's runner: ``(cfg, run_dir) -> run_dir``."""
 
 
-def as_run_config(cfg: Any) -> DictConfig:
-    """A plain, validated copy of a composed config (Hydra's own settings dropped)."""
+def as_run_config(cfg: Any, validated: bool = False) -> DictConfig:
+    """A plain copy of a composed config (Hydra's own settings dropped), every key the recipe
+    leaves out taken from the schema; checked against the schema unless ``validated``."""
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     data = OmegaConf.to_container(cfg, resolve=True)
     data.pop("hydra", None)
-    problems = validate(data)
+    data = complete(data)
+    problems = [] if validated else validate(data)
     if problems:
         raise ConfigError(problems)
     return OmegaConf.create(data)
 
 
-def run(cfg: Any) -> Path:
+def run(cfg: Any, validated: bool = False) -> Path:
     """Runs the job described by ``cfg`` (a composed recipe); returns the run directory.
 
-    Only while the run directory is :func:`~das_train.training.run_dir.prepared`: locked
-    against a second writer, holding nothing of another config, cleared of killed writers'
-    temporary files.
+    ``validated=True`` says the caller (the command line) has already run the schema's and the
+    sweep's checks on this very config, so they are not run twice; a library caller leaves it
+    false. Runs only while the run directory is :func:`~das_train.training.run_dir.prepared`:
+    locked against a second writer, holding nothing of another config, cleared of killed
+    writers' temporary files.
     """
-    cfg = as_run_config(cfg)
-    if cfg.job == "das_sweep" and not cfg.sweep.merge:
+    cfg = as_run_config(cfg, validated)
+    if cfg.job == "das_sweep" and not cfg.sweep.merge and not validated:
         preflight.check_sweep(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,18 +1,16 @@
-"""The typed shape of a run's config, and the check that reports every problem at once.
+"""The typed shape of a run's config: the one home of every default and constraint.
 
-Recipes and config groups are YAML; these dataclasses say which keys exist, their types and
-allowed values, with a docstring per field. :func:`validate` compares a composed config with
-them and returns every unknown key, wrong type and bad value, so a run fails before any work
-with one message that names them all.
+Recipes and config groups are YAML that hold only what differs from these dataclasses (the
+command line composes them on top of :func:`defaults`). Each field says its type, default,
+allowed values or bounds (through :func:`option`) and, in the docstring under it, what it does;
+:mod:`das_train.training.validation` reads all of that to report every problem at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import math
-import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,26 +20,37 @@ LOGGERS = ("csv", "wandb", "tensorboard", "none")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
 
 
+def option(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None,
+           allowed: tuple[Any, ...] | None = None, positive: bool = False, non_negative: bool = False) -> Any:
+    """A config field whose constraints live beside its default, where a reader of the field
+    sees them: ``allowed`` values, ``positive`` (> 0) or ``non_negative`` (>= 0). Every float
+    is also checked to be finite (a nan reaches training and turns every weight into nan)."""
+    metadata = {"allowed": allowed, "positive": positive, "non_negative": non_negative}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class ModelConfig:
-    kind: str = "tiny"
+    kind: str = option("tiny", allowed=MODEL_KINDS)
     """``tiny`` (a GPT-NeoX trained on the task on the spot), ``hub`` (from the Hub) or ``mlp``."""
     name: str | None = None
     """Hub model id (kind=hub)."""
     revision: str = "main"
     """Hub revision (kind=hub), recorded with the results."""
-    dtype: str = "float32"
+    dtype: str = option("float32", allowed=DTYPES)
     """Weights' dtype: float32, bfloat16 or float16."""
     device_map: str | None = None
     """For a frozen model larger than one device (kind=hub): ``auto`` spreads its layers over
     the visible GPUs (and CPU) with accelerate; the intervention trains on one device in fp32."""
-    n_layer: int = 4
+    n_layer: int = option(4, positive=True)
     """Layers of a model trained on the spot."""
-    hidden: int = 64
+    hidden: int = option(64, positive=True)
     """Width of a model trained on the spot."""
-    heads: int = 4
+    heads: int = option(4, positive=True)
     """Attention heads of a tiny model."""
-    max_steps: int = 3000
+    max_steps: int = option(3000, positive=True)
     """Upper bound on the steps that train a model on the spot (it stops once perfect)."""
 
 
@@ -49,11 +58,11 @@ class ModelConfig:
 class TaskConfig:
     name: str = "gender"
     """A module of ``tasks/`` holding one CounterfactualTask."""
-    n_train: int = 2000
+    n_train: int = option(2000, positive=True)
     """Counterfactual pairs to train interventions on."""
-    n_val: int = 256
+    n_val: int = option(256, positive=True)
     """Pairs for validation during training."""
-    n_test: int = 512
+    n_test: int = option(512, positive=True)
     """Held-out pairs that IIA and probe accuracy are reported on."""
     filter_pairs: bool = True
     """Keep only pairs the frozen model gets right on base and source."""
@@ -63,15 +72,15 @@ class TaskConfig:
 class InterventionConfig:
     type: str = "LowRankRotatedSpaceIntervention"
     """A trainable intervention from das_train's registry."""
-    low_rank_dimension: int = 1
+    low_rank_dimension: int = option(1, positive=True)
     """k of a low-rank rotation; the interchanged size of a full rotation."""
-    lr: float = 0.01
+    lr: float = option(0.01, positive=True)
     """Adam's learning rate."""
-    boundary_penalty: float = 0.0
+    boundary_penalty: float = option(0.0, non_negative=True)
     """Weight of the boundless boundary's sparsity penalty."""
-    temperature_start: float = 50.0
+    temperature_start: float = option(50.0, positive=True)
     """Boundless temperature at step 0."""
-    temperature_end: float = 0.1
+    temperature_end: float = option(0.1, positive=True)
     """Boundless temperature at the last step."""
     iit: bool = False
     """Interchange intervention training: update the model too."""
@@ -81,17 +90,17 @@ class InterventionConfig:
 class TrainerConfig:
     accelerator: str = "auto"
     """Lightning accelerator: cpu, gpu, auto."""
-    devices: int = 1
+    devices: int = option(1, positive=True)
     """Devices per node."""
-    num_nodes: int = 1
+    num_nodes: int = option(1, positive=True)
     """Nodes (SLURM or torchrun)."""
     strategy: str = "auto"
     """Lightning strategy: auto, ddp, fsdp, ..."""
-    precision: str = "32-true"
+    precision: str = option("32-true", allowed=PRECISIONS)
     """Lightning precision."""
-    max_steps: int = 300
+    max_steps: int = option(300, positive=True)
     """Optimizer steps per site."""
-    batch_size: int = 64
+    batch_size: int = option(64, positive=True)
     """Pairs per step and per device."""
     shuffle: bool = True
     """Shuffle training pairs; off, N devices with batch_size/N see one device's batches."""
@@ -99,7 +108,7 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
-    kind: str = "csv"
+    kind: str = option("csv", allowed=LOGGERS)
     """csv, wandb, tensorboard or none."""
     project: str = "das_train"
     """Weights & Biases project."""
@@ -107,13 +116,13 @@ class LoggerConfig:
 
 @dataclass
 class ProbeConfig:
-    max_epochs: int = 40
+    max_epochs: int = option(40, positive=True)
     """Epochs of linear-probe training."""
     lr: float = 0.01
     """The probe's learning rate."""
-    weight_decay: float = 0.0
+    weight_decay: float = option(0.0, non_negative=True)
     """The probe's weight decay."""
-    tables_mib: float = 1024
+    tables_mib: float = option(1024, positive=True)
     """With sweep.batched: most memory the probes' activation tables (one row per distinct
     base input per site) hold at once; beyond it the sites are collected and fitted in waves,
     one more pass over the training inputs each."""
@@ -136,7 +145,7 @@ class SweepConfig:
     shard: int = 0
     """Which share of the sites this job runs (0 .. num_shards-1); e.g. with Hydra's
     ``-m sweep.shard=0,1,2,3 sweep.num_shards=4`` or one SLURM array task each."""
-    num_shards: int = 1
+    num_shards: int = option(1, positive=True)
     """How many jobs share the sweep; each writes results.shard-<i>-of-<n>.csv and
     config.shard-<i>.yaml. Shards of differing result-affecting settings are refused (see
     ``resume``); a site finished by any shard, or by an unsharded run, is counted once."""
@@ -165,13 +174,13 @@ class SweepConfig:
 class TracingConfig:
     components: list[str] = field(default_factory=lambda: ["block_output", "mlp_activation", "attention_output"])
     """Components restored one (layer, position) at a time (Meng et al.'s three streams)."""
-    window: int = 10
+    window: int = option(10, positive=True)
     """Layers restored together around each layer for every component but block_output."""
-    noise_scale: float = 3.0
+    noise_scale: float = option(3.0, positive=True)
     """Noise on the subject's embeddings, in multiples of the embeddings' standard deviation."""
-    samples: int = 10
+    samples: int = option(10, positive=True)
     """Noise samples per fact; the restored probability is their mean."""
-    facts: int = 20
+    facts: int = option(20, positive=True)
     """How many facts are traced (the heatmaps average them)."""
 
 
@@ -183,15 +192,15 @@ class SteeringConfig:
     """Scale of the embedding; a list gives one steered column per coefficient."""
     prompts: list[str] = field(default_factory=lambda: ["Once upon a time there was a"])
     """Prompts to continue, each once plainly and once per coefficient."""
-    max_new_tokens: int = 32
+    max_new_tokens: int = option(32, positive=True)
     """Tokens generated per continuation."""
     do_sample: bool = False
     """Sample (seeded by ``seed`` and the prompt's index) instead of greedy decoding."""
-    temperature: float = 1.0
+    temperature: float = option(1.0, positive=True)
     """Sampling temperature (do_sample only)."""
-    top_k: int = 0
+    top_k: int = option(0, non_negative=True)
     """Sample from the k likeliest tokens only; 0 means from all (do_sample only)."""
-    samples: int = 1
+    samples: int = option(1, positive=True)
     """Continuations per prompt (do_sample only): more give a steadier measured fraction."""
     intervene_on_prompt: bool = False
     """Also add the embedding at every prompt position; false steers the decoding steps only,
@@ -211,7 +220,7 @@ class PublishConfig:
 class RunConfig:
     recipe: str = "gender_tiny"
     """The recipe's name (a YAML file in recipes/)."""
-    job: str = "das_sweep"
+    job: str = option("das_sweep", allowed=("das_sweep", "causal_tracing", "steering"))
     """``das_sweep`` (DAS and probes over sites), ``causal_tracing`` (Meng et al. 2022) or
     ``steering`` (a word's embedding added at every decoding step, the paper's Figure 1)."""
     run_dir: str = "runs/gender_tiny"
@@ -221,7 +230,7 @@ class RunConfig:
     ``sweep.shard`` swept) share run_dir. Running the same command again resumes (see
     ``resume``). One process at a time writes a results file of it: a second one is refused at
     once, naming the holder (shards of one sweep each have their own and run side by side)."""
-    resume: str = "auto"
+    resume: str = option("auto", allowed=("auto", "fresh"))
     """What a run does with a run_dir that holds an earlier run. ``auto``: resume it (finished
     sites are kept, the rest run), but only if every setting that can change a result is the
     same as in the stored config.yaml (or config.shard-<i>.yaml); otherwise the run is refused
@@ -247,114 +256,21 @@ class RunConfig:
     steering: SteeringConfig = field(default_factory=SteeringConfig)
 
 
-ALLOWED_VALUES = {
-    ("job",): ("das_sweep", "causal_tracing", "steering"),
-    ("resume",): ("auto", "fresh"),
-    ("model", "kind"): MODEL_KINDS,
-    ("model", "dtype"): DTYPES,
-    ("logger", "kind"): LOGGERS,
-    ("trainer", "precision"): PRECISIONS,
-}
-POSITIVE = {
-    ("model", "n_layer"), ("model", "hidden"), ("model", "heads"), ("model", "max_steps"),
-    ("task", "n_train"), ("task", "n_val"), ("task", "n_test"), ("intervention", "low_rank_dimension"),
-    ("intervention", "lr"), ("trainer", "devices"), ("trainer", "num_nodes"), ("trainer", "max_steps"),
-    ("trainer", "batch_size"), ("sweep", "probe", "max_epochs"), ("sweep", "probe", "tables_mib"), ("sweep", "num_shards"), ("intervention", "temperature_start"),
-    ("intervention", "temperature_end"), ("tracing", "window"), ("tracing", "samples"), ("tracing", "facts"),
-    ("tracing", "noise_scale"), ("steering", "max_new_tokens"), ("steering", "temperature"), ("steering", "samples"),
-}
-NON_NEGATIVE = {
-    ("intervention", "boundary_penalty"), ("sweep", "probe", "weight_decay"), ("steering", "top_k"),
-}
+def defaults() -> dict[str, Any]:
+    """Every key's default as plain data: the base a recipe is composed on, and what a config
+    given to ``run()`` from Python is completed with."""
+    return dataclasses.asdict(RunConfig())
 
 
-def _floats_in(value: Any) -> list[float]:
-    """The float values of a scalar or a list (a nan or inf reaches training and turns every
-    weight into nan without an error, so these are checked up front)."""
-    items = value if isinstance(value, (list, tuple)) else [value]
-    return [v for v in items if isinstance(v, float)]
-
-
-def _type_ok(value: Any, annotation: Any) -> bool:
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if annotation is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in args)
-    if annotation is type(None):
-        return value is None
-    if origin is list:
-        return isinstance(value, (list, tuple)) and all(_type_ok(v, args[0]) for v in value)
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is str:
-        return isinstance(value, str)
-    return True
-
-
-def _walk(schema: type, data: Any, path: tuple[str, ...], errors: list[str]) -> None:
-    hints = typing.get_type_hints(schema)
-    names = {f.name for f in dataclasses.fields(schema)}
-    if not isinstance(data, dict):
-        errors.append(f"{'.'.join(path) or 'config'}: expected a mapping, got {data!r}")
-        return
-    for key in sorted(set(data) - names - {"hydra", "defaults"}):
-        where = ".".join(path + (key,))
-        errors.append(f"unknown key '{where}'; allowed under '{'.'.join(path) or '<top>'}': {sorted(names)}")
-    for f in dataclasses.fields(schema):
-        if f.name not in data:
-            continue
-        value, annotation = data[f.name], hints[f.name]
-        key_path = path + (f.name,)
-        where = ".".join(key_path)
-        if dataclasses.is_dataclass(annotation):
-            _walk(annotation, value, key_path, errors)
-            continue
-        if not _type_ok(value, annotation):
-            errors.append(f"'{where}' = {value!r} has the wrong type; expected {annotation}")
-            continue
-        if not all(math.isfinite(v) for v in _floats_in(value)):
-            errors.append(f"'{where}' = {value!r} must be finite (no nan or inf)")
-            continue
-        if key_path in NON_NEGATIVE and value < 0:
-            errors.append(f"'{where}' = {value!r} must be zero or more")
-        allowed = ALLOWED_VALUES.get(key_path)
-        if allowed is not None and value not in allowed:
-            errors.append(f"'{where}' = {value!r} is not allowed; allowed: {list(allowed)}")
-        if key_path in POSITIVE and value is not None and value <= 0:
-            errors.append(f"'{where}' = {value!r} must be positive")
-
-
-def validate(data: dict[str, Any]) -> list[str]:
-    """Every problem of a composed config (as a plain dict), unknown keys included."""
-    errors: list[str] = []
-    _walk(RunConfig, data, (), errors)
-    model = data.get("model", {}) if isinstance(data.get("model"), dict) else {}
-    if model.get("kind") == "hub" and not model.get("name"):
-        errors.append("'model.name' is required when model.kind=hub (a Hugging Face Hub id)")
-    sweep = data.get("sweep", {}) if isinstance(data.get("sweep"), dict) else {}
-    per_pass = sweep.get("sites_per_pass", "auto")
-    if isinstance(per_pass, str) and per_pass != "auto" or isinstance(per_pass, int) and per_pass <= 0:
-        errors.append(f"'sweep.sites_per_pass' = {per_pass!r} must be a positive number, auto or null")
-    shard, shards = sweep.get("shard", 0), sweep.get("num_shards", 1)
-    if isinstance(shard, int) and isinstance(shards, int) and not 0 <= shard < max(shards, 1):
-        errors.append(f"'sweep.shard' = {shard} must be in 0..{shards - 1} (sweep.num_shards = {shards})")
-    if model.get("device_map") is not None:
-        if model.get("kind") != "hub":
-            errors.append("'model.device_map' applies to model.kind=hub only")
-        if importlib.util.find_spec("accelerate") is None:
-            errors.append("model.device_map needs the accelerate package: pip install 'das_train[big]'")
-    logger = data.get("logger", {}) if isinstance(data.get("logger"), dict) else {}
-    package = {"wandb": "wandb", "tensorboard": "tensorboard"}.get(logger.get("kind"))
-    if package is not None:
-        if importlib.util.find_spec(package) is None:
-            errors.append(f"logger={logger['kind']} needs the {package} package: pip install 'das_train[{package}]'")
-    return errors
+def complete(data: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``data`` (a composed config as plain data) over ``base`` (the :func:`defaults`): every
+    key it leaves out takes the default; a value that is not a mapping replaces the default
+    whole, so a wrong type stays for the validation to name."""
+    merged = dict(defaults() if base is None else base)
+    for key, value in data.items():
+        below = merged.get(key)
+        merged[key] = complete(value, below) if isinstance(value, dict) and isinstance(below, dict) else value
+    return merged
 
 
 def schema_keys() -> set[str]:

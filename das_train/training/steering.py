@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import io
 import logging
 import re
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 import das_train as pv
@@ -35,7 +34,7 @@ from das_train.core.files import atomic_write_text
 from das_train.data.stories import build_tokenizer, train_story_lm
 from das_train.training.model_loading import build_model, number_of_layers
 from das_train.training.ranks import is_global_zero
-from das_train.training.schema import ConfigError, SteeringConfig
+from das_train.training.schema import ConfigError
 
 log = logging.getLogger("das_train")
 
@@ -56,35 +55,9 @@ class Continuation:
 # -- checks ----------------------------------------------------------------------------------
 
 
-def with_defaults(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with every steering key the recipe leaves out taken from the schema's defaults."""
-    defaults = OmegaConf.create({"steering": dataclasses.asdict(SteeringConfig())})
-    return OmegaConf.merge(defaults, cfg)
-
-
 def coefficients(cfg: DictConfig) -> list[float]:
     value = cfg.steering.coefficient
     return [float(value)] if isinstance(value, (int, float)) else [float(c) for c in value]
-
-
-def config_problems(cfg: DictConfig) -> list[str]:
-    """What is wrong with ``cfg.steering`` that no model is needed to see."""
-    s = cfg.steering
-    problems = []
-    if not s.prompts:
-        problems.append("'steering.prompts' is empty; give at least one prompt to continue")
-    elif any(not str(p).strip() for p in s.prompts):
-        problems.append(f"'steering.prompts' holds an empty prompt: {list(s.prompts)}")
-    if not str(s.word).strip() or len(str(s.word).split()) != 1:
-        problems.append(f"'steering.word' = {s.word!r} must be one word")
-    if not coefficients(cfg):
-        problems.append("'steering.coefficient' is an empty list; give at least one coefficient")
-    if s.samples > 1 and not s.do_sample:
-        problems.append(f"'steering.samples' = {s.samples} needs steering.do_sample=true (greedy decoding gives "
-                        "one continuation per prompt)")
-    if s.top_k < 0:
-        problems.append(f"'steering.top_k' = {s.top_k} must be >= 0 (0: no top-k cut)")
-    return problems
 
 
 def word_token(tokenizer, word: str) -> int:
@@ -272,10 +245,6 @@ def markdown(cfg: DictConfig, prompts: list[str], rows: list[Continuation], coef
 
 def run_steering(cfg: DictConfig, run_dir: Path) -> Path:
     """Plain and steered continuations of ``cfg.steering.prompts``; writes steering.csv/.md."""
-    cfg = with_defaults(cfg)
-    problems = config_problems(cfg)
-    if problems:
-        raise ConfigError(problems)
     s = cfg.steering
     coefs = coefficients(cfg)
     prompts = [str(p) for p in s.prompts]
