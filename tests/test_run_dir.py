@@ -6,6 +6,7 @@ files get the umask's mode."""
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from datasets import Dataset, DatasetDict
+from omegaconf import OmegaConf
 
 import das_train as pv
 from das_train import cli
@@ -25,7 +27,7 @@ from das_train.core import files
 from das_train.data.pair_datamodule import _save_atomically
 from das_train.data.tiny_lm import save_pretrained_atomically
 from das_train.hub import save_pretrained
-from das_train.training import reports
+from das_train.training import reports, schema
 from das_train.training import run as run_module
 from das_train.training import run_dir as run_dir_state
 from das_train.training.schema import ConfigError
@@ -165,6 +167,32 @@ def test_rows_of_another_config_are_never_counted_and_old_files_still_resume(fin
                  if row["config_fingerprint"] != rows[0]["config_fingerprint"]}
     assert len(results(run_dir / "results.csv")) == 4  # the old rows are kept, not counted
     assert {f"{float(r['iia']):.6f}" for r in table} == {f"{float(v):.6f}" for v in boundless}
+
+
+def test_a_run_directory_from_before_configs_held_their_defaults_resumes_without_training(finished, cache, trained):
+    """An older das_train stored the config as its YAML spelled it (keys at their defaults left
+    out) and stamped rows with that config's fingerprint: the same experiment resumes, its rows
+    restamped, instead of being refused or trained again."""
+    run_dir = finished
+    stored = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    defaults = schema.defaults()
+    for section in ("model", "intervention", "sweep"):
+        for key in [k for k, v in stored[section].items() if defaults[section].get(k, object()) == v][:3]:
+            del stored[section][key]
+    old = run_dir_state.written_fingerprint(stored)
+    new = run_dir_state.config_fingerprint(stored)
+    assert old != new and new == run_dir_state.config_fingerprint(config(run_dir, cache))
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(stored)))
+    rows = reports.read_rows(run_dir / "results.csv")
+    reports.write_rows(run_dir / "results.csv", [{**row, "config_fingerprint": old} for row in rows])
+    plan = json.loads((run_dir / "sweep_plan.json").read_text())
+    (run_dir / "sweep_plan.json").write_text(json.dumps({**plan, "config_fingerprint": old}))
+
+    trained.clear()
+    sweep(run_dir, cache)
+    assert trained == []
+    assert {row["config_fingerprint"] for row in results(run_dir / "results.csv")} == {new}
+    assert json.loads((run_dir / "sweep_plan.json").read_text())["config_fingerprint"] == new
 
 
 # -- 2. results.csv integrity ------------------------------------------------------------------------

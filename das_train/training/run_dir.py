@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from das_train.core.files import atomic_write_text, remove_stale_temporaries
 from das_train.core.serialization import CONFIG_NAME, WEIGHTS_NAME
-from das_train.training import reports
+from das_train.training import reports, schema
 from das_train.training.schema import ConfigError
 
 log = logging.getLogger("das_train")
@@ -73,17 +73,34 @@ def _is_neutral(key: str, job: str) -> bool:
     return any(key == name or key.startswith(name + ".") for name in covered) or key.startswith("hydra.")
 
 
-def result_settings(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
-    """The config's settings that can change a result, as ``{dotted.key: value}``."""
-    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+def _settings_as_written(data: dict[str, Any]) -> dict[str, Any]:
     job = data.get("job", "das_sweep")
     return {key: value for key, value in _flat(data).items() if not _is_neutral(key, job)}
 
 
+def result_settings(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    """The config's settings that can change a result, as ``{dotted.key: value}``, with every key
+    the config leaves out at its schema default: a config stored before a key existed, or before
+    configs were completed with the defaults, names the same experiment as one that spells the
+    default out."""
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    return _settings_as_written(schema.complete(data))
+
+
+def _digest(settings: dict[str, Any]) -> str:
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:FINGERPRINT_LENGTH]
+
+
 def config_fingerprint(cfg: DictConfig | dict[str, Any]) -> str:
     """12 hex digits naming the config's result-affecting settings (:func:`result_settings`)."""
-    text = json.dumps(result_settings(cfg), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:FINGERPRINT_LENGTH]
+    return _digest(result_settings(cfg))
+
+
+def written_fingerprint(data: dict[str, Any]) -> str:
+    """The fingerprint a stored config had when rows were stamped from it as written, without the
+    defaults it leaves out (how das_train stamped rows before configs were completed)."""
+    return _digest(_settings_as_written(data))
 
 
 def stored_config_files(run_dir: Path) -> list[Path]:
@@ -119,24 +136,56 @@ def holds_results(run_dir: Path) -> bool:
     return any(any(run_dir.glob(pattern)) for pattern in RESULT_PATTERNS)
 
 
-def check_stored_configs(run_dir: Path, cfg: DictConfig) -> None:
+def check_stored_configs(run_dir: Path, cfg: DictConfig, restamp: bool = False) -> None:
     """Refuses, before any work, a run whose results would differ from those stored in
     ``run_dir``: names every file and setting that differs, and how to go on. A stored config
-    with no results beside it (its run was refused, or stopped before any) protects nothing."""
+    with no results beside it (its run was refused, or stopped before any) protects nothing.
+
+    With ``restamp`` (the writer, holding the lock), the rows and the sweep plan of an equal
+    config stamped with its fingerprint as written (:func:`written_fingerprint`, a run directory
+    from before configs were completed with their defaults) take this config's, so they resume
+    instead of being trained again."""
     if not holds_results(run_dir):
         return
     current = OmegaConf.to_container(cfg, resolve=True)
     problems = []
     for path in stored_config_files(run_dir):
-        changes = config_changes(_load_stored(path), current)
+        stored = _load_stored(path)
+        changes = config_changes(stored, current)
         if changes:
             problems.append(f"{path} was written by a run with other settings (stored -> now): "
                             + "; ".join(changes))
+        elif restamp and written_fingerprint(stored) != config_fingerprint(current):
+            _restamp(run_dir, path, written_fingerprint(stored), config_fingerprint(current))
     if problems:
         problems.append(f"resuming would mix results of two configs in {run_dir}. Give another run_dir=... "
                         "to keep both, or add resume=fresh to move the old contents aside into "
                         f"{run_dir}/previous-<time>/ and start anew")
         raise ConfigError(problems)
+
+
+def _restamp(run_dir: Path, config_file: Path, old: str, new: str) -> None:
+    name = config_file.name
+    if name.startswith("config.shard-"):
+        shard = name.removeprefix("config.shard-").removesuffix(".yaml")
+        files = sorted(run_dir.glob(f"results.shard-{shard}-of-*.csv"))
+    else:
+        files = [run_dir / "results.csv"]
+    for results in (path for path in files if path.is_file()):
+        rows = reports.read_rows(results)
+        stamped = [row for row in rows if row.get("config_fingerprint") == old]
+        for row in stamped:
+            row["config_fingerprint"] = new
+        if stamped:
+            reports.write_rows(results, rows)
+            log.info("%s: %d rows of this config (stamped %s before defaults were filled in) now carry %s",
+                     results, len(stamped), old, new)
+    plan_file = run_dir / PLAN_NAME
+    if plan_file.is_file():
+        plan = json.loads(plan_file.read_text())
+        if plan.get("config_fingerprint") == old:
+            plan["config_fingerprint"] = new
+            atomic_write_text(plan_file, json.dumps(plan, indent=1))
 
 
 def stored_fingerprint(results_file: Path) -> str | None:
@@ -249,7 +298,7 @@ def prepared(cfg: DictConfig, run_dir: Path, results_file: Path, writer: bool) -
         if fresh:
             set_aside(run_dir, lock_path(results_file), keep=[Path(cfg.cache_dir)])
         else:
-            check_stored_configs(run_dir, cfg)
+            check_stored_configs(run_dir, cfg, restamp=True)
         remove_stale_temporaries(run_dir)
         yield
 
