@@ -121,7 +121,10 @@ TUTORIAL_BUDGET = {
     "DAS_Main_Introduction.ipynb": (
         ("n_examples = 100000", "n_examples = 2560"),  # the factual dataset for the MLP
         ("n_examples = 1048576", "n_examples = 2560"),  # ... and the one it trains on
-        ("generate_factual_dataset(10000, input_sampler)", "generate_factual_dataset(640, input_sampler)"),
+        (
+            "generate_factual_dataset(10000, input_sampler)",
+            "generate_factual_dataset(640, input_sampler)",
+        ),
         ("n_examples = 1280000", "n_examples = 2560"),  # DAS training pairs
         # 2560 pairs in batches of 6400 would be one batch; 640 keeps several.
         ("batch_size = 6400", "batch_size = 640"),
