@@ -95,6 +95,8 @@ TUTORIAL_RULES = (
     # No GPU here.
     (r"([\"'])cuda(:\d+)?\1", r"\1cpu\1", "device strings"),
     (r"\.cuda\(\)", ".cpu()", ".cuda() calls"),
+    # transformers 5 removed TrainingArguments' old name for eval_strategy.
+    (r"\bevaluation_strategy=", "eval_strategy=", "TrainingArguments keyword renamed"),
     # scikit-learn only prints DAS_Main_Introduction's accuracy reports. Where it is absent, the
     # cells that print a report fail, not the import cell that also brings CausalModel and the
     # models, which would fail every cell after it.
