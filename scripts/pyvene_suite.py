@@ -45,7 +45,10 @@ TUTORIALS = (
 )
 # Cells passed, per tutorial, pyvene / das_train (``--only NAME``; "-" where not run yet), with
 # the budget cuts and rules below, on two busy cores:
-#   pyvene_101: - / 37 of 53 (3m20). Of the 16 failures, 13 are this machine: no cached
+#   pyvene_101: 34 / 37 of 53 (2m / 3m20). pyvene alone fails cell 2 (its 'attention_weight'
+#     hooks attn_dropout, KeyError) and cells 19, 20 (generate on GPT-Neo under transformers 5:
+#     "cannot reshape tensor of 0 elements"); das_train alone fails none. Of das_train's 16
+#     failures, 13 are this machine: no cached
 #     Llama/ResNet/chat-template models, no plotnine or nnsight, a data file the notebook
 #     downloads, and the cells that use their results; cell 12's " Rome" is two tokens of the
 #     tokenizer trained here (both sides). Cells 3, 4 and 50 hook
