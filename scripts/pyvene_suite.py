@@ -48,10 +48,10 @@ TUTORIALS = (
 #   pyvene_101: 34 / 37 of 53 (2m / 3m20). pyvene alone fails cell 2 (its 'attention_weight'
 #     hooks attn_dropout, KeyError) and cells 19, 20 (generate on GPT-Neo under transformers 5:
 #     "cannot reshape tensor of 0 elements"); das_train alone fails none. Of das_train's 16
-#     failures, 13 are this machine: no cached
-#     Llama/ResNet/chat-template models, no plotnine or nnsight, a data file the notebook
-#     downloads, and the cells that use their results; cell 12's " Rome" is two tokens of the
-#     tokenizer trained here (both sides). Cells 3, 4 and 50 hook
+#     failures, 13 are this machine: no cached Llama/ResNet/chat-template models, no plotnine
+#     or nnsight, a data file the notebook downloads, and the cells that use their results;
+#     cell 12's " Rome" is two tokens of the tokenizer trained here (both sides). Cells 3, 4
+#     and 50 hook
 #     "h[10].attn.attn_dropout.input", a module transformers 5 never calls (pyvene fails there
 #     too, KeyError; das_train raises saying so): see EXPECTED_DIFFERENCES. Cell 4's function
 #     returns None, which leaves the output unchanged, as in pyvene.
