@@ -244,3 +244,41 @@ def test_as_adaptor_refuses_an_intervention_without_args():
             model=_tiny_gpt2(),
             as_adaptor=True,
         )
+
+
+def test_function_returning_none_sees_the_base_and_changes_nothing():
+    """pyvene_101 cell 4: ``def pv_patcher(b, s): cached["w"] = b`` returns None; pyvene then
+    leaves the module's output as it was. The function must still run (no silent skip) and see
+    the base units a plain hook sees."""
+    model = _tiny_gpt2()
+    ids = torch.randint(0, 50, (2, 7))
+    seen = {}
+    handle = model.h[1].mlp.register_forward_hook(
+        lambda mod, args, out: seen.update(hand=out.clone())
+    )
+    try:
+        expected = model(ids).last_hidden_state
+    finally:
+        handle.remove()
+    pv_model = pv.IntervenableModel(
+        {"component": "h[1].mlp.output", "intervention": lambda b, s: seen.update(fn=b.clone())},
+        model=model,
+    )
+    out = pv_model(base={"input_ids": ids})[1].last_hidden_state
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(seen["fn"], seen["hand"])
+
+
+class _ReturnsNothing(pv.ConstantSourceIntervention):
+    def forward(self, base, source=None, subspaces=None):
+        return None
+
+
+def test_intervention_class_returning_none_is_an_error():
+    """Only a plain function may return None; a class that does is a bug, named as such."""
+    pv_model = pv.IntervenableModel(
+        {"layer": 1, "component": "mlp_output", "intervention": _ReturnsNothing()},
+        model=_tiny_gpt2(),
+    )
+    with pytest.raises(ValueError, match="_ReturnsNothing.forward returned None"):
+        pv_model(base={"input_ids": torch.randint(0, 50, (2, 7))}, unit_locations={"base": 0})

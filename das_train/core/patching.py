@@ -21,7 +21,7 @@ from das_train.core.locations import Location
 from das_train.core.planning import Plan, tensors_of
 from das_train.core.sites import EAGER_HINT, Site
 from das_train.core.wiring import Entry
-from das_train.interventions.base import Intervention
+from das_train.interventions.base import Intervention, LambdaIntervention
 from das_train.interventions.calling import InterventionOutput, call_intervention
 from das_train.interventions.static import CollectIntervention
 
@@ -75,15 +75,23 @@ def make_applier(i: int, entry: Entry, subspaces: Any, collected: dict[int, torc
             collected[i] = intervention.collect(base_units, subspaces)
             return None
         weight = next(intervention.parameters(), None)
-        if weight is not None and weight.device != base_units.device:
+        home = base_units.device
+        if weight is not None and weight.device != home:
             # A model spread over devices (device_map): the units go to the intervention
             # and the result comes back, so one intervention serves any layer's device.
-            home = base_units.device
-            moved = None if not torch.is_tensor(source) else source.to(weight.device)
+            source = None if not torch.is_tensor(source) else source.to(weight.device)
             extra = {k: v.to(weight.device) for k, v in extra.items()}
-            new = call_intervention(intervention, base_units.to(weight.device), moved, subspaces, **extra)
-            return unwrap(new).to(home)
+            base_units = base_units.to(weight.device)
         new = unwrap(call_intervention(intervention, base_units, source, subspaces, **extra))
+        if new is None:
+            if isinstance(intervention, LambdaIntervention):
+                return None  # a function that only looks (pyvene_101's patcher): output unchanged
+            raise ValueError(
+                f"{entry.key}: {type(intervention).__name__}.forward returned None; an "
+                "intervention returns the new units (only a plain function may return None, "
+                "to leave the output unchanged)"
+            )
+        new = new.to(home)
         if new.shape != base_units.shape:
             raise ValueError(
                 f"{entry.key}: {type(intervention).__name__} returned shape {tuple(new.shape)} for "
