@@ -239,11 +239,11 @@ EXPECTED_DIFFERENCES = {
     "pyvene_101#cell50": "as cell 3: h[10].attn.attn_dropout is never called by transformers 5",
     "ModelUtilsTestCase::": "tests pyvene's private helpers (pyvene.models.modeling_utils: "
     "gather/scatter_neurons, output_to_subcomponent, hf_models); das_train has its own hook "
-    "internals and no pv.models paths (docs/pyvene_names.md)",
+    "internals and no pv.models paths (README, pyvene compatibility)",
     "InterventionUtilsTestCase::test_initialization_positive": "asserts pyvene's private "
     "bookkeeping (is_model_stateless, _intervention_group, _key_getter_call_counter, hot_activations)",
     "InterventionUtilsTestCase::test_local_trainable_save_positive": "counts pickled .bin files; "
-    "das_train saves safetensors and refuses to write pickles (docs/pyvene_names.md)",
+    "das_train saves safetensors and refuses to write pickles (README, pyvene compatibility)",
     "InterventionUtilsTestCase::test_brs_intervention_positive": "golden values follow pyvene's "
     "boundless mask formula; das_train's own BoundlessRotatedSpaceIntervention keeps the sounder "
     "mask (issue 16), pyvene's formula only for loaded pyvene artifacts",
