@@ -27,6 +27,7 @@ from das_train.core import files
 from das_train.data.pair_datamodule import _save_atomically
 from das_train.data.tiny_lm import save_pretrained_atomically
 from das_train.hub import save_pretrained
+from das_train.training import config_fingerprint as fingerprints
 from das_train.training import reports, schema
 from das_train.training import run as run_module
 from das_train.training import run_dir as run_dir_state
@@ -96,7 +97,7 @@ def test_result_settings_leave_out_only_what_cannot_change_a_result():
         "trainer.accelerator=gpu", "sweep.shard=1", "sweep.num_shards=2", "sweep.merge=true",
         "sweep.batched=false", "sweep.sites_per_pass=3", "sweep.probe.tables_mib=7"])
     assert run_dir_state.config_changes(base, neutral) == []
-    assert run_dir_state.config_fingerprint(base) == run_dir_state.config_fingerprint(neutral)
+    assert fingerprints.config_fingerprint(base) == fingerprints.config_fingerprint(neutral)
     other = cli.check("gender_tiny", ["trainer.max_steps=5", "intervention.low_rank_dimension=2", "seed=3",
                                       "sweep.layers=[1]", "intervention=boundless"])
     changes = run_dir_state.config_changes(base, other)
@@ -104,7 +105,7 @@ def test_result_settings_leave_out_only_what_cannot_change_a_result():
                      "sweep.layers: None -> [1]",
                      "intervention.type: 'LowRankRotatedSpaceIntervention' -> 'BoundlessRotatedSpaceIntervention'"):
         assert expected in changes
-    assert run_dir_state.config_fingerprint(base) != run_dir_state.config_fingerprint(other)
+    assert fingerprints.config_fingerprint(base) != fingerprints.config_fingerprint(other)
 
 
 def test_resume_with_another_config_is_refused_before_any_work_and_fresh_sets_it_aside(finished, cache, trained):
@@ -126,7 +127,7 @@ def test_resume_with_another_config_is_refused_before_any_work_and_fresh_sets_it
     (previous,) = run_dir.glob("previous-*")
     assert (previous / "results.csv").read_text() == before and (previous / "interventions").is_dir()
     assert sorted(trained) == [("block_output-L1-last", 0), ("block_output-L1-name", 0)]
-    stored = run_dir_state.config_fingerprint(config(run_dir, cache, "trainer.max_steps=5"))
+    stored = fingerprints.config_fingerprint(config(run_dir, cache, "trainer.max_steps=5"))
     assert {row["config_fingerprint"] for row in results(run_dir / "results.csv")} == {stored}
 
 
@@ -179,9 +180,9 @@ def test_a_run_directory_from_before_configs_held_their_defaults_resumes_without
     for section in ("model", "intervention", "sweep"):
         for key in [k for k, v in stored[section].items() if defaults[section].get(k, object()) == v][:3]:
             del stored[section][key]
-    old = run_dir_state.written_fingerprint(stored)
-    new = run_dir_state.config_fingerprint(stored)
-    assert old != new and new == run_dir_state.config_fingerprint(config(run_dir, cache))
+    old = fingerprints.written_fingerprint(stored)
+    new = fingerprints.config_fingerprint(stored)
+    assert old != new and new == fingerprints.config_fingerprint(config(run_dir, cache))
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(stored)))
     rows = reports.read_rows(run_dir / "results.csv")
     reports.write_rows(run_dir / "results.csv", [{**row, "config_fingerprint": old} for row in rows])

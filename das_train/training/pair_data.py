@@ -16,8 +16,8 @@ from torch import nn
 from das_train import __version__
 from das_train.data.pair_contract import CounterfactualTask
 from das_train.data.pair_datamodule import PairDataModule
+from das_train.training import config_fingerprint as fingerprints
 from das_train.training import preflight, reports
-from das_train.training import run_dir as run_dir_state
 from das_train.training.ranks import is_global_zero
 
 
@@ -39,7 +39,7 @@ def prepare_pairs(cfg: DictConfig, task: CounterfactualTask, tokenizer, model: n
     if is_global_zero():
         reports.atomic_write_text(run_dir / "run_info.json", json.dumps({
             "das_train_version": __version__,
-            "config_fingerprint": run_dir_state.config_fingerprint(cfg),
+            "config_fingerprint": fingerprints.config_fingerprint(cfg),
             "dataset": {"task": task.name, "seed": cfg.seed, "fingerprint": datamodule.fingerprint(),
                         "kept": kept, "dropped": dropped},
         }, indent=2))

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from das_train.core.fault_points import fault_point
+from das_train.training import config_fingerprint as fingerprints
 from das_train.training import preflight, reports
 from das_train.training import run_dir as run_dir_state
 from das_train.training.model_loading import build_model, number_of_layers
@@ -44,7 +45,7 @@ log = logging.getLogger("das_train")
 def run_das_sweep(cfg: DictConfig, run_dir: Path) -> Path:
     """Runs (or resumes) this shard's jobs of the sweep, then, once every shard's rows are in,
     writes the table and heatmaps and publishes; with ``sweep.merge`` only the last part."""
-    fingerprint = run_dir_state.config_fingerprint(cfg)
+    fingerprint = fingerprints.config_fingerprint(cfg)
     if cfg.sweep.merge:
         return merge_shards(cfg, run_dir, fingerprint)
     lightning.seed_everything(cfg.seed, verbose=False)
