@@ -168,6 +168,22 @@ TUTORIAL_BUDGET = {
     ),
 }
 
+# Both 7B Llamas the tutorials name share one small stand-in shape.
+LLAMA_7B = (
+    "LlamaForCausalLM",
+    "LlamaConfig",
+    {
+        "hidden_size": 256,
+        "intermediate_size": 688,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "vocab_size": 32000,
+    },
+    "llama",
+)
+
+
 # ---------------------------------------------------------------------------------------------
 # Hub models served from the local cache: repo id -> (transformers model class, config class,
 # config fields, tokenizer kind). Real shapes, except that 2B+ models keep their layer and head
@@ -197,32 +213,8 @@ HUB_MODELS = {
         "gpt2",
     ),
     # 7B Llamas: 32 layers, 32 heads; head width 128 -> 8.
-    "sharpbai/alpaca-7b-merged": (
-        "LlamaForCausalLM",
-        "LlamaConfig",
-        {
-            "hidden_size": 256,
-            "intermediate_size": 688,
-            "num_hidden_layers": 32,
-            "num_attention_heads": 32,
-            "num_key_value_heads": 32,
-            "vocab_size": 32000,
-        },
-        "llama",
-    ),
-    "meta-llama/Llama-2-7b-chat-hf": (
-        "LlamaForCausalLM",
-        "LlamaConfig",
-        {
-            "hidden_size": 256,
-            "intermediate_size": 688,
-            "num_hidden_layers": 32,
-            "num_attention_heads": 32,
-            "num_key_value_heads": 32,
-            "vocab_size": 32000,
-        },
-        "llama",
-    ),
+    "sharpbai/alpaca-7b-merged": LLAMA_7B,
+    "meta-llama/Llama-2-7b-chat-hf": LLAMA_7B,
 }
 FAKE_COMMIT = "0" * 40
 
