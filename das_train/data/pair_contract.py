@@ -24,7 +24,24 @@ BASE_VARIABLE = "base_variable"  # int value of the causal variable in the base 
 SOURCE_VARIABLE = "source_variable"
 BASE_CONTROL = "base_control"  # control-task label of the base (a random class per word type)
 
+# Pairs whose texts differ in length (pairs read from a file) add these columns. Rows are
+# padded on the left to one length, so the prediction is still read at the last column, and
+# every named position is a token index that may differ per row and between base and source.
+BASE_POSITIONS = "base_positions"  # list[int]: the token index of each RowPosition, in column order
+SOURCE_POSITIONS = "source_positions"
+BASE_POSITION_IDS = "base_position_ids"  # list[int]: position ids that skip the left padding
+SOURCE_POSITION_IDS = "source_position_ids"  # (pads get 0), so padded rows compute as unpadded
+
 LABEL_COLUMNS = (BASE_LABEL, SOURCE_LABEL, COUNTERFACTUAL_LABEL, BASE_VARIABLE, SOURCE_VARIABLE, BASE_CONTROL)
+
+
+@dataclass(frozen=True)
+class RowPosition:
+    """A named position that stands at a different token in each pair (and may differ between
+    a pair's base and its source): its indices are column ``column`` of the rows'
+    ``BASE_POSITIONS`` and ``SOURCE_POSITIONS`` lists."""
+
+    column: int
 
 
 @dataclass(frozen=True)
@@ -32,8 +49,9 @@ class TaskSpec:
     """The facts about a task that sweeps, probes and reports need."""
 
     name: str
-    positions: dict[str, int]
-    """Named positions of the template, e.g. ``{"bos": 0, "name": 1, "verb": 2, "last": 3}``."""
+    positions: dict[str, int | RowPosition]
+    """Named positions: a token index shared by every row of a fixed-length template, e.g.
+    ``{"bos": 0, "name": 1, "verb": 2, "last": 3}``, or a :class:`RowPosition` read per row."""
     variable: str
     """Name of the causal variable that pairs interchange (e.g. ``"gender"``)."""
     variable_values: int
