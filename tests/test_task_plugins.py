@@ -21,7 +21,7 @@ from das_train.training.schema import ConfigError
 from das_train.training.task_loading import available_tasks, load_task
 
 ROOT = Path(__file__).resolve().parents[1]
-PLUGINS = ["capitals", "facts", "gender", "hierarchical_equality"]
+PLUGINS = ["capitals", "facts", "gender", "hierarchical_equality", "pairs"]
 
 
 def test_available_tasks_are_the_plugins_and_tasks_holds_nothing_else():

@@ -61,6 +61,9 @@ class TaskSpec:
     is_language_model_task: bool = True
     """True when inputs are token ids and the prediction is the next token at the last
     position; False for vector inputs and a classifier's output."""
+    value_names: tuple[str, ...] = ()
+    """Readable name of each value (class id -> name) where the task has them, e.g. the values
+    a pair file gives, in the sorted order their class ids follow."""
 
 
 class CounterfactualTask(ABC):

@@ -180,7 +180,15 @@ class PairDataModule(lightning.LightningDataModule):
         return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
     def generate(self) -> DatasetDict:
-        """All three splits; test first, then val avoiding test, then train avoiding both."""
+        """All three splits; test first, then val avoiding test, then train avoiding both.
+
+        A task whose pairs are fixed (a pair file) hands its own splits over instead, through
+        ``split_pairs(sizes, seed, tokenizer)``: it knows which rows a file assigns to which
+        split, and has no seed to draw further pairs from.
+        """
+        split_pairs = getattr(self.task, "split_pairs", None)
+        if split_pairs is not None:
+            return DatasetDict(split_pairs(self.sizes, self.seed, self.tokenizer))
         out: dict[str, Dataset] = {}
         held_out: set[bytes] = set()
         for split in ("test", "val", "train"):

@@ -170,7 +170,7 @@ def planned_site_problems(cfg: DictConfig) -> list[str]:
     will train (for ``hub`` they wait for :func:`check_loaded_model`)."""
 
     try:
-        task = load_task(cfg.task.name)
+        task = load_task(cfg.task.name, cfg.task)
     except ConfigError as err:
         return err.problems
     if cfg.model.kind == "hub":

@@ -18,6 +18,8 @@ MODEL_KINDS = ("tiny", "hub", "mlp")
 DTYPES = ("float32", "bfloat16", "float16")
 LOGGERS = ("csv", "wandb", "tensorboard", "none")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
+PAIR_FORMATS = ("auto", "plain", "causalgym", "mib", "ravel", "pyvene")
+PAIR_SPAN_TOKENS = ("first", "last")
 
 
 def option(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None,
@@ -66,6 +68,54 @@ class TaskConfig:
     """Held-out pairs that IIA and probe accuracy are reported on."""
     filter_pairs: bool = True
     """Keep only pairs the frozen model gets right on base and source."""
+    # -- task=pairs: counterfactual pairs read from a file (das_train/data/pair_files) --------
+    path: str | None = None
+    """The pair file (.jsonl, .json, .csv, .parquet, .pt), a ``save_to_disk`` folder or a Hub
+    dataset id; relative paths are read from the working directory."""
+    format: str = option("auto", allowed=PAIR_FORMATS)
+    """``plain`` (columns named below), ``causalgym``, ``mib``, ``ravel``, ``pyvene`` (tensors) or
+    ``auto``: told apart by their columns."""
+    base: str = "base"
+    """Column of the base text (plain format)."""
+    sources: list[str] = field(default_factory=lambda: ["source"])
+    """Column(s) of the source text; several give one pair per source (plain format)."""
+    base_label: str = "base_label"
+    """Column of the base's answer: text (tokenized after the prompt) or a token id."""
+    source_label: str | None = "source_label"
+    """Column of the source's answer; with none, set filter_pairs=false."""
+    counterfactual_label: str | list[str] = "counterfactual_label"
+    """Column of the answer after the interchange (one per source column, or one for all)."""
+    base_value: str | None = None
+    """Column of the variable's value in the base (the probe's target; strings or ints, made
+    class ids in sorted order); null: the base's answer stands for it."""
+    source_value: str | None = None
+    """Column of the variable's value in the source."""
+    split: str | None = "split"
+    """Column naming each row's split (train, val/validation/dev, test), used when the file has
+    it; otherwise the rows are shuffled with the seed and cut into n_train/n_val/n_test
+    (shrunk in proportion when the file is smaller)."""
+    template: str | None = None
+    """Column of a template such as ``"{name} walked because"`` whose slots each row fills
+    (``base_<slot>`` or ``<slot>`` for the base, ``<source>_<slot>``/``source_<slot>``/``<slot>``
+    for a source); replaces the base and source text columns."""
+    positions: dict[str, Any] = field(default_factory=lambda: {"last": "last"})
+    """Named positions, e.g. ``{subject: "{entity}", verb: span:2, bos: 0, last: last}``: ``last``;
+    a token index (int, or ``index:N``, negative from the end); ``span:N`` (CausalGym pieces); a
+    ``{slot}`` (the row's value of the slot, where the template puts it or found in the text);
+    ``marker:TEXT`` or any other string (its first occurrence as whole words). Set the whole map
+    on the command line: ``task.positions={subject:'{entity}',last:last}``."""
+    span_token: str = option("last", allowed=PAIR_SPAN_TOKENS)
+    """Which token of a span of several tokens a position takes: ``last`` (default; the token
+    where the whole word has been read) or ``first``."""
+    answer_prefix: str = ""
+    """Put before every text answer before tokenizing (e.g. ``" "`` for files whose answers are
+    written without the space the model predicts)."""
+    counterfactual: str | None = None
+    """MIB: which ``<name>_counterfactual`` column gives the source (needed when there are several)."""
+    where: dict[str, Any] = field(default_factory=dict)
+    """Keep only rows whose columns equal these values, e.g. ``{task: agr_gender}`` for CausalGym."""
+    variable: str = "variable"
+    """Name of the interchanged variable, for reports."""
 
 
 @dataclass

@@ -1,16 +1,24 @@
 """Task plugins found by name: ``task.name=gender`` is the one CounterfactualTask of
-``das_train/tasks/gender.py`` (the checkout's ``tasks/gender.py``). No registry to keep."""
+``das_train/tasks/gender.py`` (the checkout's ``tasks/gender.py``). No registry to keep.
+
+A plugin that is configured by the run (``tasks/pairs.py`` reads the file ``task.path``
+names) defines a ``from_config(task_config)`` classmethod and is built with it; the others
+take no arguments."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.resources
 import inspect
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from das_train.data.pair_contract import CounterfactualTask
-from das_train.training.schema import ConfigError
+from das_train.data.pair_files import PairFileError
+from das_train.training.schema import ConfigError, TaskConfig
 
 
 def task_classes(module: ModuleType) -> list[type[CounterfactualTask]]:
@@ -27,8 +35,9 @@ def available_tasks() -> list[str]:
     return [n for n in names if task_classes(importlib.import_module(f"das_train.tasks.{n}"))]
 
 
-def load_task(name: str) -> CounterfactualTask:
-    """The CounterfactualTask defined in ``tasks/<name>.py``."""
+def load_task(name: str, config: Mapping[str, Any] | None = None) -> CounterfactualTask:
+    """The CounterfactualTask defined in ``tasks/<name>.py``, built from the run's ``task``
+    config section when the plugin takes one (a bad pair file is a ConfigError here)."""
     try:
         module = importlib.import_module(f"das_train.tasks.{name}")
     except ModuleNotFoundError as err:
@@ -37,4 +46,11 @@ def load_task(name: str) -> CounterfactualTask:
     if len(classes) != 1:
         raise ConfigError([f"task.name={name!r}: tasks/{name}.py must define exactly one CounterfactualTask, "
                            f"found {len(classes)}; available tasks: {available_tasks()}"])
-    return classes[0]()
+    cls = classes[0]
+    from_config = getattr(cls, "from_config", None)
+    if from_config is None:
+        return cls()
+    try:
+        return from_config(config if config is not None else {**dataclasses.asdict(TaskConfig()), "name": name})
+    except PairFileError as err:
+        raise ConfigError([f"task.path={err.source}: {problem}" for problem in err.problems]) from err

@@ -310,7 +310,7 @@ def plot(path: Path, title: str, labels: list[str], tables: dict, clean: float, 
 def run_tracing(cfg: DictConfig, run_dir: Path) -> Path:
     """Causal tracing of ``cfg.tracing.facts`` facts; writes tracing.csv/.md/.png in ``run_dir``."""
     torch.manual_seed(cfg.seed)
-    task = load_task(cfg.task.name)
+    task = load_task(cfg.task.name, cfg.task)
     model, tokenizer = build_model(cfg, task)
     if tokenizer is None:
         raise ValueError("causal tracing needs a language model task with a tokenizer")

@@ -49,7 +49,7 @@ def run_das_sweep(cfg: DictConfig, run_dir: Path) -> Path:
     if cfg.sweep.merge:
         return merge_shards(cfg, run_dir, fingerprint)
     lightning.seed_everything(cfg.seed, verbose=False)
-    task = load_task(cfg.task.name)
+    task = load_task(cfg.task.name, cfg.task)
     model, tokenizer = build_model(cfg, task)
     if cfg.model.kind == "hub":
         preflight.check_loaded_model(cfg, model, preflight.task_spec(task, tokenizer))
