@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from datasets import Dataset
+from datasets import Dataset, Features, List, Value
 from transformers import PreTrainedTokenizerBase
 
 from das_train.data.pair_contract import (
@@ -191,8 +191,11 @@ def _columns(encoded: list[tuple[EncodedSide, EncodedSide, AnswerToken]], tokeni
         columns[COUNTERFACTUAL_LABEL].append(counterfactual.token)
     columns[BASE_CONTROL] = control_classes(columns[BASE_IDS], len(classes))
     labels = {t for name in (BASE_LABEL, SOURCE_LABEL, COUNTERFACTUAL_LABEL) for t in columns[name] if t != NO_LABEL}
+    # typed, so a file with no per-row position (only ``last``) still stacks its empty lists
+    features = Features({name: List(Value("int64")) if isinstance(values[0], list) else Value("int64")
+                         for name, values in columns.items()})
     return BuiltPairs(
-        Dataset.from_dict(columns),
+        Dataset.from_dict(columns, features=features),
         positions,
         {token: tokenizer.decode([token]) for token in sorted(labels)},
         tuple(str(v) for v in classes),
