@@ -34,7 +34,7 @@ from transformers import (
 
 from das_train.data.cache_folders import write_folder_atomically
 from das_train.data.fingerprints import settings_fingerprint, tokenizer_fingerprint
-from das_train.data.tokenization import encode_sentences
+from das_train.data.tokenization import encode_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +57,12 @@ class AnswerObjective:
     Stopping at the first perfect step leaves answers with tiny margins, whose circuits are
     barely formed: interventions then measure noise more than the mechanism."""
 
-    ids: torch.Tensor  # (n, length)
+    inputs: dict[str, torch.Tensor]  # input_ids (n, length), with a mask and position ids when padded
     answers: torch.Tensor  # (n,)
     target_loss: float
 
     def step_loss(self, model: PreTrainedModel) -> tuple[torch.Tensor, bool]:
-        logits = model(input_ids=self.ids).logits[:, -1]  # (n, vocab)
+        logits = model(**self.inputs).logits[:, -1]  # (n, vocab)
         loss = torch.nn.functional.cross_entropy(logits, self.answers)
         # checked before the update, so the returned weights are the ones found good enough
         perfect = bool((logits.argmax(-1) == self.answers).all())
@@ -224,8 +224,8 @@ def train_tiny_lm(
     accuracy.
     """
     sentences = task.sentences(tokenizer)
-    ids, answers = encode_sentences(tokenizer, sentences)  # (n, length), (n,)
-    config = tiny_lm_config(tokenizer, n_layer, hidden, heads, ids.shape[1])
+    inputs, answers = encode_prompts(tokenizer, sentences)  # {input_ids: (n, length), ...}, (n,)
+    config = tiny_lm_config(tokenizer, n_layer, hidden, heads, inputs["input_ids"].shape[1])
     target = None
     if cache_dir is not None:
         key = settings_fingerprint(
@@ -236,15 +236,15 @@ def train_tiny_lm(
     model = cached_model(GPTNeoXForCausalLM, target)
     if model is not None:
         logger.info("loaded the tiny %s model from %s (accuracy %.3f on %d sentences)",
-                    task.name, target, _accuracy(model, ids, answers), len(sentences))
+                    task.name, target, _accuracy(model, inputs, answers), len(sentences))
         return model
 
     logger.info("training a %d-layer, %d-wide GPT-NeoX on %d %s sentences (at most %d steps)",
                 n_layer, hidden, len(sentences), task.name, max_steps)
     start = time.perf_counter()
-    model, steps = train_lm(GPTNeoXForCausalLM, config, AnswerObjective(ids, answers, target_loss),
+    model, steps = train_lm(GPTNeoXForCausalLM, config, AnswerObjective(inputs, answers, target_loss),
                             max_steps, lr, seed, num_threads=num_threads)
-    accuracy = _accuracy(model, ids, answers)
+    accuracy = _accuracy(model, inputs, answers)
     log = logger.info if accuracy == 1.0 else logger.warning
     log("tiny %s model: accuracy %.3f on %d sentences after %d steps (%.1f s)",
         task.name, accuracy, len(sentences), steps, time.perf_counter() - start)
@@ -253,9 +253,9 @@ def train_tiny_lm(
     return model
 
 
-def _accuracy(model: PreTrainedModel, ids: torch.Tensor, answers: torch.Tensor) -> float:
+def _accuracy(model: PreTrainedModel, inputs: dict[str, torch.Tensor], answers: torch.Tensor) -> float:
     with torch.no_grad():
-        logits = model(input_ids=ids).logits[:, -1]  # (n, vocab)
+        logits = model(**inputs).logits[:, -1]  # (n, vocab)
     return (logits.argmax(-1) == answers).float().mean().item()
 
 
@@ -263,5 +263,5 @@ def answer_accuracy(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sentences: Sequence[tuple[str, str]]
 ) -> float:
     """Share of ``sentences`` whose answer is the model's top next token after the prompt."""
-    ids, answers = encode_sentences(tokenizer, sentences)  # (n, length), (n,)
-    return _accuracy(model, ids, answers)
+    inputs, answers = encode_prompts(tokenizer, sentences)  # {input_ids: (n, length), ...}, (n,)
+    return _accuracy(model, inputs, answers)

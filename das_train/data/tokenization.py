@@ -71,6 +71,46 @@ def encode_sentences(
     return torch.tensor(prompts, dtype=torch.long), torch.tensor(answers, dtype=torch.long)
 
 
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase, sentences: Sequence[tuple[str, str]]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Model inputs of the prompts and the first token of each answer, ``(n,)``.
+
+    Prompts of one length are stacked as they are (``{"input_ids": (n, length)}``), exactly
+    what :func:`encode_sentences` gives. Prompts of several lengths (pairs read from a file)
+    are padded on the left, so every answer is predicted at the last column, with an
+    attention mask and position ids that skip the pads, so a padded prompt computes what it
+    computes alone. An answer of several tokens is learned by its first token, the token the
+    pair files label it with (``das_train.data.pair_files``).
+
+    Raises ``ValueError`` when a prompt's tokens change once its answer follows (the answer
+    would not be the next token the model sees).
+    """
+    prompts = tokenizer([p for p, _ in sentences])["input_ids"]
+    full = tokenizer([p + a for p, a in sentences])["input_ids"]
+    answers = []
+    for (prompt, answer), prompt_ids, ids in zip(sentences, prompts, full):
+        if len(ids) <= len(prompt_ids) or ids[: len(prompt_ids)] != prompt_ids:
+            raise ValueError(f"answer {answer!r} after {prompt!r} does not start with a token of its own")
+        answers.append(int(ids[len(prompt_ids)]))
+    answer_ids = torch.tensor(answers, dtype=torch.long)
+    longest = max(len(ids) for ids in prompts)
+    if all(len(ids) == longest for ids in prompts):
+        return {"input_ids": torch.tensor(prompts, dtype=torch.long)}, answer_ids
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("prompts of several lengths need a pad (or eos) token to pad them; the tokenizer has none")
+    ids = torch.full((len(prompts), longest), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), longest), dtype=torch.long)
+    positions = torch.zeros((len(prompts), longest), dtype=torch.long)
+    for row, prompt_ids in enumerate(prompts):
+        start = longest - len(prompt_ids)
+        ids[row, start:] = torch.tensor(prompt_ids, dtype=torch.long)
+        mask[row, start:] = 1
+        positions[row, start:] = torch.arange(len(prompt_ids))
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions}, answer_ids
+
+
 def text_pairs(
     base_ids: torch.Tensor,
     source_ids: torch.Tensor,
