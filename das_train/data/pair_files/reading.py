@@ -9,6 +9,7 @@ cached pairs are reused only while the file is unchanged.
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,12 @@ class PairTables:
     fingerprint: str
 
 
+PACKAGE_PREFIX = "pkg://"
+
+
 def read_tables(path: str) -> PairTables:
     """The tables at ``path`` (a file, a ``save_to_disk`` folder or a Hub dataset id)."""
-    local = Path(path).expanduser()
+    local = resolve_local(path)
     if local.is_dir():
         return PairTables(path, _split_tables(load_from_disk(str(local))), _folder_fingerprint(local))
     if local.is_file():
@@ -43,6 +47,19 @@ def read_tables(path: str) -> PairTables:
                                    ".json, .csv, .parquet or .pt file, a save_to_disk folder or a Hub "
                                    "dataset id such as owner/name"])
     return _read_hub(path)
+
+
+def resolve_local(path: str) -> Path:
+    """``path`` as a local path: ``~`` expanded, and ``pkg://PACKAGE/FILE`` (Hydra's spelling)
+    a file shipped inside an installed package, so a recipe's example data is found from any
+    working directory, in a checkout or from a wheel."""
+    if not path.startswith(PACKAGE_PREFIX):
+        return Path(path).expanduser()
+    package, _, inside = path[len(PACKAGE_PREFIX):].partition("/")
+    try:
+        return Path(str(importlib.resources.files(package).joinpath(inside)))
+    except ModuleNotFoundError as err:
+        raise PairFileError(path, [f"no installed package {package!r} to read {inside!r} from"]) from err
 
 
 def _read_file(path: Path) -> Dataset:
