@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from das_train.interventions.base import TrainableIntervention
-from das_train.interventions.rotated import require_dim
-from das_train.interventions.subspaces import Subspaces
+from das_train.interventions.checks import require_dim
+from das_train.interventions.subspaces import Subspaces, zero_outside
 
 
 class LoRAIntervention(TrainableIntervention):
@@ -102,9 +102,7 @@ class LoRAIntervention(TrainableIntervention):
         base_w = base.to(dtype)  # (batch, units, out)
         update = self.dropout_layer(source.to(dtype)) @ self.lora_A @ self.lora_B  # (batch, units, out)
         update = update * self.scaling
-        mask = self.subspace_mask(subspaces, base_w)
-        if mask is not None:
-            update = torch.where(mask, update, torch.zeros((), dtype=dtype, device=update.device))
+        update = zero_outside(update, self.subspace_mask(subspaces, base_w))
         return (base_w + update).to(base.dtype)  # (batch, units, out)
 
     def extra_repr(self) -> str:
