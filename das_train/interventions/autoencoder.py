@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from das_train.interventions.base import TrainableIntervention
+from das_train.interventions.base import Intervention, TrainableIntervention
 from das_train.interventions.checks import require_dim, require_source
 from das_train.interventions.subspaces import Subspaces, first_dims_mask, zero_outside
 
@@ -64,7 +64,7 @@ class AutoencoderIntervention(TrainableIntervention):
     """
 
     needs_embed_dim = True
-    config_fields: ClassVar[tuple[str, ...]] = ("embed_dim", "subspace_partition", "latent_dim")
+    config_fields: ClassVar[tuple[str, ...]] = (*Intervention.config_fields, "latent_dim")
 
     def __init__(
         self,
@@ -147,8 +147,7 @@ class JumpReLUAutoencoderIntervention(TrainableIntervention):
 
     needs_embed_dim = True
     config_fields: ClassVar[tuple[str, ...]] = (
-        "embed_dim",
-        "subspace_partition",
+        *Intervention.config_fields,
         "low_rank_dimension",
         "interchange_dim",
     )

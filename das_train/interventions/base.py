@@ -111,7 +111,8 @@ class Intervention(nn.Module):
     # the base and the counterfactual loss cannot depend on its parameters
     # (das_train.training.sweep.shared_prefix).
     keeps_base_for_equal_source: ClassVar[bool] = False
-    # Constructor arguments written to the saved config and given back on load.
+    # Constructor arguments written to the saved config and given back on load; a subclass
+    # lists these first and then its own: (*Intervention.config_fields, ...).
     config_fields: ClassVar[tuple[str, ...]] = ("embed_dim", "subspace_partition")
     # Whether a keyword outside PYVENE_KEYWORDS only warns (pyvene's classes take **kwargs).
     accepts_unknown_keywords: ClassVar[bool] = True

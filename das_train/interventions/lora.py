@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from das_train.interventions.base import TrainableIntervention
+from das_train.interventions.base import Intervention, TrainableIntervention
 from das_train.interventions.checks import require_dim
 from das_train.interventions.subspaces import Subspaces, zero_outside
 
@@ -47,8 +47,7 @@ class LoRAIntervention(TrainableIntervention):
     source_kind: ClassVar[str] = "module_input"
     accepts_unknown_keywords: ClassVar[bool] = False
     config_fields: ClassVar[tuple[str, ...]] = (
-        "embed_dim",
-        "subspace_partition",
+        *Intervention.config_fields,
         "low_rank_dimension",
         "alpha",
         "dropout",

@@ -145,7 +145,7 @@ class BoundlessRotatedSpaceIntervention(
     keeps_base_for_equal_source = True
     needs_embed_dim = True
 
-    config_fields: ClassVar[tuple[str, ...]] = ("embed_dim", "subspace_partition", "mask_formula")
+    config_fields: ClassVar[tuple[str, ...]] = (*Intervention.config_fields, "mask_formula")
     MASK_FORMULAS: ClassVar[tuple[str, ...]] = ("centred", "pyvene")
 
     def __init__(
@@ -245,8 +245,6 @@ class SigmoidMaskIntervention(
     keeps_base_for_equal_source = True
     needs_embed_dim = True
 
-    config_fields: ClassVar[tuple[str, ...]] = ("embed_dim", "subspace_partition")
-
     def __init__(
         self,
         embed_dim: int | None = None,
@@ -290,8 +288,6 @@ class SigmoidMaskRotatedSpaceIntervention(
 
     keeps_base_for_equal_source = True
     needs_embed_dim = True
-
-    config_fields: ClassVar[tuple[str, ...]] = ("embed_dim", "subspace_partition")
 
     def __init__(
         self,

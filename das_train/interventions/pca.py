@@ -27,6 +27,7 @@ import torch
 
 from das_train.interventions.base import (
     DistributedRepresentationIntervention,
+    Intervention,
     Subspaces,
 )
 from das_train.interventions.checks import require_dim, require_source
@@ -75,8 +76,7 @@ class PCARotatedSpaceIntervention(DistributedRepresentationIntervention):
 
     needs_embed_dim = True
     config_fields: ClassVar[tuple[str, ...]] = (
-        "embed_dim",
-        "subspace_partition",
+        *Intervention.config_fields,
         "n_components",
         "interchange_dim",
     )

@@ -28,6 +28,7 @@ from torch import nn
 
 from das_train.interventions.base import (
     DistributedRepresentationIntervention,
+    Intervention,
     Subspaces,
     TrainableIntervention,
 )
@@ -66,8 +67,7 @@ class _ReftBase(TrainableIntervention, DistributedRepresentationIntervention):
     source_kind: ClassVar[str] = "none"
     needs_embed_dim = True
     config_fields: ClassVar[tuple[str, ...]] = (
-        "embed_dim",
-        "subspace_partition",
+        *Intervention.config_fields,
         "low_rank_dimension",
         "dropout",
         "act_fn",

@@ -37,6 +37,7 @@ from torch.nn.utils import parametrizations
 
 from das_train.interventions.base import (
     DistributedRepresentationIntervention,
+    Intervention,
     Subspaces,
     TrainableIntervention,
 )
@@ -134,11 +135,7 @@ class RotatedSpaceIntervention(TrainableIntervention, DistributedRepresentationI
     keeps_base_for_equal_source = True
     needs_embed_dim = True
 
-    config_fields: ClassVar[tuple[str, ...]] = (
-        "embed_dim",
-        "subspace_partition",
-        "interchange_dim",
-    )
+    config_fields: ClassVar[tuple[str, ...]] = (*Intervention.config_fields, "interchange_dim")
 
     def __init__(
         self,
@@ -207,11 +204,7 @@ class LowRankRotatedSpaceIntervention(
     keeps_base_for_equal_source = True
     needs_embed_dim = True
 
-    config_fields: ClassVar[tuple[str, ...]] = (
-        "embed_dim",
-        "subspace_partition",
-        "low_rank_dimension",
-    )
+    config_fields: ClassVar[tuple[str, ...]] = (*Intervention.config_fields, "low_rank_dimension")
 
     def __init__(
         self,

@@ -158,12 +158,7 @@ class NoiseIntervention(SourcelessIntervention, LocalistRepresentationInterventi
             intervention sees each unit alone whatever ``keep_last_dim`` says).
     """
 
-    config_fields: ClassVar[tuple[str, ...]] = (
-        "embed_dim",
-        "subspace_partition",
-        "scale",
-        "seed",
-    )
+    config_fields: ClassVar[tuple[str, ...]] = (*Intervention.config_fields, "scale", "seed")
 
     def __init__(
         self,
