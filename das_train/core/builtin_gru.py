@@ -174,9 +174,9 @@ def _head_output(loss, logits, gru_output: GRUModelOutput, return_dict: bool | N
                          hidden_states=gru_output.hidden_states)
 
 
-class GRUClassifier(nn.Module):
-    """pyvene's ``GRUForClassification``: ``gru`` (a :class:`GRUModel`) then ``score`` (no
-    bias), read at each example's last step (the last 1 of ``attention_mask`` when given)."""
+class _GRUWithHead(nn.Module):
+    """What both GRU heads stand on: the config and the ``gru`` body, which is the
+    ``base_model`` (Hugging Face's name for it, found through ``base_model_prefix``)."""
 
     base_model_prefix = "gru"
 
@@ -184,11 +184,19 @@ class GRUClassifier(nn.Module):
         super().__init__()
         self.config = config
         self.gru = GRUModel(config)
-        self.score = nn.Linear(config.h_dim, config.n_labels, bias=False)
 
     @property
     def base_model(self) -> GRUModel:
         return self.gru
+
+
+class GRUClassifier(_GRUWithHead):
+    """pyvene's ``GRUForClassification``: ``gru`` (a :class:`GRUModel`) then ``score`` (no
+    bias), read at each example's last step (the last 1 of ``attention_mask`` when given)."""
+
+    def __init__(self, config: GRUConfig) -> None:
+        super().__init__(config)
+        self.score = nn.Linear(config.h_dim, config.n_labels, bias=False)
 
     def forward(self, input_ids=None, position_ids=None, inputs_embeds=None, attention_mask=None,
                 labels: torch.Tensor | None = None, output_hidden_states: bool | None = None,
@@ -204,21 +212,13 @@ class GRUClassifier(nn.Module):
         return _head_output(loss, logits, out, return_dict)
 
 
-class GRULMHeadModel(nn.Module):
+class GRULMHeadModel(_GRUWithHead):
     """pyvene's ``GRULMHeadModel``: ``gru`` then ``lm_head`` (no bias, not tied to ``wte``)
     at every step; with ``labels``, the next-token cross-entropy."""
 
-    base_model_prefix = "gru"
-
     def __init__(self, config: GRUConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.gru = GRUModel(config)
+        super().__init__(config)
         self.lm_head = nn.Linear(config.h_dim, config.vocab_size, bias=False)
-
-    @property
-    def base_model(self) -> GRUModel:
-        return self.gru
 
     def forward(self, input_ids=None, position_ids=None, inputs_embeds=None,
                 labels: torch.Tensor | None = None, output_hidden_states: bool | None = None,
