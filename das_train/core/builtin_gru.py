@@ -12,7 +12,13 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import ModelOutput
 
-from das_train.core.builtin_models import LOSSES, classification_loss, optional_tokenizer
+from das_train.core.builtin_models import (
+    LOSSES,
+    classification_loss,
+    embed_inputs,
+    input_embeddings,
+    optional_tokenizer,
+)
 
 
 @dataclass
@@ -131,8 +137,7 @@ class GRUModel(nn.Module):
         super().__init__()
         self.config = config
         if config.include_emb:
-            self.wte = nn.Embedding(config.vocab_size, config.input_dim)
-            self.wpe = nn.Embedding(config.max_position_embeddings, config.input_dim)
+            self.wte, self.wpe = input_embeddings(config)
         dims = [config.input_dim] + [config.h_dim] * (config.n_layer - 1)
         self.cells = nn.ModuleList(GRUCell(dim, config) for dim in dims)
         if config.include_emb:
@@ -144,14 +149,7 @@ class GRUModel(nn.Module):
                 return_dict: bool | None = None) -> GRUModelOutput | tuple:
         """``hidden_states``: optional initial states (n_layer, batch, h_dim), zeros otherwise.
         ``output_hidden_states`` changes nothing (every step's state is always returned)."""
-        if inputs_embeds is None:
-            if input_ids is None or not self.config.include_emb:
-                raise ValueError("the GRU needs inputs_embeds, or input_ids with include_emb=True")
-            inputs_embeds = self.wte(input_ids)
-        if position_ids is not None:
-            if not self.config.include_emb:
-                raise ValueError("position_ids need include_emb=True (the wpe embedding)")
-            inputs_embeds = inputs_embeds + self.wpe(position_ids)
+        inputs_embeds = embed_inputs(self, input_ids, position_ids, inputs_embeds)
         batch, steps = inputs_embeds.shape[:2]
         if hidden_states is None:
             hidden_states = inputs_embeds.new_zeros(self.config.n_layer, batch, self.config.h_dim)
@@ -174,9 +172,9 @@ def _head_output(loss, logits, gru_output: GRUModelOutput, return_dict: bool | N
                          hidden_states=gru_output.hidden_states)
 
 
-class GRUClassifier(nn.Module):
-    """pyvene's ``GRUForClassification``: ``gru`` (a :class:`GRUModel`) then ``score`` (no
-    bias), read at each example's last step (the last 1 of ``attention_mask`` when given)."""
+class _GRUWithHead(nn.Module):
+    """What both GRU heads stand on: the config and the ``gru`` body, which is the
+    ``base_model`` (Hugging Face's name for it, found through ``base_model_prefix``)."""
 
     base_model_prefix = "gru"
 
@@ -184,11 +182,19 @@ class GRUClassifier(nn.Module):
         super().__init__()
         self.config = config
         self.gru = GRUModel(config)
-        self.score = nn.Linear(config.h_dim, config.n_labels, bias=False)
 
     @property
     def base_model(self) -> GRUModel:
         return self.gru
+
+
+class GRUClassifier(_GRUWithHead):
+    """pyvene's ``GRUForClassification``: ``gru`` (a :class:`GRUModel`) then ``score`` (no
+    bias), read at each example's last step (the last 1 of ``attention_mask`` when given)."""
+
+    def __init__(self, config: GRUConfig) -> None:
+        super().__init__(config)
+        self.score = nn.Linear(config.h_dim, config.n_labels, bias=False)
 
     def forward(self, input_ids=None, position_ids=None, inputs_embeds=None, attention_mask=None,
                 labels: torch.Tensor | None = None, output_hidden_states: bool | None = None,
@@ -204,21 +210,13 @@ class GRUClassifier(nn.Module):
         return _head_output(loss, logits, out, return_dict)
 
 
-class GRULMHeadModel(nn.Module):
+class GRULMHeadModel(_GRUWithHead):
     """pyvene's ``GRULMHeadModel``: ``gru`` then ``lm_head`` (no bias, not tied to ``wte``)
     at every step; with ``labels``, the next-token cross-entropy."""
 
-    base_model_prefix = "gru"
-
     def __init__(self, config: GRUConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.gru = GRUModel(config)
+        super().__init__(config)
         self.lm_head = nn.Linear(config.h_dim, config.vocab_size, bias=False)
-
-    @property
-    def base_model(self) -> GRUModel:
-        return self.gru
 
     def forward(self, input_ids=None, position_ids=None, inputs_embeds=None,
                 labels: torch.Tensor | None = None, output_hidden_states: bool | None = None,

@@ -9,6 +9,7 @@ tokenizer helper here serve both built-in families.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -81,6 +82,28 @@ LOSSES = {
 }
 
 
+def input_embeddings(config: MLPConfig | Any) -> tuple[nn.Embedding, nn.Embedding]:
+    """``(wte, wpe)``: pyvene's token and position embeddings of the MLP and the GRU, built in
+    that order (so a seed gives pyvene's weights) and ``input_dim`` wide."""
+    return (nn.Embedding(config.vocab_size, config.input_dim),
+            nn.Embedding(config.max_position_embeddings, config.input_dim))
+
+
+def embed_inputs(model: nn.Module, input_ids, position_ids, inputs_embeds) -> torch.Tensor:
+    """``inputs_embeds`` (or ``wte(input_ids)``) plus ``wpe(position_ids)`` when given; the
+    one way pyvene's MLP and GRU read their input, with an error naming what is missing."""
+    name = type(model).__name__
+    if inputs_embeds is None:
+        if input_ids is None or not model.config.include_emb:
+            raise ValueError(f"{name} needs inputs_embeds, or input_ids with include_emb=True")
+        inputs_embeds = model.wte(input_ids)
+    if position_ids is not None:
+        if not model.config.include_emb:
+            raise ValueError(f"{name}: position_ids need include_emb=True (the wpe embedding)")
+        inputs_embeds = inputs_embeds + model.wpe(position_ids)
+    return inputs_embeds
+
+
 class MLPBlock(nn.Module):
     """``ff1``, activation (``act``, the ``mlp_activation`` site), dropout: one hidden layer."""
 
@@ -103,8 +126,7 @@ class MLPModel(nn.Module):
         super().__init__()
         self.config = config
         if config.include_emb:
-            self.wte = nn.Embedding(config.vocab_size, config.input_dim)
-            self.wpe = nn.Embedding(config.max_position_embeddings, config.input_dim)
+            self.wte, self.wpe = input_embeddings(config)
         self.dropout = nn.Dropout(config.pdrop)
         dims = [config.input_dim] + [config.h_dim] * config.n_layer
         self.h = nn.ModuleList(MLPBlock(dims[i], dims[i + 1], config) for i in range(config.n_layer))
@@ -113,13 +135,7 @@ class MLPModel(nn.Module):
                 output_hidden_states: bool | None = None) -> list[torch.Tensor]:
         """The last hidden state, preceded by every layer's input when
         ``output_hidden_states``: ``[input, h0, ..., last]``."""
-        if inputs_embeds is None:
-            if input_ids is None or not self.config.include_emb:
-                raise ValueError("the MLP needs inputs_embeds, or input_ids with include_emb=True")
-            inputs_embeds = self.wte(input_ids)
-        hidden = inputs_embeds
-        if position_ids is not None:
-            hidden = hidden + self.wpe(position_ids)
+        hidden = embed_inputs(self, input_ids, position_ids, inputs_embeds)
         states = [self.dropout(hidden)]
         for block in self.h:
             states.append(block(states[-1]))

@@ -293,21 +293,13 @@ def _decoding_source_locations(wiring: Wiring, plan: Plan, selectors: list[Calla
     return src_locs
 
 
-def generate(
-    wiring: Wiring,
-    mode: str,
-    base: Any,
-    sources: Any = None,
-    unit_locations: dict[str, Any] | None = None,
-    source_representations: Any = None,
-    intervene_on_prompt: bool = False,
-    timestep_selector: Any = None,
-    output_original_output: bool = False,
-    subspaces: Any = None,
-    generate_kwargs: dict[str, Any] | None = None,
-):
-    """See :meth:`IntervenableModel.generate`."""
-    generate_kwargs = dict(generate_kwargs or {})
+def generate(wiring: Wiring, mode: str, base: Any, sources: Any, unit_locations: dict[str, Any] | None,
+             source_representations: Any, intervene_on_prompt: bool, timestep_selector: Any,
+             output_original_output: bool, subspaces: Any, generate_kwargs: dict[str, Any]):
+    """:meth:`IntervenableModel.generate` on ``wiring``: every argument as that method got it.
+
+    No defaults here: the method's signature (pyvene's) is the one home of them.
+    """
     base = _as_mapping(base)
     hf_generate = getattr(wiring.model, "generate", None)
     if hf_generate is None:

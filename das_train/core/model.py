@@ -253,13 +253,9 @@ class IntervenableModel(PyveneTrainingMethods, nn.Module):
         ``unit_locations`` index the base as passed, left pads included. Semantics in
         :mod:`das_train.core.generation`.
         """
-        return generate(
-            self.wiring, self.mode, base, sources=sources, unit_locations=unit_locations,
-            source_representations=source_representations,
-            intervene_on_prompt=intervene_on_prompt, timestep_selector=timestep_selector,
-            output_original_output=output_original_output, subspaces=subspaces,
-            generate_kwargs=generate_kwargs,
-        )
+        return generate(self.wiring, self.mode, base, sources, unit_locations, source_representations,
+                        intervene_on_prompt, timestep_selector, output_original_output, subspaces,
+                        generate_kwargs)
 
     # -- saving ---------------------------------------------------------------------------------
     def save(self, save_directory: str, save_to_hf_hub: bool = False, hf_repo_name: str | None = None) -> None:

@@ -92,17 +92,37 @@ def _inner(c: Any) -> int:
     return int(_cfg(c, "intermediate_size", "n_inner", default=4 * _hidden(c)))
 
 
+Projection = tuple[str, tuple[str, int] | None]
+"""A query, key or value projection: its module path and, for a fused one, its third."""
+
+
+def _fused_qkv(path: str, layout: str) -> tuple[Projection, Projection, Projection]:
+    """Query, key and value as the thirds of one fused projection laid out as ``layout``."""
+    return (path, (layout, 0)), (path, (layout, 1)), (path, (layout, 2))
+
+
+def _separate_qkv(
+    template: str, names: tuple[str, str, str] = ("q", "k", "v")
+) -> tuple[Projection, Projection, Projection]:
+    """Query, key and value as three modules: ``template`` with ``{qkv}`` set to each name."""
+    q, k, v = (template.replace("{qkv}", name) for name in names)
+    return (q, None), (k, None), (v, None)
+
+
 def _attention_components(
     attn: str,
     value_proj_in: str,
-    q: tuple[str, tuple[str, int] | None],
-    k: tuple[str, tuple[str, int] | None],
-    v: tuple[str, tuple[str, int] | None],
-    q_width: Callable[[Any], int],
-    kv_width: Callable[[Any], int],
-    kv_heads: Callable[[Any], int],
+    qkv: tuple[Projection, Projection, Projection],
+    q_width: Callable[[Any], int] = _hidden,
+    kv_width: Callable[[Any], int] = _hidden,
+    kv_heads: Callable[[Any], int] = attention_head_count,
 ) -> dict[str, ComponentSpec]:
-    """The attention rows every transformer table shares, from its module names."""
+    """The attention rows every transformer table shares, from its module names.
+
+    The widths default to multi-head attention, where keys and values are as wide as queries;
+    a grouped-query family passes its own.
+    """
+    q, k, v = qkv
     out = {
         "attention_input": ComponentSpec(attn, "input", _hidden),
         "attention_output": ComponentSpec(attn, "output", _hidden),
@@ -152,14 +172,7 @@ GPT2 = ArchitectureTable(
         "attention_weight": _ATTENTION_WEIGHT,
         **_block_and_mlp("h.{layer}", "h.{layer}.mlp", "h.{layer}.mlp.act", _inner),
         **_attention_components(
-            "h.{layer}.attn",
-            "h.{layer}.attn.c_proj",
-            ("h.{layer}.attn.c_attn", ("contiguous", 0)),
-            ("h.{layer}.attn.c_attn", ("contiguous", 1)),
-            ("h.{layer}.attn.c_attn", ("contiguous", 2)),
-            _hidden,
-            _hidden,
-            attention_head_count,
+            "h.{layer}.attn", "h.{layer}.attn.c_proj", _fused_qkv("h.{layer}.attn.c_attn", "contiguous")
         ),
     },
     causal=True,
@@ -177,12 +190,7 @@ GPT_NEOX = ArchitectureTable(
             "layers.{layer}.attention",
             "layers.{layer}.attention.dense",
             # GPT-NeoX lays its fused projection out as (heads, 3, head_dim).
-            ("layers.{layer}.attention.query_key_value", ("interleaved", 0)),
-            ("layers.{layer}.attention.query_key_value", ("interleaved", 1)),
-            ("layers.{layer}.attention.query_key_value", ("interleaved", 2)),
-            _hidden,
-            _hidden,
-            attention_head_count,
+            _fused_qkv("layers.{layer}.attention.query_key_value", "interleaved"),
         ),
     },
     causal=True,
@@ -201,9 +209,7 @@ LLAMA = ArchitectureTable(
         **_attention_components(
             "layers.{layer}.self_attn",
             "layers.{layer}.self_attn.o_proj",
-            ("layers.{layer}.self_attn.q_proj", None),
-            ("layers.{layer}.self_attn.k_proj", None),
-            ("layers.{layer}.self_attn.v_proj", None),
+            _separate_qkv("layers.{layer}.self_attn.{qkv}_proj"),
             _q_width,
             _kv_width,
             _n_kv_heads,
@@ -221,12 +227,7 @@ GPT_NEO = ArchitectureTable(
         **_attention_components(
             "h.{layer}.attn",
             "h.{layer}.attn.attention.out_proj",
-            ("h.{layer}.attn.attention.q_proj", None),
-            ("h.{layer}.attn.attention.k_proj", None),
-            ("h.{layer}.attn.attention.v_proj", None),
-            _hidden,
-            _hidden,
-            attention_head_count,
+            _separate_qkv("h.{layer}.attn.attention.{qkv}_proj"),
         ),
     },
     causal=True,
@@ -247,18 +248,19 @@ BERT = ArchitectureTable(
         **_attention_components(
             "encoder.layer.{layer}.attention.self",
             "encoder.layer.{layer}.attention.output.dense",
-            ("encoder.layer.{layer}.attention.self.query", None),
-            ("encoder.layer.{layer}.attention.self.key", None),
-            ("encoder.layer.{layer}.attention.self.value", None),
-            _hidden,
-            _hidden,
-            attention_head_count,
+            _separate_qkv("encoder.layer.{layer}.attention.self.{qkv}", ("query", "key", "value")),
         ),
         "attention_output": ComponentSpec(
             "encoder.layer.{layer}.attention.output.dense", "output", _hidden
         ),
     },
 )
+
+def _first_layer_reads_input(c: Any, layer: int) -> int:
+    """pyvene's MLP and GRU: layer 0 reads the raw input (``input_dim`` wide, if set), the
+    others the previous layer's ``h_dim``-wide output."""
+    return int((getattr(c, "input_dim", None) or c.h_dim) if layer == 0 else c.h_dim)
+
 
 # pyvene's MLP module names; paths are relative to the base model (``model.mlp``).
 MLP = ArchitectureTable(
@@ -268,7 +270,7 @@ MLP = ArchitectureTable(
     {
         "block_input": ComponentSpec(
             "h.{layer}", "input", lambda c: int(c.h_dim),
-            layer_width=lambda c, layer: int((getattr(c, "input_dim", None) or c.h_dim) if layer == 0 else c.h_dim),
+            layer_width=_first_layer_reads_input,
         ),
         "block_output": ComponentSpec("h.{layer}", "output", lambda c: int(c.h_dim)),
         "mlp_activation": ComponentSpec("h.{layer}.act", "output", lambda c: int(c.h_dim)),
@@ -287,7 +289,7 @@ def _gru_components() -> dict[str, ComponentSpec]:
     out = {
         "cell_input": ComponentSpec(
             "cells.{layer}", "input", _h_dim,
-            layer_width=lambda c, layer: int((getattr(c, "input_dim", None) or c.h_dim) if layer == 0 else c.h_dim),
+            layer_width=_first_layer_reads_input,
         ),
         "cell_output": ComponentSpec("cells.{layer}", "output", _h_dim),
         "x2h_output": ComponentSpec("cells.{layer}.x2h", "output", lambda c: 3 * int(c.h_dim)),

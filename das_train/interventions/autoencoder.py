@@ -26,9 +26,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from das_train.interventions.base import TrainableIntervention
-from das_train.interventions.rotated import first_dims_mask, require_dim, require_source
-from das_train.interventions.subspaces import Subspaces
+from das_train.interventions.base import Intervention, TrainableIntervention
+from das_train.interventions.checks import require_dim, require_source
+from das_train.interventions.subspaces import Subspaces, first_dims_mask, zero_outside
 
 
 class _Autoencoder(nn.Module):
@@ -63,7 +63,8 @@ class AutoencoderIntervention(TrainableIntervention):
             honoured; ``dtype`` changes nothing: parameters are float32, inputs are cast).
     """
 
-    config_fields: ClassVar[tuple[str, ...]] = ("embed_dim", "subspace_partition", "latent_dim")
+    needs_embed_dim = True
+    config_fields: ClassVar[tuple[str, ...]] = (*Intervention.config_fields, "latent_dim")
 
     def __init__(
         self,
@@ -73,17 +74,11 @@ class AutoencoderIntervention(TrainableIntervention):
         source_representation: torch.Tensor | None = None,
         **pyvene_keywords: Any,
     ) -> None:
-        owner = type(self).__name__
-        dim = require_dim(embed_dim, "embed_dim", owner, "the width of one unit")
-        latent = require_dim(latent_dim, "latent_dim", owner, "the number of latent features")
-        super().__init__(
-            embed_dim=dim,
-            subspace_partition=subspace_partition,
-            source_representation=source_representation,
-            **pyvene_keywords,
+        super().__init__(embed_dim, subspace_partition, source_representation, **pyvene_keywords)
+        self.latent_dim = require_dim(
+            latent_dim, "latent_dim", type(self).__name__, "the number of latent features"
         )
-        self.latent_dim = latent
-        self.autoencoder = _Autoencoder(dim, latent)
+        self.autoencoder = _Autoencoder(self.embed_dim, self.latent_dim)
 
     def subspace_size(self) -> int:
         return self.latent_dim
@@ -109,9 +104,7 @@ class AutoencoderIntervention(TrainableIntervention):
         latent_base = self.encode(base_w)  # (batch, units, latent)
         latent_source = self.encode(source)  # (batch, units, latent)
         delta = latent_source - latent_base  # (batch, units, latent)
-        mask = self.subspace_mask(subspaces, delta)
-        if mask is not None:
-            delta = torch.where(mask, delta, torch.zeros((), dtype=delta.dtype, device=delta.device))
+        delta = zero_outside(delta, self.subspace_mask(subspaces, delta))
         # decode(z) - decode(z_b) = (z - z_b) @ W_dec^T: the decoder bias cancels exactly.
         return (base_w + delta @ decoder_weight.T).to(base.dtype)  # (batch, units, d)
 
@@ -152,9 +145,9 @@ class JumpReLUAutoencoderIntervention(TrainableIntervention):
         **pyvene_keywords: pyvene's other keywords (``use_fast`` honoured; ``dtype``: no effect).
     """
 
+    needs_embed_dim = True
     config_fields: ClassVar[tuple[str, ...]] = (
-        "embed_dim",
-        "subspace_partition",
+        *Intervention.config_fields,
         "low_rank_dimension",
         "interchange_dim",
     )
@@ -170,7 +163,6 @@ class JumpReLUAutoencoderIntervention(TrainableIntervention):
         **pyvene_keywords: Any,
     ) -> None:
         owner = type(self).__name__
-        dim = require_dim(embed_dim, "embed_dim", owner, "the width of one unit")
         width = require_dim(low_rank_dimension, "low_rank_dimension", owner, "the number of latents")
         if keep_last_dim is False:
             raise ValueError(
@@ -182,13 +174,8 @@ class JumpReLUAutoencoderIntervention(TrainableIntervention):
                 f"{owner}: interchange_dim must be in 0..{width} (low_rank_dimension), "
                 f"got {interchange_dim}"
             )
-        super().__init__(
-            embed_dim=dim,
-            subspace_partition=subspace_partition,
-            source_representation=source_representation,
-            keep_last_dim=True,
-            **pyvene_keywords,
-        )
+        super().__init__(embed_dim, subspace_partition, source_representation, True, **pyvene_keywords)
+        dim = self.embed_dim
         self.low_rank_dimension = width
         self.interchange_dim = None if interchange_dim is None else int(interchange_dim)
         self.W_enc = nn.Parameter(torch.zeros(dim, width))  # (d, m)

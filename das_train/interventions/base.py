@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from das_train.interventions.checks import require_dim
 from das_train.interventions.subspaces import Subspaces, dims_to_mask, expand_subspaces, list_depth
 
 INTERVENTION_REGISTRY: dict[str, type[Intervention]] = {}
@@ -76,7 +77,8 @@ class Intervention(nn.Module):
 
     Args:
         embed_dim: width of one unit (the model's hidden size, or a head's size for head
-            components). The hook core fills it in from the site when left ``None``.
+            components). The hook core fills it in from the site when left ``None``; a class
+            that sizes parameters by it sets ``needs_embed_dim`` and refuses ``None`` here.
         subspace_partition: ``[[start, end), ...]`` ranges of the last dimension; when given,
             ``subspaces`` name partitions by index instead of single dimensions.
         source_representation: a constant source used in place of a source run.
@@ -109,10 +111,14 @@ class Intervention(nn.Module):
     # the base and the counterfactual loss cannot depend on its parameters
     # (das_train.training.sweep.shared_prefix).
     keeps_base_for_equal_source: ClassVar[bool] = False
-    # Constructor arguments written to the saved config and given back on load.
+    # Constructor arguments written to the saved config and given back on load; a subclass
+    # lists these first and then its own: (*Intervention.config_fields, ...).
     config_fields: ClassVar[tuple[str, ...]] = ("embed_dim", "subspace_partition")
     # Whether a keyword outside PYVENE_KEYWORDS only warns (pyvene's classes take **kwargs).
     accepts_unknown_keywords: ClassVar[bool] = True
+    # Whether the constructor refuses a missing or non-positive embed_dim: a class that sizes
+    # parameters by it cannot wait for the hook core to fill it in.
+    needs_embed_dim: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -126,6 +132,8 @@ class Intervention(nn.Module):
         keep_last_dim: bool | None = None,
         **pyvene_keywords: Any,
     ) -> None:
+        if self.needs_embed_dim:
+            embed_dim = require_dim(embed_dim, "embed_dim", type(self).__name__, "the width of one unit")
         super().__init__()
         self._check_keywords(pyvene_keywords)
         if keep_last_dim is not None and not isinstance(keep_last_dim, bool):

@@ -22,9 +22,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from das_train.interventions.base import TrainableIntervention
-from das_train.interventions.rotated import require_dim
-from das_train.interventions.subspaces import Subspaces
+from das_train.interventions.base import Intervention, TrainableIntervention
+from das_train.interventions.checks import require_dim
+from das_train.interventions.subspaces import Subspaces, zero_outside
 
 
 class LoRAIntervention(TrainableIntervention):
@@ -47,8 +47,7 @@ class LoRAIntervention(TrainableIntervention):
     source_kind: ClassVar[str] = "module_input"
     accepts_unknown_keywords: ClassVar[bool] = False
     config_fields: ClassVar[tuple[str, ...]] = (
-        "embed_dim",
-        "subspace_partition",
+        *Intervention.config_fields,
         "low_rank_dimension",
         "alpha",
         "dropout",
@@ -102,9 +101,7 @@ class LoRAIntervention(TrainableIntervention):
         base_w = base.to(dtype)  # (batch, units, out)
         update = self.dropout_layer(source.to(dtype)) @ self.lora_A @ self.lora_B  # (batch, units, out)
         update = update * self.scaling
-        mask = self.subspace_mask(subspaces, base_w)
-        if mask is not None:
-            update = torch.where(mask, update, torch.zeros((), dtype=dtype, device=update.device))
+        update = zero_outside(update, self.subspace_mask(subspaces, base_w))
         return (base_w + update).to(base.dtype)  # (batch, units, out)
 
     def extra_repr(self) -> str:

@@ -28,11 +28,14 @@ from torch import nn
 
 from das_train.interventions.base import (
     DistributedRepresentationIntervention,
+    Intervention,
     LocalistRepresentationIntervention,
     Subspaces,
     TrainableIntervention,
 )
-from das_train.interventions.rotated import orthogonal_layer, require_dim, require_source
+from das_train.interventions.checks import require_source
+from das_train.interventions.rotated import orthogonal_layer
+from das_train.interventions.subspaces import zero_outside
 
 
 class _TemperatureMixin:
@@ -58,11 +61,50 @@ class _TemperatureMixin:
         self.temperature.copy_(value.reshape(()))
 
 
-def _restrict(mask: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
-    """Zeroes the soft ``mask`` outside the coordinates ``subspaces`` allow."""
-    if allowed is None:
-        return mask
-    return torch.where(allowed, mask, torch.zeros((), dtype=mask.dtype, device=mask.device))
+class _LogitMaskMixin(_TemperatureMixin):
+    """A learned logit per coordinate, read as the soft mask ``sigmoid(logit / T)``.
+
+    The logits keep pyvene's parameter name of each class (``mask``, ``masks``), so saved
+    states load; :meth:`mask_logits` is how the shared code finds them.
+    """
+
+    def mask_logits(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def mask_values(self) -> torch.Tensor:
+        """The soft mask at the current temperature; shape ``(d,)``."""
+        return torch.sigmoid(self.mask_logits() / self.temperature)
+
+    def sparsity_loss(self) -> torch.Tensor:
+        """Differentiable penalty: the mean mask value (fraction of coordinates swapped)."""
+        return self.mask_values().mean()
+
+
+def _soft_interchange(
+    owner: Intervention,
+    base: torch.Tensor,
+    source: torch.Tensor | None,
+    mask: torch.Tensor,
+    subspaces: Subspaces,
+    rotation: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``(1 - mask) * b + mask * s``, in the basis of ``rotation`` (then rotated back) if given.
+
+    ``mask`` is the soft ``(d,)`` mask; outside the coordinates ``subspaces`` name, the base is
+    kept whatever it says. The computation runs in the rotation's dtype (the mask's without
+    one) and returns the base's.
+    """
+    source = require_source(type(owner).__name__, source)
+    dtype = (mask if rotation is None else rotation).dtype
+    base_w, source_w = base.to(dtype), source.to(dtype)  # (batch, units, d)
+    if rotation is not None:
+        base_w, source_w = base_w @ rotation, source_w @ rotation  # (batch, units, d)
+    mask = zero_outside(mask.to(dtype), owner.subspace_mask(subspaces, base_w))  # (d,) or (batch, 1, d)
+    # b + mask * (s - b) is (1 - mask) * b + mask * s with one fewer full-size product.
+    mixed = base_w + mask * (source_w - base_w)  # (batch, units, d)
+    if rotation is not None:
+        mixed = mixed @ rotation.T  # R is orthogonal, so R^T undoes it
+    return mixed.to(base.dtype)
 
 
 class BoundlessRotatedSpaceIntervention(
@@ -101,8 +143,9 @@ class BoundlessRotatedSpaceIntervention(
     """
 
     keeps_base_for_equal_source = True
+    needs_embed_dim = True
 
-    config_fields: ClassVar[tuple[str, ...]] = ("embed_dim", "subspace_partition", "mask_formula")
+    config_fields: ClassVar[tuple[str, ...]] = (*Intervention.config_fields, "mask_formula")
     MASK_FORMULAS: ClassVar[tuple[str, ...]] = ("centred", "pyvene")
 
     def __init__(
@@ -115,18 +158,12 @@ class BoundlessRotatedSpaceIntervention(
         mask_formula: str = "centred",
         **pyvene_keywords: Any,
     ) -> None:
-        dim = require_dim(embed_dim, "embed_dim", type(self).__name__, "the width of one unit")
         if mask_formula not in self.MASK_FORMULAS:
             raise ValueError(
                 f"mask_formula={mask_formula!r} is not allowed; allowed: {list(self.MASK_FORMULAS)}"
             )
-        super().__init__(
-            embed_dim=dim,
-            subspace_partition=subspace_partition,
-            source_representation=source_representation,
-            **pyvene_keywords,
-        )
-        self.rotate_layer = orthogonal_layer(dim, dim)
+        super().__init__(embed_dim, subspace_partition, source_representation, **pyvene_keywords)
+        self.rotate_layer = orthogonal_layer(self.embed_dim, self.embed_dim)
         # Shape (1,), as in pyvene, so its saved boundaries load here.
         self.intervention_boundaries = nn.Parameter(torch.tensor([float(initial_boundary)]))
         self._init_temperature(temperature)
@@ -176,15 +213,8 @@ class BoundlessRotatedSpaceIntervention(
     def forward(
         self, base: torch.Tensor, source: torch.Tensor | None = None, subspaces: Subspaces = None
     ) -> torch.Tensor:
-        source = require_source(type(self).__name__, source)
         rotation = self.rotate_layer.weight  # (d, d), read once
-        rotated_base = base.to(rotation.dtype) @ rotation  # (batch, units, d)
-        rotated_source = source.to(rotation.dtype) @ rotation  # (batch, units, d)
-        mask = self.boundary_mask().to(rotation.dtype)  # (d,)
-        mask = _restrict(mask, self.subspace_mask(subspaces, rotated_base))  # (d,) or (batch, 1, d)
-        # b + mask * (s - b) is (1 - mask) * b + mask * s with one fewer full-size product.
-        mixed = rotated_base + mask * (rotated_source - rotated_base)  # (batch, units, d)
-        return (mixed @ rotation.T).to(base.dtype)
+        return _soft_interchange(self, base, source, self.boundary_mask(), subspaces, rotation)
 
     def extra_repr(self) -> str:
         return (
@@ -194,7 +224,7 @@ class BoundlessRotatedSpaceIntervention(
 
 
 class SigmoidMaskIntervention(
-    _TemperatureMixin, TrainableIntervention, LocalistRepresentationIntervention
+    _LogitMaskMixin, TrainableIntervention, LocalistRepresentationIntervention
 ):
     """A learned soft mask over neurons: ``output = (1 - m) * b + m * s``.
 
@@ -213,8 +243,7 @@ class SigmoidMaskIntervention(
     """
 
     keeps_base_for_equal_source = True
-
-    config_fields: ClassVar[tuple[str, ...]] = ("embed_dim", "subspace_partition")
+    needs_embed_dim = True
 
     def __init__(
         self,
@@ -225,36 +254,21 @@ class SigmoidMaskIntervention(
         source_representation: torch.Tensor | None = None,
         **pyvene_keywords: Any,
     ) -> None:
-        dim = require_dim(embed_dim, "embed_dim", type(self).__name__, "the width of one unit")
-        super().__init__(
-            embed_dim=dim,
-            subspace_partition=subspace_partition,
-            source_representation=source_representation,
-            **pyvene_keywords,
-        )
-        self.mask = nn.Parameter(torch.full((dim,), float(initial_logit)))
+        super().__init__(embed_dim, subspace_partition, source_representation, **pyvene_keywords)
+        self.mask = nn.Parameter(torch.full((self.embed_dim,), float(initial_logit)))
         self._init_temperature(temperature)
 
-    def mask_values(self) -> torch.Tensor:
-        """The soft mask at the current temperature; shape ``(d,)``."""
-        return torch.sigmoid(self.mask / self.temperature)
-
-    def sparsity_loss(self) -> torch.Tensor:
-        """Differentiable penalty: the mean mask value (fraction of dimensions swapped)."""
-        return self.mask_values().mean()
+    def mask_logits(self) -> torch.Tensor:
+        return self.mask
 
     def forward(
         self, base: torch.Tensor, source: torch.Tensor | None = None, subspaces: Subspaces = None
     ) -> torch.Tensor:
-        source = require_source(type(self).__name__, source)
-        dtype = self.mask.dtype
-        base_w = base.to(dtype)  # (batch, units, d)
-        mask = _restrict(self.mask_values(), self.subspace_mask(subspaces, base_w))  # (d,) or (batch, 1, d)
-        return (base_w + mask * (source.to(dtype) - base_w)).to(base.dtype)  # (batch, units, d)
+        return _soft_interchange(self, base, source, self.mask_values(), subspaces)
 
 
 class SigmoidMaskRotatedSpaceIntervention(
-    _TemperatureMixin, TrainableIntervention, DistributedRepresentationIntervention
+    _LogitMaskMixin, TrainableIntervention, DistributedRepresentationIntervention
 ):
     """A learned rotation and a learned soft mask per rotated coordinate.
 
@@ -273,8 +287,7 @@ class SigmoidMaskRotatedSpaceIntervention(
     """
 
     keeps_base_for_equal_source = True
-
-    config_fields: ClassVar[tuple[str, ...]] = ("embed_dim", "subspace_partition")
+    needs_embed_dim = True
 
     def __init__(
         self,
@@ -285,36 +298,19 @@ class SigmoidMaskRotatedSpaceIntervention(
         source_representation: torch.Tensor | None = None,
         **pyvene_keywords: Any,
     ) -> None:
-        dim = require_dim(embed_dim, "embed_dim", type(self).__name__, "the width of one unit")
-        super().__init__(
-            embed_dim=dim,
-            subspace_partition=subspace_partition,
-            source_representation=source_representation,
-            **pyvene_keywords,
-        )
-        self.rotate_layer = orthogonal_layer(dim, dim)
-        self.masks = nn.Parameter(torch.full((dim,), float(initial_logit)))
+        super().__init__(embed_dim, subspace_partition, source_representation, **pyvene_keywords)
+        self.rotate_layer = orthogonal_layer(self.embed_dim, self.embed_dim)
+        self.masks = nn.Parameter(torch.full((self.embed_dim,), float(initial_logit)))
         self._init_temperature(temperature)
 
-    def mask_values(self) -> torch.Tensor:
-        """The soft mask over rotated coordinates at the current temperature; shape ``(d,)``."""
-        return torch.sigmoid(self.masks / self.temperature)
-
-    def sparsity_loss(self) -> torch.Tensor:
-        """Differentiable penalty: the mean mask value (fraction of coordinates swapped)."""
-        return self.mask_values().mean()
+    def mask_logits(self) -> torch.Tensor:
+        return self.masks
 
     def forward(
         self, base: torch.Tensor, source: torch.Tensor | None = None, subspaces: Subspaces = None
     ) -> torch.Tensor:
-        source = require_source(type(self).__name__, source)
         rotation = self.rotate_layer.weight  # (d, d), read once
-        rotated_base = base.to(rotation.dtype) @ rotation  # (batch, units, d)
-        rotated_source = source.to(rotation.dtype) @ rotation  # (batch, units, d)
-        mask = self.mask_values().to(rotation.dtype)  # (d,)
-        mask = _restrict(mask, self.subspace_mask(subspaces, rotated_base))  # (d,) or (batch, 1, d)
-        mixed = rotated_base + mask * (rotated_source - rotated_base)  # (batch, units, d)
-        return (mixed @ rotation.T).to(base.dtype)
+        return _soft_interchange(self, base, source, self.mask_values(), subspaces, rotation)
 
 
 __all__ = [

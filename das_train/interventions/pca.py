@@ -27,9 +27,11 @@ import torch
 
 from das_train.interventions.base import (
     DistributedRepresentationIntervention,
+    Intervention,
     Subspaces,
 )
-from das_train.interventions.rotated import first_dims_mask, require_dim, require_source
+from das_train.interventions.checks import require_dim, require_source
+from das_train.interventions.subspaces import first_dims_mask, zero_outside
 
 # Dimensions whose variance is below this are not rescaled (they would divide by ~0).
 _MIN_STD = 1e-6
@@ -72,9 +74,9 @@ class PCARotatedSpaceIntervention(DistributedRepresentationIntervention):
             honoured; ``dtype`` changes nothing).
     """
 
+    needs_embed_dim = True
     config_fields: ClassVar[tuple[str, ...]] = (
-        "embed_dim",
-        "subspace_partition",
+        *Intervention.config_fields,
         "n_components",
         "interchange_dim",
     )
@@ -104,7 +106,8 @@ class PCARotatedSpaceIntervention(DistributedRepresentationIntervention):
                 embed_dim = components.shape[1]
             if n_components is None:
                 n_components = components.shape[0]
-        dim = require_dim(embed_dim, "embed_dim", owner, "the width of one unit")
+        super().__init__(embed_dim, subspace_partition, source_representation, **pyvene_keywords)
+        dim = self.embed_dim
         count = dim if n_components is None else require_dim(
             n_components, "n_components", owner, "the number of components"
         )
@@ -117,12 +120,6 @@ class PCARotatedSpaceIntervention(DistributedRepresentationIntervention):
                 f"{owner}: components has shape {tuple(components.shape)}, expected "
                 f"(n_components, embed_dim) = ({count}, {dim})"
             )
-        super().__init__(
-            embed_dim=dim,
-            subspace_partition=subspace_partition,
-            source_representation=source_representation,
-            **pyvene_keywords,
-        )
         self.n_components = count
         if interchange_dim is not None and not 0 <= int(interchange_dim) <= count:
             raise ValueError(f"{owner}: interchange_dim must be in 0..{count}, got {interchange_dim}")
@@ -196,8 +193,7 @@ class PCARotatedSpaceIntervention(DistributedRepresentationIntervention):
         mask = self.subspace_mask(subspaces, delta)
         if mask is None:
             mask = first_dims_mask(self.interchange_dim, delta.shape[-1], delta.device)
-        if mask is not None:
-            delta = torch.where(mask, delta, torch.zeros((), dtype=delta.dtype, device=delta.device))
+        delta = zero_outside(delta, mask)
         return (base_w + (delta @ components) * self.pca_std).to(base.dtype)  # (batch, units, d)
 
     def extra_repr(self) -> str:

@@ -28,10 +28,13 @@ from torch import nn
 
 from das_train.interventions.base import (
     DistributedRepresentationIntervention,
+    Intervention,
     Subspaces,
     TrainableIntervention,
 )
-from das_train.interventions.rotated import orthogonal_layer, require_dim
+from das_train.interventions.checks import require_dim
+from das_train.interventions.rotated import orthogonal_layer
+from das_train.interventions.subspaces import zero_outside
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -57,20 +60,14 @@ def _activation(name: str | None, owner: str) -> Callable[[torch.Tensor], torch.
     return ACTIVATIONS[name]
 
 
-def _masked(edit: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    if mask is None:
-        return edit
-    return torch.where(mask, edit, torch.zeros((), dtype=edit.dtype, device=edit.device))
-
-
 class _ReftBase(TrainableIntervention, DistributedRepresentationIntervention):
     """What both ReFT variants share: the rank, the learned target ``act(W h + b)``, dropout
     on the edit, and ``subspaces`` naming some of the ``k`` coordinates."""
 
     source_kind: ClassVar[str] = "none"
+    needs_embed_dim = True
     config_fields: ClassVar[tuple[str, ...]] = (
-        "embed_dim",
-        "subspace_partition",
+        *Intervention.config_fields,
         "low_rank_dimension",
         "dropout",
         "act_fn",
@@ -85,10 +82,9 @@ class _ReftBase(TrainableIntervention, DistributedRepresentationIntervention):
         subspace_partition: Sequence[Sequence[int]] | None,
         pyvene_keywords: dict[str, Any],
     ) -> None:
-        owner = type(self).__name__
-        dim = require_dim(embed_dim, "embed_dim", owner, "the width of one unit")
+        super().__init__(embed_dim, subspace_partition, **pyvene_keywords)
+        owner, dim = type(self).__name__, self.embed_dim
         rank = require_dim(low_rank_dimension, "low_rank_dimension", owner, "the rank k")
-        super().__init__(embed_dim=dim, subspace_partition=subspace_partition, **pyvene_keywords)
         self.low_rank_dimension = rank
         self.dropout = float(dropout)
         self.act_fn = act_fn
@@ -102,7 +98,7 @@ class _ReftBase(TrainableIntervention, DistributedRepresentationIntervention):
     def _apply_edit(self, base_w: torch.Tensor, edit: torch.Tensor, back: torch.Tensor,
                     subspaces: Subspaces) -> torch.Tensor:
         """``base + dropout(edit @ back)`` with the edit limited to ``subspaces``."""
-        edit = _masked(edit, self.subspace_mask(subspaces, edit))  # (batch, units, k)
+        edit = zero_outside(edit, self.subspace_mask(subspaces, edit))  # (batch, units, k)
         return base_w + self.dropout_layer(edit @ back)  # (batch, units, d)
 
     def extra_repr(self) -> str:

@@ -22,8 +22,8 @@ the output back to the input's, so a bf16 model can carry fp32 interventions. Th
 rotations trained with pyvene load (a square one is converted from pyvene's matrix-exponential
 map on loading; :meth:`RotateLayer._load_from_state_dict`).
 
-The small helpers here (:class:`RotateLayer`, :func:`orthogonal_layer`, :func:`require_dim`,
-:func:`require_source`) are shared by the other trainable families (masks, ReFT).
+:class:`RotateLayer` and :func:`orthogonal_layer` are shared by the other trainable families
+(masks, ReFT).
 """
 
 from __future__ import annotations
@@ -37,33 +37,14 @@ from torch.nn.utils import parametrizations
 
 from das_train.interventions.base import (
     DistributedRepresentationIntervention,
+    Intervention,
     Subspaces,
     TrainableIntervention,
 )
+from das_train.interventions.checks import require_dim, require_source
+from das_train.interventions.subspaces import first_dims_mask, zero_outside
 
-# -- helpers shared by the trainable families ---------------------------------------------------
-
-
-def require_dim(value: int | None, name: str, owner: str, what: str) -> int:
-    """Returns ``value`` as a positive int, or raises naming the missing argument."""
-    if value is None:
-        raise ValueError(
-            f"{owner} needs `{name}` ({what}) to size its parameters; pass {name}=..., or build "
-            "it from a RepresentationConfig, which fills embed_dim in from the site's width"
-        )
-    if isinstance(value, bool) or int(value) != value or int(value) <= 0:
-        raise ValueError(f"{owner}: `{name}` must be a positive int, got {value!r}")
-    return int(value)
-
-
-def require_source(owner: str, source: torch.Tensor | None) -> torch.Tensor:
-    """The interchange families need a source; say how to give one instead of failing in matmul."""
-    if source is None:
-        raise ValueError(
-            f"{owner} needs a source: give `sources` (an interchange) or `source_representations`"
-        )
-    return source
-
+# -- the rotation the trainable families share ------------------------------------------------
 
 CAYLEY_MARKER = "cayley_map"
 """Buffer of a square :class:`RotateLayer` saying its ``original`` is read through the Cayley map."""
@@ -128,13 +109,6 @@ def orthogonal_layer(in_dim: int, out_dim: int) -> RotateLayer:
     return parametrizations.orthogonal(layer, orthogonal_map="cayley")
 
 
-def first_dims_mask(count: int | None, width: int, device: torch.device) -> torch.Tensor | None:
-    """``(width,)`` bool mask of the first ``count`` coordinates; ``None`` means all of them."""
-    if count is None or count >= width:
-        return None
-    return torch.arange(width, device=device) < count
-
-
 # -- the interventions ------------------------------------------------------------------------
 
 
@@ -159,12 +133,9 @@ class RotatedSpaceIntervention(TrainableIntervention, DistributedRepresentationI
     """
 
     keeps_base_for_equal_source = True
+    needs_embed_dim = True
 
-    config_fields: ClassVar[tuple[str, ...]] = (
-        "embed_dim",
-        "subspace_partition",
-        "interchange_dim",
-    )
+    config_fields: ClassVar[tuple[str, ...]] = (*Intervention.config_fields, "interchange_dim")
 
     def __init__(
         self,
@@ -174,16 +145,10 @@ class RotatedSpaceIntervention(TrainableIntervention, DistributedRepresentationI
         source_representation: torch.Tensor | None = None,
         **pyvene_keywords: Any,
     ) -> None:
-        dim = require_dim(embed_dim, "embed_dim", type(self).__name__, "the width of one unit")
-        super().__init__(
-            embed_dim=dim,
-            subspace_partition=subspace_partition,
-            source_representation=source_representation,
-            **pyvene_keywords,
-        )
+        super().__init__(embed_dim, subspace_partition, source_representation, **pyvene_keywords)
         self.interchange_dim: int | None = None
         self.set_interchange_dim(interchange_dim)
-        self.rotate_layer = orthogonal_layer(dim, dim)
+        self.rotate_layer = orthogonal_layer(self.embed_dim, self.embed_dim)
 
     def set_interchange_dim(self, interchange_dim: int | None) -> None:
         """Sets how many leading rotated coordinates a call without ``subspaces`` interchanges."""
@@ -237,12 +202,9 @@ class LowRankRotatedSpaceIntervention(
     """
 
     keeps_base_for_equal_source = True
+    needs_embed_dim = True
 
-    config_fields: ClassVar[tuple[str, ...]] = (
-        "embed_dim",
-        "subspace_partition",
-        "low_rank_dimension",
-    )
+    config_fields: ClassVar[tuple[str, ...]] = (*Intervention.config_fields, "low_rank_dimension")
 
     def __init__(
         self,
@@ -252,17 +214,11 @@ class LowRankRotatedSpaceIntervention(
         source_representation: torch.Tensor | None = None,
         **pyvene_keywords: Any,
     ) -> None:
-        owner = type(self).__name__
-        dim = require_dim(embed_dim, "embed_dim", owner, "the width of one unit")
+        super().__init__(embed_dim, subspace_partition, source_representation, **pyvene_keywords)
+        owner, dim = type(self).__name__, self.embed_dim
         rank = require_dim(low_rank_dimension, "low_rank_dimension", owner, "the number k of directions")
         if rank > dim:
             raise ValueError(f"{owner}: low_rank_dimension={rank} exceeds embed_dim={dim}")
-        super().__init__(
-            embed_dim=dim,
-            subspace_partition=subspace_partition,
-            source_representation=source_representation,
-            **pyvene_keywords,
-        )
         self.low_rank_dimension = rank
         self.rotate_layer = orthogonal_layer(dim, rank)
 
@@ -277,9 +233,7 @@ class LowRankRotatedSpaceIntervention(
         base_w = base.to(weight.dtype)  # (batch, units, d)
         # Projecting the difference once is the same as projecting base and source apart.
         diff = (source.to(weight.dtype) - base_w) @ weight  # (batch, units, k)
-        mask = self.subspace_mask(subspaces, diff)
-        if mask is not None:
-            diff = torch.where(mask, diff, torch.zeros((), dtype=diff.dtype, device=diff.device))
+        diff = zero_outside(diff, self.subspace_mask(subspaces, diff))
         return (base_w + diff @ weight.T).to(base.dtype)  # (batch, units, d)
 
     def extra_repr(self) -> str:

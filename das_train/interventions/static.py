@@ -24,18 +24,11 @@ from das_train.interventions.base import (
     SourcelessIntervention,
     Subspaces,
 )
-from das_train.interventions.rotated import first_dims_mask
+from das_train.interventions.checks import require_source
+from das_train.interventions.subspaces import first_dims_mask
 
 # Meng et al. (2022) noise: three times the standard deviation of GPT-2 XL's embeddings.
 DEFAULT_NOISE_SCALE = 3 * 0.13462
-
-
-def _require_source(name: str, source: torch.Tensor | None) -> torch.Tensor:
-    if source is None:
-        raise ValueError(
-            f"{name} needs a source: give `sources` (an interchange) or `source_representations`"
-        )
-    return source
 
 
 def _leading_dims_mask(intervention: Intervention, base: torch.Tensor) -> torch.Tensor | None:
@@ -70,7 +63,7 @@ class VanillaIntervention(LocalistRepresentationIntervention):
     keeps_base_for_equal_source = True
 
     def forward(self, base, source=None, subspaces: Subspaces = None):
-        source = _require_source(type(self).__name__, source).to(base.dtype)
+        source = require_source(type(self).__name__, source).to(base.dtype)
         mask = _chosen_mask(self, subspaces, base)
         if mask is None:
             return source.expand_as(base)
@@ -81,7 +74,7 @@ class AdditionIntervention(BasisAgnosticIntervention, LocalistRepresentationInte
     """Adds the source to the base (steering vectors, noising with a given vector)."""
 
     def forward(self, base, source=None, subspaces: Subspaces = None):
-        source = _require_source(type(self).__name__, source).to(base.dtype)
+        source = require_source(type(self).__name__, source).to(base.dtype)
         mask = _chosen_mask(self, subspaces, base)
         if mask is None:
             return base + source
@@ -92,7 +85,7 @@ class SubtractionIntervention(BasisAgnosticIntervention, LocalistRepresentationI
     """Subtracts the source from the base."""
 
     def forward(self, base, source=None, subspaces: Subspaces = None):
-        source = _require_source(type(self).__name__, source).to(base.dtype)
+        source = require_source(type(self).__name__, source).to(base.dtype)
         mask = _chosen_mask(self, subspaces, base)
         if mask is None:
             return base - source
@@ -165,12 +158,7 @@ class NoiseIntervention(SourcelessIntervention, LocalistRepresentationInterventi
             intervention sees each unit alone whatever ``keep_last_dim`` says).
     """
 
-    config_fields: ClassVar[tuple[str, ...]] = (
-        "embed_dim",
-        "subspace_partition",
-        "scale",
-        "seed",
-    )
+    config_fields: ClassVar[tuple[str, ...]] = (*Intervention.config_fields, "scale", "seed")
 
     def __init__(
         self,

@@ -98,3 +98,21 @@ def dims_to_mask(
     if per_unit:
         return mask
     return mask.view(len(dims), *([1] * (base.dim() - 2)), width)
+
+
+def first_dims_mask(count: int | None, width: int, device: torch.device) -> torch.Tensor | None:
+    """``(width,)`` bool mask of the first ``count`` coordinates; ``None`` means all of them."""
+    if count is None or count >= width:
+        return None
+    return torch.arange(width, device=device) < count
+
+
+def zero_outside(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``values`` where ``mask`` holds and zero elsewhere; ``None`` keeps them all.
+
+    A fresh tensor from ``torch.where`` with a scalar zero: no full-size zeros are allocated,
+    and gradients reach only the kept entries.
+    """
+    if mask is None:
+        return values
+    return torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
