@@ -2,7 +2,9 @@
 
 Each returns ``(config, tokenizer, model)``. They need the Hub (or a local cache); when the
 Hub cannot be reached they fail at once with a message that says so and how to work offline,
-instead of hanging or printing a stack of connection errors.
+instead of hanging or printing a stack of connection errors. A name that looks like a path
+(:func:`~das_train.core.checkpoint_folders.looks_local`) is a ``save_pretrained`` folder, read
+from disk alone.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
+
+from das_train.core.checkpoint_folders import checkpoint_folder_problems, folder_path, looks_local
 
 
 class HubUnavailableError(OSError):
@@ -42,10 +46,26 @@ def hub_unreachable_reason(repo_id: str, revision: str | None = None, timeout: f
         return f"the Hub at {constants.ENDPOINT} cannot be reached ({err.__class__.__name__}) and the model is not cached"
 
 
+def _load_folder(model_cls: Any, name: str, dtype: Any):
+    """A local ``save_pretrained`` folder, read without any network call."""
+    import transformers
+
+    problems = checkpoint_folder_problems(name)
+    if problems:
+        raise FileNotFoundError("; ".join(problems))
+    folder = folder_path(name)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = model_cls.from_pretrained(folder, local_files_only=True, dtype=dtype)
+    model.eval()
+    return model.config, tokenizer, model
+
+
 def _load(model_cls_name: str, name: str, cache_dir: str | None, dtype: Any = None, **kwargs: Any):
     import transformers
 
     model_cls = getattr(transformers, model_cls_name)
+    if looks_local(name):
+        return _load_folder(model_cls, name, dtype)
     reason = hub_unreachable_reason(name)
     if reason is not None:
         raise HubUnavailableError(

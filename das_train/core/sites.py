@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from das_train.core.table_discovery import BLOCK_LIST_PATHS, discover_table
 from das_train.core.tables import (
     HEAD_COMPONENTS,
     RECURRENT_COMPONENTS,
@@ -35,6 +36,7 @@ __all__ = [
     "Site",
     "get_submodule",
     "is_module_path",
+    "missing_table_message",
     "pyvene_dimension",
     "register_architecture",
     "resolve_site",
@@ -49,13 +51,26 @@ __all__ = [
 def table_for(model: nn.Module) -> ArchitectureTable | None:
     """The table of the model's family: one registered for its class (or a base class) by
     :func:`register_architecture` or in pyvene's ``type_to_module_mapping``, else the shipped
-    table of its ``config.model_type``."""
+    table of its ``config.model_type``, else one discovered from its block list
+    (:func:`~das_train.core.table_discovery.discover_table`)."""
     for cls in type(model).__mro__:
         if cls in _REGISTERED:
             return _REGISTERED[cls]
         if cls in type_to_module_mapping:
             return table_from_pyvene_mapping(model, cls)
-    return table_for_config(getattr(model, "config", None))
+    return table_for_config(getattr(model, "config", None)) or discover_table(model)
+
+
+def missing_table_message(model: nn.Module) -> str:
+    """Why ``model`` has no table, and what would give it one: said the same way by every
+    caller that needs one, before any forward pass."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return (
+        f"{type(model).__name__} (model_type={model_type!r}) has no architecture table: no table "
+        f"lists that model type (tables exist for {sorted(t for tab in TABLES for t in tab.model_types)}) "
+        f"and no nn.ModuleList of blocks was found under {', '.join(BLOCK_LIST_PATHS)}. Give it one "
+        "with das_train.register_architecture, or name modules by path such as 'layers[0].output'"
+    )
 
 
 def table_for_config(config: Any) -> ArchitectureTable | None:
@@ -285,13 +300,7 @@ def resolve_site(model: nn.Module, layer: int, component: str, unit: str) -> Sit
 
     table = table_for(model)
     if table is None:
-        model_type = getattr(getattr(model, "config", None), "model_type", None)
-        raise ValueError(
-            f"component {component!r}: no architecture table for {type(model).__name__} "
-            f"(model_type={model_type!r}); known families: "
-            f"{sorted(t for tab in TABLES for t in tab.model_types)}. Use a module path "
-            f"such as 'layers[0].output' for other models"
-        )
+        raise ValueError(f"component {component!r}: {missing_table_message(model)}")
     spec = table.components.get(component)
     if spec is None:
         raise ValueError(

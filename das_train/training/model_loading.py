@@ -1,8 +1,9 @@
-"""The frozen model of a run: a Hub checkpoint, or a small model trained on the task here.
+"""The frozen model of a run: a Hub checkpoint, a local ``save_pretrained`` folder, or a small
+model trained on the task here.
 
 Every job (the DAS sweep, causal tracing, steering) starts from :func:`build_model`, so a
 Hub model that cannot be reached fails the same way everywhere, naming the recipes that run
-offline.
+offline, and a folder is read from disk without a single network call.
 """
 
 from __future__ import annotations
@@ -15,8 +16,14 @@ import torch
 from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from das_train.core.checkpoint_folders import (
+    checkpoint_folder_problems,
+    checkpoint_identity,
+    folder_path,
+    looks_local,
+)
 from das_train.core.loaders import HubUnavailableError, hub_unreachable_reason
-from das_train.core.sites import table_for
+from das_train.core.sites import missing_table_message, table_for
 from das_train.data.pair_contract import CounterfactualTask
 from das_train.data.tiny_lm import train_tiny_lm
 from das_train.tasks.hierarchical_equality import ExperimentSize, train_model
@@ -29,7 +36,10 @@ OFFLINE_RECIPES = ("gender_tiny", "hierarchical_equality", "causal_tracing", "st
 
 def load_hub_model(cfg: DictConfig):
     """(model, tokenizer) of ``cfg.model.name`` at ``cfg.model.revision``, in eval mode and on
-    :func:`frozen_model_device`; an unreachable Hub is a :class:`HubUnavailableError`."""
+    :func:`frozen_model_device`; an unreachable Hub is a :class:`HubUnavailableError`. A name
+    that looks like a path is a local folder (:func:`load_folder_model`)."""
+    if looks_local(cfg.model.name):
+        return load_folder_model(cfg)
     dtype = getattr(torch, cfg.model.dtype)
     offline_hint = (f"Recipes that work offline: {', '.join(OFFLINE_RECIPES)}; or add model=tiny to "
                     "train a small model on this task.")
@@ -45,11 +55,44 @@ def load_hub_model(cfg: DictConfig):
             f"recipe {cfg.recipe!r} needs {cfg.model.name!r} from the Hugging Face Hub, which cannot be "
             f"reached or is not cached ({type(err).__name__}: {err}). {offline_hint}"
         ) from err
+    return _placed(cfg, model), tokenizer
+
+
+def load_folder_model(cfg: DictConfig):
+    """(model, tokenizer) from the ``save_pretrained`` folder ``cfg.model.name``, read with
+    ``local_files_only`` so nothing goes to the network; a folder that is missing, or lacks its
+    config, weights or tokenizer, is a :class:`ConfigError` naming what is missing.
+    ``model.revision`` does not apply to a folder and is ignored (logged)."""
+    problems = checkpoint_folder_problems(cfg.model.name)
+    if problems:
+        raise ConfigError([f"'model.name' = {cfg.model.name!r}: {problem}" for problem in problems])
+    folder = folder_path(cfg.model.name)
+    identity = checkpoint_identity(cfg.model.name)
+    log.info("model.kind=hub from the local folder %s (fingerprint %s); model.revision=%r is ignored "
+             "for a folder", folder, identity["fingerprint"], cfg.model.revision)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=getattr(torch, cfg.model.dtype),
+                                                 device_map=cfg.model.device_map)
+    return _placed(cfg, model), tokenizer
+
+
+def _placed(cfg: DictConfig, model):
     model.eval()
     device = frozen_model_device(cfg)
     if device is not None:
         model.to(device)
-    return model, tokenizer
+    return model
+
+
+def model_identity(cfg: DictConfig) -> dict:
+    """What the results were computed with, for ``run_info.json``: the Hub id and revision, or
+    a folder's path and fingerprint (:func:`~das_train.core.checkpoint_folders.checkpoint_identity`)
+    with the revision marked as ignored, or the kind of model trained on the spot."""
+    if cfg.model.kind != "hub":
+        return {"kind": cfg.model.kind}
+    if looks_local(cfg.model.name):
+        return {"kind": "hub", **checkpoint_identity(cfg.model.name), "revision_ignored": cfg.model.revision}
+    return {"kind": "hub", "name": cfg.model.name, "revision": cfg.model.revision}
 
 
 def frozen_model_device(cfg: DictConfig) -> torch.device | None:
@@ -86,11 +129,13 @@ def build_model(cfg: DictConfig, task: CounterfactualTask | None):
 
 
 def number_of_layers(model: torch.nn.Module) -> int:
-    """The layers a sweep or a trace runs over, from the model's architecture table."""
+    """The layers a sweep or a trace runs over, from the model's architecture table; a model
+    with none is refused before any forward, saying which tables exist."""
     table = table_for(model)
     if table is None:
-        raise ConfigError([f"{type(model).__name__} has no architecture table; sweeps need one"])
+        raise ConfigError([missing_table_message(model)])
     return table.num_layers(model.config)
 
 
-__all__ = ["OFFLINE_RECIPES", "build_model", "frozen_model_device", "load_hub_model", "number_of_layers"]
+__all__ = ["OFFLINE_RECIPES", "build_model", "frozen_model_device", "load_folder_model", "load_hub_model",
+           "model_identity", "number_of_layers"]

@@ -18,6 +18,7 @@ from das_train.data.pair_contract import CounterfactualTask
 from das_train.data.pair_datamodule import PairDataModule
 from das_train.training import config_fingerprint as fingerprints
 from das_train.training import preflight, reports
+from das_train.training.model_loading import model_identity
 from das_train.training.ranks import is_global_zero
 
 
@@ -40,6 +41,7 @@ def prepare_pairs(cfg: DictConfig, task: CounterfactualTask, tokenizer, model: n
         reports.atomic_write_text(run_dir / "run_info.json", json.dumps({
             "das_train_version": __version__,
             "config_fingerprint": fingerprints.config_fingerprint(cfg),
+            "model": model_identity(cfg),
             "dataset": {"task": task.name, "seed": cfg.seed, "fingerprint": datamodule.fingerprint(),
                         "kept": kept, "dropped": dropped},
         }, indent=2))

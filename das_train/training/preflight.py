@@ -27,6 +27,7 @@ from das_train.core.sites import (
     HEAD_COMPONENTS,
     TABLES,
     ArchitectureTable,
+    missing_table_message,
     table_for,
     table_for_config,
 )
@@ -202,10 +203,7 @@ def check_loaded_model(cfg: DictConfig, model: Any, spec: TaskSpec) -> None:
     """The sweep's sites against a model just loaded (``model.kind=hub``), before any forward."""
     table = table_for(model)
     if table is None:
-        model_type = getattr(getattr(model, "config", None), "model_type", None)
-        raise ConfigError([f"'model.name' = {cfg.model.name!r} is a {type(model).__name__} "
-                           f"(model_type={model_type!r}) with no architecture table; sweeps need one of "
-                           f"{sorted(t for tab in TABLES for t in tab.model_types)}"])
+        raise ConfigError([f"'model.name' = {cfg.model.name!r}: {missing_table_message(model)}"])
     problems = site_problems(cfg, table, model.config, spec)
     if problems:
         raise ConfigError(problems)

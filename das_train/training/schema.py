@@ -36,11 +36,15 @@ def option(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | N
 @dataclass
 class ModelConfig:
     kind: str = option("tiny", allowed=MODEL_KINDS)
-    """``tiny`` (a GPT-NeoX trained on the task on the spot), ``hub`` (from the Hub) or ``mlp``."""
+    """``tiny`` (a GPT-NeoX trained on the task on the spot), ``hub`` (a Hugging Face causal LM,
+    from the Hub or a local folder) or ``mlp``."""
     name: str | None = None
-    """Hub model id (kind=hub)."""
+    """Hub model id, or a ``save_pretrained`` folder holding the model and its tokenizer (kind=hub):
+    a name starting with ``/``, ``./``, ``../`` or ``~``, or that exists on disk, is read from disk
+    only."""
     revision: str = "main"
-    """Hub revision (kind=hub), recorded with the results."""
+    """Hub revision (kind=hub), recorded with the results; ignored for a local folder, whose
+    path and file fingerprint are recorded instead."""
     dtype: str = option("float32", allowed=DTYPES)
     """Weights' dtype: float32, bfloat16 or float16."""
     device_map: str | None = None
