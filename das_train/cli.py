@@ -19,7 +19,7 @@ from pathlib import Path
 from das_train import usage
 from das_train.training.preflight import SWEEP_CHECKS, sweep_problems
 from das_train.training.ranks import is_global_zero
-from das_train.training.run import run
+from das_train.training.run import READ_ONLY_JOBS, run
 from das_train.training.run_dir import RunDirLocked
 from das_train.training.schema import ConfigError, complete, defaults, schema_keys
 from das_train.training.validation import validate
@@ -221,6 +221,9 @@ def hydra_directory_overrides(cfg, overrides: list[str], multirun: bool) -> list
         extra.append("hydra.job.config.override_dirname.exclude_keys=[" + ",".join(f"'{k}'" for k in sorted(fixed)) + "]")
     if cfg.sweep.num_shards > 1 and not any(o.startswith("hydra.output_subdir=") for o in overrides):
         extra.append("hydra.output_subdir=.hydra/shard-${sweep.shard}")
+    if cfg.job in READ_ONLY_JOBS:
+        # run_dir is a finished run's: Hydra's record and log of this job would overwrite its own.
+        extra += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
     return extra
 
 
