@@ -120,18 +120,22 @@ def unit_id(site: TrainedSite, positions: dict[str, str]) -> str:
         raise ConfigError([f"site {site.name}: component {site.component!r} is not a residual-stream unit; MIB's "
                            f"residual-stream track takes {sorted(MIB_LAYER_OFFSET)} (give mib.sites to leave it out)"])
     token = positions.get(site.position, site.position)
-    if not isinstance(token, str) or not token or any(c in token for c in UNIT_NAME_FORBIDDEN):
-        raise ConfigError([f"mib.positions: token id {token!r} of position {site.position!r} must be a non-empty "
-                           f"string without any of {list(UNIT_NAME_FORBIDDEN)} (MIB parses the file name)"])
+    if any(c in token for c in UNIT_NAME_FORBIDDEN):
+        raise ConfigError([f"mib.positions: token id {token!r} of position {site.position!r} must not hold any of "
+                           f"{list(UNIT_NAME_FORBIDDEN)} (MIB parses the file name)"])
     return f"ResidualStream(Layer-{site.layer + MIB_LAYER_OFFSET[site.component]},Token-{token})"
 
 
-def position_map(cfg: DictConfig) -> dict[str, str]:
-    positions = cfg.mib.positions
-    if positions is None or not hasattr(positions, "items"):
-        raise ConfigError([f"mib.positions = {positions!r} must be a mapping of das_train position names to MIB "
-                           "token position ids, e.g. mib.positions={last:last_token}"])
-    return {str(k): v for k, v in positions.items()}
+def position_map(pairs: list[str]) -> dict[str, str]:
+    """``mib.positions`` (``name:id`` pairs) as a mapping; refuses a pair it cannot read."""
+    mapping = {}
+    for pair in pairs:
+        name, _, token = str(pair).partition(":")
+        if not name or not token or name in mapping:
+            raise ConfigError([f"mib.positions: cannot read {pair!r}; give each das_train position once, as "
+                               "name:id, e.g. mib.positions=[last:last_token]"])
+        mapping[name] = token
+    return mapping
 
 
 def read_features(site: TrainedSite) -> tuple[MibFeatures, dict[str, Any]]:
@@ -211,7 +215,7 @@ def run_export_mib(cfg: DictConfig, run_dir: Path) -> Path:
     """Writes the run's trained sites (one seed each) as an MIB submission folder; returns run_dir."""
     stored = stored_config(run_dir)
     out = output_folder(cfg, run_dir)
-    positions = position_map(cfg)
+    positions = position_map(cfg.mib.positions)
     sites = chosen_sites(trained_sites(run_dir), cfg.mib.sites, cfg.mib.seed)
     units, models, seen = [], set(), {}
     for site in sites:

@@ -235,9 +235,9 @@ class MibConfig:
     (``block_output-L1-name``); null means every trained site."""
     seed: int | None = None
     """Which seed's intervention each site exports; null means the seed of highest IIA."""
-    positions: dict[str, str] = field(default_factory=dict)
-    """das_train position name -> MIB token position id (e.g. ``{last: last_token}``); a name
-    not listed is used as is."""
+    positions: list[str] = field(default_factory=list)
+    """``name:id`` pairs renaming a das_train position to the id of the MIB task's token
+    position (e.g. ``[last:last_token]``); a position not listed keeps its name."""
 
 
 @dataclass
