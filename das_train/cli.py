@@ -221,9 +221,6 @@ def hydra_directory_overrides(cfg, overrides: list[str], multirun: bool) -> list
         extra.append("hydra.job.config.override_dirname.exclude_keys=[" + ",".join(f"'{k}'" for k in sorted(fixed)) + "]")
     if cfg.sweep.num_shards > 1 and not any(o.startswith("hydra.output_subdir=") for o in overrides):
         extra.append("hydra.output_subdir=.hydra/shard-${sweep.shard}")
-    if cfg.job in READ_ONLY_JOBS:
-        # run_dir is a finished run's: Hydra's record and log of this job would overwrite its own.
-        extra += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
     return extra
 
 
@@ -335,6 +332,14 @@ def run_with_hydra(recipe: str, overrides: list[str], flags: list[str], run_dirs
     hydra.main(version_base="1.3", config_path=str(path.parent), config_name=path.stem)(entry)()
 
 
+def run_read_only(cfg, multirun: bool) -> None:
+    """A job that only reads a finished run (:data:`READ_ONLY_JOBS`) runs without Hydra, which
+    would create ``run_dir`` if missing and write its record and log of this job over the run's."""
+    if multirun:
+        raise ConfigError([f"job={cfg.job} reads one run directory; it takes no -m/--multirun"])
+    run(cfg, validated=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     recipe, overrides, flags = split_arguments(argv)
@@ -343,11 +348,14 @@ def main(argv: list[str] | None = None) -> None:
             print_help(recipe if any(a.startswith("recipe=") for a in argv) else None, overrides)
             return
         cfg = check(recipe, overrides)
+        multirun = any(flag in MULTIRUN_FLAGS for flag in flags)
+        if cfg.job in READ_ONLY_JOBS:
+            run_read_only(cfg, multirun)
+            return
     except ConfigError as err:
         print(f"das_train: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 
-    multirun = any(flag in MULTIRUN_FLAGS for flag in flags)
     overrides += hydra_directory_overrides(cfg, overrides, multirun)
     run_dirs = [cfg.run_dir]
     try:

@@ -273,10 +273,17 @@ def test_a_folder_with_no_run_or_no_trained_site_is_refused(finished_run, tmp_pa
     assert sorted(p.name for p in bare.iterdir()) == ["config.yaml"]
 
 
-def test_the_command_line_writes_nothing_into_the_run(finished_run, tmp_path):
-    """Hydra's record and log of the export job would land in run_dir: the command line turns them off."""
+def test_the_command_line_writes_nothing_into_the_run(finished_run, tmp_path, capsys):
+    """Hydra would create run_dir and write its record and log of the export there: the command
+    line runs a read-only job without it."""
     before = {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()}
     cli.main(["job=export_mib", f"run_dir={finished_run}", f"mib.out={tmp_path}/sub"])
     assert {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()} == before
-    assert not (finished_run / ".hydra").exists()
     assert mib_verifies(tmp_path / "sub" / FOLDER)
+    for argv in (["job=export_mib", f"run_dir={tmp_path}/typo"], ["-m", "job=export_mib", f"run_dir={finished_run}"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "holds no config.yaml" in err and "job=export_mib reads one run directory; it takes no -m" in err
+    assert not (tmp_path / "typo").exists()
