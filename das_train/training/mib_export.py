@@ -240,12 +240,20 @@ def run_export_mib(cfg: DictConfig, run_dir: Path) -> Path:
         place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    for u in units:
-        print(f"{u.site.name} seed {u.site.seed} (IIA {u.site.iia:.3f}) -> {out / folder / u.unit}_*", flush=True)
-    print(f"wrote {len(units)} MIB unit(s) to {out / folder} ({MIB_FORMAT})", flush=True)
-    if note:
-        print(f"note: MIB's verify_submission.py will skip {folder}: {note}", flush=True)
+    print_summary(out / folder, units, note)
     return run_dir
+
+
+def print_summary(folder: Path, units: list[ExportedUnit], note: str | None) -> None:
+    """What was written where, the format followed, and what a reader must know about it."""
+    for u in units:
+        print(f"{u.site.name} seed {u.site.seed} (IIA {u.site.iia:.3f}) -> {folder / u.unit}_*", flush=True)
+        if u.features.hardened_from:
+            print(f"note: {u.site.name}'s Boundless DAS mask is exported hard; its softest value was "
+                  f"{u.features.hardened_from:.3g} from 0 or 1", flush=True)
+    print(f"wrote {len(units)} MIB unit(s) to {folder} ({MIB_FORMAT})", flush=True)
+    if note:
+        print(f"note: MIB's verify_submission.py will skip {folder.name}: {note}", flush=True)
 
 
 __all__ = ["MIB_FORMAT", "TrainedSite", "run_export_mib", "trained_sites", "unit_id"]
