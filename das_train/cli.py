@@ -19,7 +19,7 @@ from pathlib import Path
 from das_train import usage
 from das_train.training.preflight import SWEEP_CHECKS, sweep_problems
 from das_train.training.ranks import is_global_zero
-from das_train.training.run import run
+from das_train.training.run import READ_ONLY_JOBS, run
 from das_train.training.run_dir import RunDirLocked
 from das_train.training.schema import ConfigError, complete, defaults, schema_keys
 from das_train.training.validation import validate
@@ -332,6 +332,14 @@ def run_with_hydra(recipe: str, overrides: list[str], flags: list[str], run_dirs
     hydra.main(version_base="1.3", config_path=str(path.parent), config_name=path.stem)(entry)()
 
 
+def run_read_only(cfg, multirun: bool) -> None:
+    """A job that only reads a finished run (:data:`READ_ONLY_JOBS`) runs without Hydra, which
+    would create ``run_dir`` if missing and write its record and log of this job over the run's."""
+    if multirun:
+        raise ConfigError([f"job={cfg.job} reads one run directory; it takes no -m/--multirun"])
+    run(cfg, validated=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     recipe, overrides, flags = split_arguments(argv)
@@ -340,11 +348,14 @@ def main(argv: list[str] | None = None) -> None:
             print_help(recipe if any(a.startswith("recipe=") for a in argv) else None, overrides)
             return
         cfg = check(recipe, overrides)
+        multirun = any(flag in MULTIRUN_FLAGS for flag in flags)
+        if cfg.job in READ_ONLY_JOBS:
+            run_read_only(cfg, multirun)
+            return
     except ConfigError as err:
         print(f"das_train: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 
-    multirun = any(flag in MULTIRUN_FLAGS for flag in flags)
     overrides += hydra_directory_overrides(cfg, overrides, multirun)
     run_dirs = [cfg.run_dir]
     try:

@@ -243,6 +243,22 @@ def read_saved(load_directory: str, model: nn.Module, local_directory: str | Non
     return SavedIntervenable(config, config_path, architecture)
 
 
+def read_saved_document(load_directory: str | Path) -> tuple[dict[str, Any], IntervenableConfig]:
+    """A local das_train artifact's ``config.json`` and its config with the interventions built
+    and loaded on the CPU, without a model: for exports that read the trained weights and never
+    run the model (so its architecture is not checked here)."""
+    directory = Path(load_directory)
+    config_path = contained_path(directory, CONFIG_NAME, "the config file")
+    document = json.loads(config_path.read_text())
+    if artifact_format(config_path, document) != FORMAT:
+        raise ValueError(f"{config_path} is a pyvene artifact; only das_train's own format ({FORMAT!r}) is read "
+                         "without a model")
+    config = IntervenableConfig.from_dict(document["config"])
+    tensors = load_file(str(contained_path(directory, WEIGHTS_NAME, "the weights file")), device="cpu")
+    _built_interventions(document, config, tensors)
+    return document, config
+
+
 def artifact_format(config_path: Path, document: Any) -> str:
     """Which of :data:`KNOWN_FORMATS` ``document`` (a parsed ``config.json``) is in; refuses any
     other, so a stray or empty config never loads as an IntervenableModel with no interventions."""
@@ -256,4 +272,5 @@ def artifact_format(config_path: Path, document: Any) -> str:
                      f"{FORMAT!r}, or {PYVENE_FORMAT}")
 
 
-__all__ = ["KNOWN_FORMATS", "SavedIntervenable", "read_saved", "save_intervenable", "RepresentationConfig"]
+__all__ = ["KNOWN_FORMATS", "SavedIntervenable", "read_saved", "read_saved_document", "save_intervenable",
+           "RepresentationConfig"]

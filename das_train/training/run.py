@@ -4,7 +4,8 @@ It completes the composed config with the schema's defaults, validates it (unles
 command line already has: a config is validated once), prepares the run directory (locked against a second
 writer, cleared of killed writers' temporary files) and hands the job to its module: the DAS
 sweep (:mod:`das_train.training.sweep.das_sweep`), causal tracing
-(:mod:`das_train.training.tracing`) or steering (:mod:`das_train.training.steering`).
+(:mod:`das_train.training.tracing`), steering (:mod:`das_train.training.steering`) or the
+MIB export of a finished sweep (:mod:`das_train.training.mib_export`, which only reads it).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from das_train.training import preflight
 from das_train.training import run_dir as run_dir_state
+from das_train.training.mib_export import run_export_mib
 from das_train.training.outputs import results_path, setup_output
 from das_train.training.ranks import is_global_zero
 from das_train.training.schema import ConfigError, complete
@@ -24,8 +26,12 @@ from das_train.training.sweep.das_sweep import run_das_sweep
 from das_train.training.tracing import run_tracing
 from das_train.training.validation import validate
 
-JOBS = {"das_sweep": run_das_sweep, "causal_tracing": run_tracing, "steering": run_steering}
+JOBS = {"das_sweep": run_das_sweep, "causal_tracing": run_tracing, "steering": run_steering,
+        "export_mib": run_export_mib}
 """Each ``job`` value's runner: ``(cfg, run_dir) -> run_dir``."""
+READ_ONLY_JOBS = ("export_mib",)
+"""Jobs that only read a finished run's directory: it is not prepared (that would check it against
+this job's config and record this config over the run's own); they change nothing of it."""
 
 
 def as_run_config(cfg: Any, validated: bool = False) -> DictConfig:
@@ -51,6 +57,8 @@ def run(cfg: Any, validated: bool = False) -> Path:
     writers' temporary files.
     """
     cfg = as_run_config(cfg, validated)
+    if cfg.job in READ_ONLY_JOBS:
+        return JOBS[cfg.job](cfg, Path(cfg.run_dir))
     if cfg.job == "das_sweep" and not cfg.sweep.merge and not validated:
         preflight.check_sweep(cfg)
     run_dir = Path(cfg.run_dir)
@@ -60,4 +68,4 @@ def run(cfg: Any, validated: bool = False) -> Path:
         return JOBS[cfg.job](cfg, run_dir)
 
 
-__all__ = ["JOBS", "as_run_config", "run"]
+__all__ = ["JOBS", "READ_ONLY_JOBS", "as_run_config", "run"]

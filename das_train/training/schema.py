@@ -271,12 +271,38 @@ class PublishConfig:
 
 
 @dataclass
+class MibConfig:
+    out: str | None = None
+    """The submission folder ``job=export_mib`` writes; null means ``<run_dir>/mib_export``."""
+    overwrite: bool = False
+    """Replace ``out`` when it exists (it is refused otherwise)."""
+    task: str | None = None
+    """MIB task name, the first part of the ``{TASK}_{MODEL}_{VARIABLE}`` folder (e.g.
+    ``4_answer_MCQA``); null means the run's ``task.name``."""
+    model: str | None = None
+    """MIB model name: the model's class (e.g. ``GPT2LMHeadModel``); null means the class
+    recorded with the trained interventions."""
+    variable: str | None = None
+    """The causal variable (e.g. ``answer_pointer``); null means the run's ``task.name``."""
+    sites: list[str] | None = None
+    """Sites to export, named as the run's ``interventions/`` folders without the seed
+    (``block_output-L1-name``); null means every trained site."""
+    seed: int | None = None
+    """Which seed's intervention each site exports; null means the seed of highest IIA."""
+    positions: list[str] = field(default_factory=list)
+    """``name:id`` pairs renaming a das_train position to the id of the MIB task's token
+    position (e.g. ``[last:last_token]``); a position not listed keeps its name."""
+
+
+@dataclass
 class RunConfig:
     recipe: str = "gender_tiny"
     """The recipe's name (a YAML file in recipes/)."""
-    job: str = option("das_sweep", allowed=("das_sweep", "causal_tracing", "steering"))
-    """``das_sweep`` (DAS and probes over sites), ``causal_tracing`` (Meng et al. 2022) or
-    ``steering`` (a word's embedding added at every decoding step, the paper's Figure 1)."""
+    job: str = option("das_sweep", allowed=("das_sweep", "causal_tracing", "steering", "export_mib"))
+    """``das_sweep`` (DAS and probes over sites), ``causal_tracing`` (Meng et al. 2022),
+    ``steering`` (a word's embedding added at every decoding step, the paper's Figure 1) or
+    ``export_mib`` (a finished sweep's trained sites written for MIB's causal-variable track;
+    reads run_dir, writes ``mib.out``)."""
     run_dir: str = "runs/gender_tiny"
     """The run's one directory: config, results, checkpoints, interventions, logs, table,
     heatmaps and Hydra's ``.hydra/``. ``hydra.run.dir`` is the same setting (given, it wins).
@@ -308,6 +334,7 @@ class RunConfig:
     publish: PublishConfig = field(default_factory=PublishConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
     steering: SteeringConfig = field(default_factory=SteeringConfig)
+    mib: MibConfig = field(default_factory=MibConfig)
 
 
 def defaults() -> dict[str, Any]:
