@@ -283,7 +283,8 @@ def typed(schema: type[T], data: Mapping[str, Any], where: str = "") -> T:
     out takes the schema's default and one the schema does not know (Hydra's own) is left out:
     the validation names both."""
     if not isinstance(data, Mapping):
-        raise ConfigError([f"'{where or 'config'}' = {data!r}: expected a mapping of {schema.__name__}'s keys"])
+        keys = [f.name for f in dataclasses.fields(schema)]
+        raise ConfigError([f"'{where or 'config'}' = {data!r}: expected a mapping with keys from {keys}"])
     hints = typing.get_type_hints(schema)
     values = {}
     for f in dataclasses.fields(schema):
