@@ -16,12 +16,14 @@ import sys
 import threading
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from das_train import usage
 from das_train.training.preflight import SWEEP_CHECKS, sweep_problems
 from das_train.training.ranks import is_global_zero
 from das_train.training.run import READ_ONLY_JOBS, run
 from das_train.training.run_dir import RunDirLocked
-from das_train.training.schema import ConfigError, complete, defaults, schema_keys
+from das_train.training.schema import ConfigError, RunConfig, complete, defaults, schema_keys
 from das_train.training.validation import validate
 
 CONF_DIR = Path(__file__).parent / "conf"
@@ -139,18 +141,18 @@ def _sweep_problems(data: dict, schema_clean: bool) -> list[str]:
     sites, the intervention against the model's architecture). Also tried when the schema has
     found problems, so one run reports them all: each check then runs on its own, and one that
     a value of the wrong type stops adds nothing (the schema's message names that value)."""
-    from omegaconf import OmegaConf
-
-
-    if data.get("job") != "das_sweep" or data.get("sweep", {}).get("merge"):
+    try:
+        config = RunConfig.from_data(data)
+    except ConfigError:  # a section that is no mapping, which the schema's message names
         return []
-    cfg = OmegaConf.create(data)
+    if config.job != "das_sweep" or config.sweep.merge:
+        return []
     if schema_clean:
-        return sweep_problems(cfg)
+        return sweep_problems(config)
     problems = []
     for sweep_check in SWEEP_CHECKS:
         try:
-            problems += sweep_check(cfg)
+            problems += sweep_check(config)
         except Exception:  # noqa: BLE001 - best effort on a config already known to be invalid
             continue
     return problems
@@ -167,8 +169,6 @@ def first_values(overrides: list[str]) -> list[str]:
 
 def check(recipe: str, overrides: list[str]):
     """Composes and validates; raises ConfigError naming every problem."""
-    from omegaconf import OmegaConf
-
     problems, usable = override_problems(recipe, overrides)
     if recipe_file(recipe) is None:
         raise ConfigError(problems)
@@ -197,13 +197,11 @@ def print_help(recipe: str | None, overrides: list[str]) -> None:
 
     values = None
     if recipe is not None:
-        from omegaconf import OmegaConf
-
         values = OmegaConf.to_container(check(recipe, overrides), resolve=True)
     print(usage.help_text(recipes_dir(), DEFAULT_RECIPE, CONF_DIR, GROUPS, recipe, values), end="")
 
 
-def hydra_directory_overrides(cfg, overrides: list[str], multirun: bool) -> list[str]:
+def hydra_directory_overrides(num_shards: int, overrides: list[str], multirun: bool) -> list[str]:
     """Hydra settings that make one directory per job the run directory.
 
     In a multirun the job's subdirectory is Hydra's ``override_dirname`` built from the swept
@@ -219,23 +217,23 @@ def hydra_directory_overrides(cfg, overrides: list[str], multirun: bool) -> list
         # A swept run_dir already parts the jobs (hydra.sweep.dir is run_dir).
         fixed = {o.key_or_group for o in parsed if not o.is_sweep_override()} | {"sweep.shard", "run_dir"}
         extra.append("hydra.job.config.override_dirname.exclude_keys=[" + ",".join(f"'{k}'" for k in sorted(fixed)) + "]")
-    if cfg.sweep.num_shards > 1 and not any(o.startswith("hydra.output_subdir=") for o in overrides):
+    if num_shards > 1 and not any(o.startswith("hydra.output_subdir=") for o in overrides):
         extra.append("hydra.output_subdir=.hydra/shard-${sweep.shard}")
     return extra
 
 
-def job_run_dir(cfg) -> str:
+def job_run_dir(run_dir: str) -> str:
     """The directory Hydra made for this job (``hydra.run.dir``, or the sweep's job directory),
     written as the user wrote ``run_dir`` where it is that or below it, else relative to the
     working directory where it is inside it, so a recorded config.yaml names it the same way."""
     from hydra.core.hydra_config import HydraConfig
 
     output = os.path.abspath(HydraConfig.get().runtime.output_dir)
-    given = os.path.abspath(cfg.run_dir)
+    given = os.path.abspath(run_dir)
     if output == given:
-        return cfg.run_dir
+        return run_dir
     if output.startswith(given + os.sep):
-        return os.path.join(cfg.run_dir, os.path.relpath(output, given))
+        return os.path.join(run_dir, os.path.relpath(output, given))
     if output.startswith(os.getcwd() + os.sep):
         return os.path.relpath(output)
     return output
@@ -316,7 +314,7 @@ def run_with_hydra(recipe: str, overrides: list[str], flags: list[str], run_dirs
     validated = not any(flag in MULTIRUN_FLAGS for flag in flags)
 
     def entry(cfg) -> None:
-        cfg.run_dir = job_run_dir(cfg)
+        cfg.run_dir = job_run_dir(cfg.run_dir)
         run_dirs.append(cfg.run_dir)
         try:
             run(cfg, validated=validated)
@@ -356,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"das_train: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 
-    overrides += hydra_directory_overrides(cfg, overrides, multirun)
+    overrides += hydra_directory_overrides(cfg.sweep.num_shards, overrides, multirun)
     run_dirs = [cfg.run_dir]
     try:
         with interrupts_raise(), recipe_for_child_processes(recipe):

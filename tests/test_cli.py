@@ -105,11 +105,12 @@ def test_multirun_sweeps_are_checked_through_their_first_value():
 def test_multirun_names_job_directories_by_swept_keys_but_shard():
     cfg = cli.check("gender_tiny", ["sweep.num_shards=2"])
     (exclude, hydra_dir) = cli.hydra_directory_overrides(
-        cfg, ["intervention=low_rank,boundless", "sweep.shard=0,1", "sweep.num_shards=2", "trainer.max_steps=5"], True)
+        cfg.sweep.num_shards, ["intervention=low_rank,boundless", "sweep.shard=0,1", "sweep.num_shards=2", "trainer.max_steps=5"], True)
     assert exclude == ("hydra.job.config.override_dirname.exclude_keys="
                        "['run_dir','sweep.num_shards','sweep.shard','trainer.max_steps']")
     assert hydra_dir == "hydra.output_subdir=.hydra/shard-${sweep.shard}"
-    assert cli.hydra_directory_overrides(cli.check("gender_tiny", []), ["trainer.max_steps=5"], False) == []
+    assert cli.hydra_directory_overrides(cli.check("gender_tiny", []).sweep.num_shards, ["trainer.max_steps=5"],
+                                         False) == []
 
 
 # -- one directory per run -------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import das_train as pv
 from das_train import cli
 from das_train.training import model_loading
 from das_train.training import run as run_module
-from das_train.training.schema import ConfigError
+from das_train.training.schema import ConfigError, RunConfig
 
 
 def _refuse(*_args, **_kwargs):
@@ -183,7 +183,7 @@ def test_a_recurrent_model_has_no_sweepable_component(tmp_path, component):
     _, _, gru = pv.create_gru_lm(pv.GRUConfig(n_layer=1, h_dim=8, vocab_size=len(tokenizer)))
     cfg = cli.compose("gender_tiny", overrides(tmp_path, f"sweep.component={component}"))
     with pytest.raises(ConfigError) as err:
-        check_loaded_model(cfg, gru, task.spec(tokenizer))
+        check_loaded_model(RunConfig.from_data(cfg), gru, task.spec(tokenizer))
     (problem,) = err.value.problems
     assert f"'sweep.component' = {component!r}" in problem and "recurrent" in problem
     assert "unit 't'" in problem and "gpt2" in problem

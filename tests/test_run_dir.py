@@ -31,7 +31,7 @@ from das_train.training import config_fingerprint as fingerprints
 from das_train.training import reports, schema
 from das_train.training import run as run_module
 from das_train.training import run_dir as run_dir_state
-from das_train.training.schema import ConfigError
+from das_train.training.schema import ConfigError, RunConfig
 from das_train.training.sweep import das_sweep
 
 pytestmark = pytest.mark.filterwarnings(
@@ -134,7 +134,7 @@ def test_resume_with_another_config_is_refused_before_any_work_and_fresh_sets_it
 def test_a_stored_config_without_results_beside_it_protects_nothing(tmp_path, cache):
     """A run refused for a bad setting has written its config.yaml but no result: the next
     run may use other settings. Once a result (or a checkpoint) is there, it may not."""
-    cfg = config(tmp_path, cache)
+    cfg = RunConfig.from_data(config(tmp_path, cache))
     (tmp_path / "config.yaml").write_text("trainer:\n  max_steps: 7\n")
     run_dir_state.check_stored_configs(tmp_path, cfg)
     for result in ("checkpoints", "results.shard-1-of-2.csv"):

@@ -14,7 +14,7 @@ from das_train import cli
 from das_train.core.loaders import HubUnavailableError
 from das_train.training import run as run_module
 from das_train.training import steering
-from das_train.training.schema import ConfigError
+from das_train.training.schema import ConfigError, RunConfig
 
 PROMPTS = "[one day the,the dog,the boy had a,they went to the]"
 
@@ -98,14 +98,14 @@ def _hand_greedy(model, ids, n_new, vector, on_prompt):
 @pytest.mark.parametrize("on_prompt", [False, True])
 def test_steered_greedy_continuation_equals_hand_decoding(steered, on_prompt):
     root, _ = steered
-    cfg = run_module.as_run_config(cli.check("steering_tiny", _overrides(
-        root, "steering.do_sample=false", "steering.samples=1", "steering.max_new_tokens=10")))
-    model, tokenizer, token = steering.load_model(cfg)  # the fixture's cached model
+    config = RunConfig.from_data(run_module.run_data(cli.check("steering_tiny", _overrides(
+        root, "steering.do_sample=false", "steering.samples=1", "steering.max_new_tokens=10"))))
+    model, tokenizer, token = steering.load_model(config)  # the fixture's cached model
     vector = model.get_input_embeddings().weight[token].detach()
     im = steering.steering_model(model, model.config.n_layer)
-    kwargs = steering.generation_kwargs(cfg, tokenizer)
+    kwargs = steering.generation_kwargs(config.steering, tokenizer)
     changed = 0
-    for prompt in cfg.steering.prompts[:3]:
+    for prompt in config.steering.prompts[:3]:
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         for coefficient in (1.5, 4.0):

@@ -52,12 +52,20 @@ def _settings_as_written(data: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in _flat(data).items() if not _is_neutral(key, job)}
 
 
-def result_settings(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+Config = schema.RunConfig | DictConfig | dict[str, Any]
+"""A run's typed config, or config data: composed by Hydra, or read back from a stored
+``config.yaml`` (which may lack keys added since, or hold keys since removed)."""
+
+
+def result_settings(config: Config) -> dict[str, Any]:
     """The config's settings that can change a result, as ``{dotted.key: value}``, with every key
     the config leaves out at its schema default: a config stored before a key existed, or before
     configs were completed with the defaults, names the same experiment as one that spells the
     default out."""
-    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    if isinstance(config, schema.RunConfig):
+        data = config.as_data()
+    else:
+        data = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
     return _settings_as_written(schema.complete(data))
 
 
@@ -66,9 +74,9 @@ def _digest(settings: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:FINGERPRINT_LENGTH]
 
 
-def config_fingerprint(cfg: DictConfig | dict[str, Any]) -> str:
+def config_fingerprint(config: Config) -> str:
     """12 hex digits naming the config's result-affecting settings (:func:`result_settings`)."""
-    return _digest(result_settings(cfg))
+    return _digest(result_settings(config))
 
 
 def written_fingerprint(data: dict[str, Any]) -> str:

@@ -29,14 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig
 
 from das_train.core.files import atomic_write_text, temporary_folder
 from das_train.core.serialization import read_saved_document
 from das_train.training import reports
 from das_train.training import run_dir as run_dir_state
 from das_train.training.mib_featurizer import MibFeatures, features_of, write_unit
-from das_train.training.schema import ConfigError
+from das_train.training.schema import ConfigError, MibConfig, RunConfig
 
 MIB_FORMAT = ("MIB causal-variable track submission format of github.com/aaronmueller/MIB @ cc2a160 "
               "(MIB-causal-variable-track: README.md, verify_submission.py, evaluate_submission.py; "
@@ -193,9 +192,9 @@ def readme(run_dir: Path, stored: dict[str, Any], folder: str, units: list[Expor
     return "\n".join(lines) + "\n"
 
 
-def output_folder(cfg: DictConfig, run_dir: Path) -> Path:
-    out = Path(cfg.mib.out) if cfg.mib.out else run_dir / "mib_export"
-    if out.exists() and not cfg.mib.overwrite:
+def output_folder(mib: MibConfig, run_dir: Path) -> Path:
+    out = Path(mib.out) if mib.out else run_dir / "mib_export"
+    if out.exists() and not mib.overwrite:
         raise ConfigError([f"mib.out={str(out)!r} exists; pass mib.overwrite=true to replace it, or another mib.out"])
     return out
 
@@ -211,12 +210,13 @@ def place(staging: Path, out: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def run_export_mib(cfg: DictConfig, run_dir: Path) -> Path:
+def run_export_mib(config: RunConfig, run_dir: Path) -> Path:
     """Writes the run's trained sites (one seed each) as an MIB submission folder; returns run_dir."""
+    mib = config.mib
     stored = stored_config(run_dir)
-    out = output_folder(cfg, run_dir)
-    positions = position_map(cfg.mib.positions)
-    sites = chosen_sites(trained_sites(run_dir), cfg.mib.sites, cfg.mib.seed)
+    out = output_folder(mib, run_dir)
+    positions = position_map(mib.positions)
+    sites = chosen_sites(trained_sites(run_dir), mib.sites, mib.seed)
     units, models, seen = [], set(), {}
     for site in sites:
         unit = unit_id(site, positions)
@@ -227,8 +227,8 @@ def run_export_mib(cfg: DictConfig, run_dir: Path) -> Path:
         models.add(document.get("model", {}).get("class"))
         units.append(ExportedUnit(unit, site, features))
     task_name = stored.get("task", {}).get("name", "task")
-    model = cfg.mib.model or sorted(str(m) for m in models)[0]
-    task, variable = cfg.mib.task or task_name, cfg.mib.variable or task_name
+    model = mib.model or sorted(str(m) for m in models)[0]
+    task, variable = mib.task or task_name, mib.variable or task_name
     folder = f"{task}_{model}_{variable}"
     note = names_note(task, model, variable)
     out.parent.mkdir(parents=True, exist_ok=True)

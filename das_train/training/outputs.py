@@ -8,13 +8,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from das_train.training import reports
 from das_train.training.ranks import is_global_zero
+from das_train.training.schema import RunConfig, SweepConfig
 
 
-def setup_output(cfg: DictConfig, run_dir: Path) -> None:
+def setup_output(config: RunConfig, run_dir: Path) -> None:
     """Logging and warnings a reader of the console wants, and the config recorded in
     ``run_dir`` (``config.yaml``, or one per shard) by rank 0."""
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
@@ -33,23 +34,25 @@ def setup_output(cfg: DictConfig, run_dir: Path) -> None:
     # so a mid-epoch resume is exact, whatever Lightning's check for a stateful loader says.
     warnings.filterwarnings("ignore", message=".*checkpoint that ended before the epoch ended.*")
     if is_global_zero():
-        text = OmegaConf.to_yaml(cfg)
-        print(f"das_train: recipe {cfg.recipe}, run directory {run_dir}\n{text}", flush=True)
-        name = "config.yaml" if cfg.sweep.num_shards == 1 else f"config.shard-{cfg.sweep.shard}.yaml"
+        text = OmegaConf.to_yaml(config.as_data())
+        print(f"das_train: recipe {config.recipe}, run directory {run_dir}\n{text}", flush=True)
+        sweep = config.sweep
+        name = "config.yaml" if sweep.num_shards == 1 else f"config.shard-{sweep.shard}.yaml"
         reports.atomic_write_text(run_dir / name, text)
 
 
-def results_path(run_dir: Path, cfg: DictConfig) -> Path:
+def results_path(run_dir: Path, sweep: SweepConfig) -> Path:
     """``results.csv``, or this shard's own rows file when the sweep is sharded."""
-    if cfg.sweep.num_shards == 1:
+    if sweep.num_shards == 1:
         return run_dir / "results.csv"
-    return run_dir / f"results.shard-{cfg.sweep.shard}-of-{cfg.sweep.num_shards}.csv"
+    return run_dir / f"results.shard-{sweep.shard}-of-{sweep.num_shards}.csv"
 
 
-def write_outputs(cfg: DictConfig, run_dir: Path, rows: list[dict[str, Any]], variable: str) -> None:
-    """The finished sweep's table (csv and markdown) and heatmaps, printed and written."""
+def write_outputs(recipe: str, run_dir: Path, rows: list[dict[str, Any]], variable: str) -> None:
+    """The finished sweep's table (csv and markdown) and heatmaps, printed and written; the
+    heatmaps are titled with the ``recipe`` and the ``variable``."""
     sites_table = reports.write_tables(run_dir, rows)
-    image = reports.write_heatmaps(run_dir, sites_table, f"{cfg.recipe}: {variable} (DAS vs probe)")
+    image = reports.write_heatmaps(run_dir, sites_table, f"{recipe}: {variable} (DAS vs probe)")
     print("\n" + reports.markdown_table(sites_table), flush=True)
     print(f"wrote {run_dir / 'table.csv'}, {run_dir / 'table.md'} and {image}", flush=True)
 

@@ -36,7 +36,7 @@ def prepare_pairs(cfg: DictConfig, task: CounterfactualTask, tokenizer, model: n
     dropped = datamodule.filter_with(model)
     kept = {split: len(ds) for split, ds in datamodule.datasets.items()}
     print(f"pairs kept {kept}, dropped by the frozen-model filter {dropped}", flush=True)
-    preflight.check_pairs_left(cfg, kept, dropped)
+    preflight.check_pairs_left(cfg.model, kept, dropped)
     if is_global_zero():
         reports.atomic_write_text(run_dir / "run_info.json", json.dumps({
             "das_train_version": __version__,

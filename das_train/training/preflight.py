@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import inspect
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
-
-from omegaconf import DictConfig
 
 from das_train.core.sites import (
     HEAD_COMPONENTS,
@@ -36,14 +34,20 @@ from das_train.data.tiny_lm import tiny_lm_config
 from das_train.interventions.base import INTERVENTION_REGISTRY, Intervention
 from das_train.tasks.hierarchical_equality import ExperimentSize, model_config
 from das_train.training.das_module import trainable_intervention_class
-from das_train.training.schema import ConfigError
+from das_train.training.schema import (
+    ConfigError,
+    InterventionConfig,
+    ModelConfig,
+    RunConfig,
+    SweepConfig,
+)
 from das_train.training.task_loading import load_task
 
 EVALUATED_SPLITS = ("train", "test")
 """The splits a sweep reads (validation is skipped: IIA is measured once, on the test split)."""
 
 
-def sweep_list_problems(cfg: DictConfig) -> list[str]:
+def sweep_list_problems(sweep: SweepConfig) -> list[str]:
     """Empty or repeated seeds, layers and positions: an empty list silently swept nothing,
     and a repeated entry trained and counted the same site twice in the table's means."""
     problems = []
@@ -53,7 +57,7 @@ def sweep_list_problems(cfg: DictConfig) -> list[str]:
         "positions": "null sweeps every position of the task",
     }
     for name, fix in fixes.items():
-        values = cfg.sweep[name]
+        values = getattr(sweep, name)
         if values is None:
             continue
         values = list(values)
@@ -76,9 +80,9 @@ def trainable_interventions(iit: bool) -> list[str]:
     )
 
 
-def intervention_problems(cfg: DictConfig) -> list[str]:
+def intervention_problems(intervention: InterventionConfig) -> list[str]:
     """``intervention.type`` must name a registered intervention DAS can train."""
-    name, iit = cfg.intervention.type, cfg.intervention.iit
+    name, iit = intervention.type, intervention.iit
     if name not in INTERVENTION_REGISTRY:
         return [f"'intervention.type' = {name!r} is not a registered intervention; allowed: "
                 f"{trainable_interventions(iit)}"]
@@ -96,11 +100,11 @@ def _uses_rank(name: str) -> bool:
     return "low_rank_dimension" in inspect.signature(cls.__init__).parameters or hasattr(cls, "set_interchange_dim")
 
 
-def swept_widths(cfg: DictConfig, table: ArchitectureTable, config: Any, spec: TaskSpec,
+def swept_widths(sweep: SweepConfig, table: ArchitectureTable, config: Any, spec: TaskSpec,
                  layers: Sequence[int]) -> dict[str, int]:
     """The width of every swept site, by ``component-L<layer>``."""
-    sites = [(cfg.sweep.component, layer) for layer in layers]
-    if cfg.sweep.include_embeddings and spec.is_language_model_task:
+    sites = [(sweep.component, layer) for layer in layers]
+    if sweep.include_embeddings and spec.is_language_model_task:
         sites.append(("block_input", 0))
     widths = {}
     for component, layer in sites:
@@ -109,35 +113,37 @@ def swept_widths(cfg: DictConfig, table: ArchitectureTable, config: Any, spec: T
     return widths
 
 
-def site_problems(cfg: DictConfig, table: ArchitectureTable, config: Any, spec: TaskSpec) -> list[str]:
-    """The swept component, layers and positions exist, and the rank fits every site."""
+def site_problems(sweep: SweepConfig, intervention: InterventionConfig, table: ArchitectureTable, config: Any,
+                  spec: TaskSpec) -> list[str]:
+    """The swept component, layers and positions exist, and the intervention's rank fits every
+    site of the model of architecture ``table`` and ``config``."""
     problems = []
     if table.recurrent:
         # Every component of a recurrent table is indexed by time step (unit 't'), and a sweep
         # places its interventions at token positions: none can be swept.
-        return [f"'sweep.component' = {cfg.sweep.component!r}: {table.name} models are recurrent, "
+        return [f"'sweep.component' = {sweep.component!r}: {table.name} models are recurrent, "
                 "every component is indexed by time step (unit 't') and a sweep intervenes at "
                 "token positions, so no component can be swept; use a model of another family "
                 f"({sorted(t.name for t in TABLES if not t.recurrent)}) or an IntervenableModel "
                 "with unit 't' directly"]
     sweepable = sorted(c for c in table.components if c not in HEAD_COMPONENTS)
-    if cfg.sweep.component not in sweepable:
-        problems.append(f"'sweep.component' = {cfg.sweep.component!r} is not a component a sweep can use on "
+    if sweep.component not in sweepable:
+        problems.append(f"'sweep.component' = {sweep.component!r} is not a component a sweep can use on "
                         f"{table.name} models; allowed: {sweepable}")
     n_layers = table.num_layers(config)
-    layers = list(cfg.sweep.layers) if cfg.sweep.layers is not None else list(range(n_layers))
+    layers = list(sweep.layers) if sweep.layers is not None else list(range(n_layers))
     out_of_range = sorted({layer for layer in layers if not 0 <= layer < n_layers})
     if out_of_range:
         problems.append(f"'sweep.layers' = {layers}: {out_of_range} out of range; the model has "
                         f"layers 0..{n_layers - 1}")
-    unknown = [p for p in (cfg.sweep.positions or []) if p not in spec.positions]
+    unknown = [p for p in (sweep.positions or []) if p not in spec.positions]
     if unknown:
-        problems.append(f"'sweep.positions' = {list(cfg.sweep.positions)}: {unknown} unknown; the task's "
+        problems.append(f"'sweep.positions' = {list(sweep.positions)}: {unknown} unknown; the task's "
                         f"positions: {list(spec.positions)}")
-    if problems or intervention_problems(cfg) or not _uses_rank(cfg.intervention.type):
+    if problems or intervention_problems(intervention) or not _uses_rank(intervention.type):
         return problems
-    widths = swept_widths(cfg, table, config, spec, layers)
-    rank = cfg.intervention.low_rank_dimension
+    widths = swept_widths(sweep, table, config, spec, layers)
+    rank = intervention.low_rank_dimension
     too_narrow = {site: width for site, width in widths.items() if width < rank}
     if too_narrow:
         problems.append(f"'intervention.low_rank_dimension' = {rank} exceeds the width of swept sites "
@@ -150,75 +156,77 @@ def task_spec(task: CounterfactualTask, tokenizer: Any) -> TaskSpec:
     return task.spec(tokenizer) if tokenizer is not None else task.spec()  # type: ignore[call-arg]
 
 
-def planned_model(cfg: DictConfig, task: CounterfactualTask) -> tuple[Any, TaskSpec] | list[str]:
+def planned_model(model: ModelConfig, task: CounterfactualTask) -> tuple[Any, TaskSpec] | list[str]:
     """(the config of the model ``model.kind=tiny|mlp`` will train, the task's spec), built
     as the trainers build them but without weights; or the problems that stop building it."""
-    if cfg.model.kind == "tiny" and hasattr(task, "build_tokenizer"):
-        if cfg.model.hidden % cfg.model.heads:
-            return [f"'model.hidden' = {cfg.model.hidden} must be a multiple of 'model.heads' = "
-                    f"{cfg.model.heads} (each head takes an equal share of the width)"]
+    if model.kind == "tiny" and hasattr(task, "build_tokenizer"):
+        if model.hidden % model.heads:
+            return [f"'model.hidden' = {model.hidden} must be a multiple of 'model.heads' = "
+                    f"{model.heads} (each head takes an equal share of the width)"]
         tokenizer = task.build_tokenizer()
-        return tiny_lm_config(tokenizer, cfg.model.n_layer, cfg.model.hidden, cfg.model.heads, 0), \
-            task_spec(task, tokenizer)
+        return tiny_lm_config(tokenizer, model.n_layer, model.hidden, model.heads, 0), task_spec(task, tokenizer)
     equality = getattr(task, "equality", None)
     if equality is None:
         return [f"model.kind=mlp needs a vector task such as hierarchical_equality, not {task.name}"]
-    return model_config(equality, ExperimentSize(hidden=cfg.model.hidden)), task_spec(task, None)
+    return model_config(equality, ExperimentSize(hidden=model.hidden)), task_spec(task, None)
 
 
-def planned_site_problems(cfg: DictConfig) -> list[str]:
+def planned_site_problems(config: RunConfig) -> list[str]:
     """The task exists, and for ``model.kind=tiny|mlp`` the sweep's sites fit the model it
     will train (for ``hub`` they wait for :func:`check_loaded_model`)."""
-
     try:
-        task = load_task(cfg.task.name, cfg.task)
+        task = load_task(config.task.name, config.task)
     except ConfigError as err:
         return err.problems
-    if cfg.model.kind == "hub":
+    if config.model.kind == "hub":
         return []
-    planned = planned_model(cfg, task)
+    planned = planned_model(config.model, task)
     if isinstance(planned, list):
         return planned
-    config, spec = planned
-    return site_problems(cfg, table_for_config(config), config, spec)
+    architecture, spec = planned
+    return site_problems(config.sweep, config.intervention, table_for_config(architecture), architecture, spec)
 
 
-SWEEP_CHECKS = (sweep_list_problems, intervention_problems, planned_site_problems)
+SWEEP_CHECKS: tuple[Callable[[RunConfig], list[str]], ...] = (
+    lambda config: sweep_list_problems(config.sweep),
+    lambda config: intervention_problems(config.intervention),
+    planned_site_problems,
+)
 """Each reads its own part of the config, so one can run where another part is malformed."""
 
 
-def sweep_problems(cfg: DictConfig) -> list[str]:
+def sweep_problems(config: RunConfig) -> list[str]:
     """Every problem of a das_sweep config found without loading or training a model."""
-    return [problem for check in SWEEP_CHECKS for problem in check(cfg)]
+    return [problem for check in SWEEP_CHECKS for problem in check(config)]
 
 
-def check_sweep(cfg: DictConfig) -> None:
+def check_sweep(config: RunConfig) -> None:
     """Raises one ConfigError naming every problem :func:`sweep_problems` finds."""
-    problems = sweep_problems(cfg)
+    problems = sweep_problems(config)
     if problems:
         raise ConfigError(problems)
 
 
-def check_loaded_model(cfg: DictConfig, model: Any, spec: TaskSpec) -> None:
+def check_loaded_model(config: RunConfig, model: Any, spec: TaskSpec) -> None:
     """The sweep's sites against a model just loaded (``model.kind=hub``), before any forward."""
     table = table_for(model)
     if table is None:
-        raise ConfigError([f"'model.name' = {cfg.model.name!r}: {missing_table_message(model)}"])
-    problems = site_problems(cfg, table, model.config, spec)
+        raise ConfigError([f"'model.name' = {config.model.name!r}: {missing_table_message(model)}"])
+    problems = site_problems(config.sweep, config.intervention, table, model.config, spec)
     if problems:
         raise ConfigError(problems)
 
 
-def check_pairs_left(cfg: DictConfig, kept: dict[str, int], dropped: dict[str, int]) -> None:
+def check_pairs_left(model: ModelConfig, kept: dict[str, int], dropped: dict[str, int]) -> None:
     """A pair filter that left a split the sweep reads empty is refused with what to try
     (training on no pairs ended in a bare StopIteration)."""
     empty = [split for split in EVALUATED_SPLITS if kept.get(split, 0) == 0]
     if not empty:
         return
-    if cfg.model.kind == "hub":
+    if model.kind == "hub":
         advice = "a model that computes the task"
     else:
-        advice = f"more model.max_steps (now {cfg.model.max_steps}) so the model learns the task"
+        advice = f"more model.max_steps (now {model.max_steps}) so the model learns the task"
     problems = [
         f"no {split} pairs left: {kept[split] + dropped.get(split, 0)} generated, {dropped.get(split, 0)} dropped "
         f"by the frozen-model filter (the model got base or source wrong on every one); try {advice}, "

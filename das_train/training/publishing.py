@@ -8,21 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 from das_train import hub
 from das_train.training.ranks import is_global_zero
+from das_train.training.schema import PublishConfig
 
 
-def publish(cfg: DictConfig, run_dir: Path) -> None:
+def publish(settings: PublishConfig, run_dir: Path) -> None:
     """Uploads the finished sweep when ``publish.repo_id`` is set (token from HF_TOKEN).
 
     A failed upload raises with the reason and where the local files are; the results are on
     disk already, so nothing is lost.
     """
-    if not cfg.publish.repo_id or not is_global_zero():
+    if not settings.repo_id or not is_global_zero():
         return
-    url = hub.publish_run(run_dir, cfg.publish.repo_id, private=cfg.publish.private)
+    url = hub.publish_run(run_dir, settings.repo_id, private=settings.private)
     print(f"published {run_dir} to {url}", flush=True)
 
 

@@ -39,7 +39,7 @@ from das_train.training.config_fingerprint import (
     result_settings,
     written_fingerprint,
 )
-from das_train.training.schema import ConfigError
+from das_train.training.schema import ConfigError, RunConfig
 
 log = logging.getLogger("das_train")
 
@@ -83,7 +83,7 @@ def holds_results(run_dir: Path) -> bool:
     return any(any(run_dir.glob(pattern)) for pattern in RESULT_PATTERNS)
 
 
-def check_stored_configs(run_dir: Path, cfg: DictConfig, restamp: bool = False) -> None:
+def check_stored_configs(run_dir: Path, config: RunConfig, restamp: bool = False) -> None:
     """Refuses, before any work, a run whose results would differ from those stored in
     ``run_dir``: names every file and setting that differs, and how to go on. A stored config
     with no results beside it (its run was refused, or stopped before any) protects nothing.
@@ -94,7 +94,7 @@ def check_stored_configs(run_dir: Path, cfg: DictConfig, restamp: bool = False) 
     instead of being trained again."""
     if not holds_results(run_dir):
         return
-    current = OmegaConf.to_container(cfg, resolve=True)
+    current = config.as_data()
     problems = []
     for path in stored_config_files(run_dir):
         stored = _load_stored(path)
@@ -228,24 +228,24 @@ def set_aside(run_dir: Path, own_lock: Path, keep: Sequence[Path] = ()) -> Path 
 
 
 @contextlib.contextmanager
-def prepared(cfg: DictConfig, run_dir: Path, results_file: Path, writer: bool) -> Iterator[None]:
+def prepared(config: RunConfig, run_dir: Path, results_file: Path, writer: bool) -> Iterator[None]:
     """The run directory made safe for this run, for the run's duration.
 
     The ``writer`` (global rank 0) takes the results file's lock, sets the old contents aside
     (``resume=fresh``) or refuses another config, and removes what killed writers left. Other
     ranks only check the config, as rank 0 does, so that all stop alike.
     """
-    fresh = cfg.get("resume", "auto") == "fresh"
+    fresh = config.resume == "fresh"
     if not writer:
         if not fresh:
-            check_stored_configs(run_dir, cfg)
+            check_stored_configs(run_dir, config)
         yield
         return
     with hold_lock(results_file):
         if fresh:
-            set_aside(run_dir, lock_path(results_file), keep=[Path(cfg.cache_dir)])
+            set_aside(run_dir, lock_path(results_file), keep=[Path(config.cache_dir)])
         else:
-            check_stored_configs(run_dir, cfg, restamp=True)
+            check_stored_configs(run_dir, config, restamp=True)
         remove_stale_temporaries(run_dir)
         yield
 

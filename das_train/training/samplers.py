@@ -8,10 +8,10 @@ and evaluate exactly as one process does, and a fit cut off mid-epoch resumes at
 from __future__ import annotations
 
 import torch
-from omegaconf import DictConfig
 
 from das_train.data.samplers import EpochShuffleSampler, ResumableOrder
 from das_train.training.ranks import rank_and_world
+from das_train.training.schema import TrainerConfig
 
 
 class RankSliceSampler(ResumableOrder, torch.utils.data.DistributedSampler):
@@ -96,11 +96,11 @@ def _with_sampler(loader: torch.utils.data.DataLoader, sampler: torch.utils.data
                                        sampler=sampler, num_workers=loader.num_workers)
 
 
-def distributed_train_loader(cfg: DictConfig, loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
-    """``loader``, or on several processes its rows dealt to the ranks: in order
-    (:class:`RankSliceSampler`), or shuffled as ``loader``'s own
+def distributed_train_loader(trainer: TrainerConfig, loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
+    """``loader``, or when the ``trainer`` runs several processes its rows dealt to the ranks:
+    in order (:class:`RankSliceSampler`), or shuffled as ``loader``'s own
     :class:`~das_train.data.samplers.EpochShuffleSampler` shuffles (:class:`RankShuffleSampler`)."""
-    if cfg.trainer.devices * cfg.trainer.num_nodes == 1:
+    if trainer.devices * trainer.num_nodes == 1:
         return loader
     size, batch = len(loader.dataset), loader.batch_size
     if isinstance(loader.sampler, EpochShuffleSampler):
@@ -108,8 +108,8 @@ def distributed_train_loader(cfg: DictConfig, loader: torch.utils.data.DataLoade
     return _with_sampler(loader, RankSliceSampler(size, batch_size=batch))
 
 
-def train_loader(cfg: DictConfig, datamodule) -> torch.utils.data.DataLoader:
-    return distributed_train_loader(cfg, datamodule.train_dataloader())
+def train_loader(trainer: TrainerConfig, datamodule) -> torch.utils.data.DataLoader:
+    return distributed_train_loader(trainer, datamodule.train_dataloader())
 
 
 def distributed_eval_loader(loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:

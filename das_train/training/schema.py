@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
 
 MODEL_KINDS = ("tiny", "hub", "mlp")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -20,6 +22,7 @@ LOGGERS = ("csv", "wandb", "tensorboard", "none")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
 PAIR_FORMATS = ("auto", "plain", "causalgym", "mib", "ravel", "pyvene")
 PAIR_SPAN_TOKENS = ("first", "last")
+T = TypeVar("T")
 
 
 def option(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None,
@@ -335,6 +338,46 @@ class RunConfig:
     tracing: TracingConfig = field(default_factory=TracingConfig)
     steering: SteeringConfig = field(default_factory=SteeringConfig)
     mib: MibConfig = field(default_factory=MibConfig)
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> RunConfig:
+        """The typed config of composed config data (a plain dict or a DictConfig), built once
+        a run's config is validated, so that every part a function receives is typed."""
+        return typed(cls, data)
+
+    def as_data(self) -> dict[str, Any]:
+        """Plain data, key for key what the config holds: what ``config.yaml`` records and
+        what the fingerprint of a run's results is computed from."""
+        return dataclasses.asdict(self)
+
+
+def untyped(config: RunConfig) -> DictConfig:
+    """``config`` as the DictConfig that model loading and the DAS sweep's modules still read,
+    until they take the typed parts too."""
+    return OmegaConf.create(config.as_data())
+
+
+def typed(schema: type[T], data: Mapping[str, Any], where: str = "") -> T:
+    """``schema`` filled from config data: a section is built from its mapping, a list is
+    copied, any other value is taken as it is (not converted: ``1`` given for a float stays
+    ``1``, so the config recorded and fingerprinted is the one given). A key the data leaves
+    out takes the schema's default and one the schema does not know (Hydra's own) is left out:
+    the validation names both."""
+    if not isinstance(data, Mapping):
+        keys = [f.name for f in dataclasses.fields(schema)]
+        raise ConfigError([f"'{where or 'config'}' = {data!r}: expected a mapping with keys from {keys}"])
+    hints = typing.get_type_hints(schema)
+    values = {}
+    for f in dataclasses.fields(schema):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if dataclasses.is_dataclass(hints[f.name]):
+            value = typed(hints[f.name], value, f"{where}.{f.name}".lstrip("."))
+        elif isinstance(value, Sequence) and not isinstance(value, str):
+            value = list(value)
+        values[f.name] = value
+    return schema(**values)
 
 
 def defaults() -> dict[str, Any]:

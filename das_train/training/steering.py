@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 import das_train as pv
@@ -34,7 +33,7 @@ from das_train.core.files import atomic_write_text
 from das_train.data.stories import build_tokenizer, train_story_lm
 from das_train.training.model_loading import build_model, number_of_layers
 from das_train.training.ranks import is_global_zero
-from das_train.training.schema import ConfigError
+from das_train.training.schema import ConfigError, RunConfig, SteeringConfig, untyped
 
 log = logging.getLogger("das_train")
 
@@ -55,8 +54,8 @@ class Continuation:
 # -- checks ----------------------------------------------------------------------------------
 
 
-def coefficients(cfg: DictConfig) -> list[float]:
-    value = cfg.steering.coefficient
+def coefficients(steering: SteeringConfig) -> list[float]:
+    value = steering.coefficient
     return [float(value)] if isinstance(value, (int, float)) else [float(c) for c in value]
 
 
@@ -97,23 +96,26 @@ def check_context(model, tokenizer, prompts: list[str], max_new_tokens: int) -> 
 # -- the model -------------------------------------------------------------------------------
 
 
-def load_model(cfg: DictConfig):
-    """(model, tokenizer, steering token id): a hub model, or the tiny stories GPT-2.
+def load_model(config: RunConfig):
+    """(model, tokenizer, steering token id): a hub model, or the tiny stories GPT-2 trained
+    with ``config.seed`` and cached under ``config.cache_dir``.
 
     The word is looked up before the tiny model trains, so a bad word costs nothing.
     """
-    if cfg.model.kind == "hub":
-        model, tokenizer = build_model(cfg, None)  # fails fast offline, naming the offline recipes
-        token = word_token(tokenizer, cfg.steering.word)
-        if cfg.model.device_map is None and torch.cuda.is_available():
+    model_config, word = config.model, config.steering.word
+    if model_config.kind == "hub":
+        model, tokenizer = build_model(untyped(config), None)  # fails fast offline, naming the offline recipes
+        token = word_token(tokenizer, word)
+        if model_config.device_map is None and torch.cuda.is_available():
             model = model.cuda()
         return model.eval(), tokenizer, token
-    if cfg.model.kind != "tiny":
-        raise ConfigError([f"job=steering needs a language model: model.kind=tiny or hub, not {cfg.model.kind!r}"])
+    if model_config.kind != "tiny":
+        raise ConfigError([f"job=steering needs a language model: model.kind=tiny or hub, not {model_config.kind!r}"])
     tokenizer = build_tokenizer()
-    token = word_token(tokenizer, cfg.steering.word)
-    model = train_story_lm(tokenizer, n_layer=cfg.model.n_layer, hidden=cfg.model.hidden, heads=cfg.model.heads,
-                           steps=cfg.model.max_steps, seed=cfg.seed, cache_dir=Path(cfg.cache_dir) / "models")
+    token = word_token(tokenizer, word)
+    model = train_story_lm(tokenizer, n_layer=model_config.n_layer, hidden=model_config.hidden,
+                           heads=model_config.heads, steps=model_config.max_steps, seed=config.seed,
+                           cache_dir=Path(config.cache_dir) / "models")
     return model.eval(), tokenizer, token
 
 
@@ -127,12 +129,11 @@ def steering_model(model, n_layers: int):
     return pv.IntervenableModel(config, model)
 
 
-def generation_kwargs(cfg: DictConfig, tokenizer) -> dict:
-    s = cfg.steering
+def generation_kwargs(steering: SteeringConfig, tokenizer) -> dict:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    kwargs = {"max_new_tokens": s.max_new_tokens, "do_sample": s.do_sample, "pad_token_id": pad}
-    if s.do_sample:
-        kwargs.update(temperature=s.temperature, top_k=s.top_k, num_return_sequences=s.samples)
+    kwargs = {"max_new_tokens": steering.max_new_tokens, "do_sample": steering.do_sample, "pad_token_id": pad}
+    if steering.do_sample:
+        kwargs.update(temperature=steering.temperature, top_k=steering.top_k, num_return_sequences=steering.samples)
     return kwargs
 
 
@@ -219,13 +220,13 @@ def write_csv(path: Path, prompts: list[str], rows: list[Continuation]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def markdown(cfg: DictConfig, prompts: list[str], rows: list[Continuation], coefs: list[float], token: str) -> str:
-    s = cfg.steering
+def markdown(config: RunConfig, prompts: list[str], rows: list[Continuation], coefs: list[float], token: str) -> str:
+    s = config.steering
     decoding = (f"sampled (temperature {s.temperature:g}, top_k {s.top_k or 'off'}, {s.samples} per prompt, seeded)"
                 if s.do_sample else "greedy")
     where = "every prompt position and every decoding step" if s.intervene_on_prompt else "every decoding step"
-    lines = [f"# Steering: {cfg.recipe}", "",
-             f"Model {cfg.model.get('name') or 'the tiny stories GPT-2'}; the embedding of {token!r} times each coefficient "
+    lines = [f"# Steering: {config.recipe}", "",
+             f"Model {config.model.name or 'the tiny stories GPT-2'}; the embedding of {token!r} times each coefficient "
              f"added to the MLP output of every layer at {where}; {decoding}, {s.max_new_tokens} new tokens.", ""]
     lines += [f"- {line}" for line in summary_lines(s.word, rows, coefs)]
     columns = [0.0, *coefs]
@@ -243,16 +244,16 @@ def markdown(cfg: DictConfig, prompts: list[str], rows: list[Continuation], coef
 # -- the job ---------------------------------------------------------------------------------
 
 
-def run_steering(cfg: DictConfig, run_dir: Path) -> Path:
-    """Plain and steered continuations of ``cfg.steering.prompts``; writes steering.csv/.md."""
-    s = cfg.steering
-    coefs = coefficients(cfg)
+def run_steering(config: RunConfig, run_dir: Path) -> Path:
+    """Plain and steered continuations of ``config.steering.prompts``; writes steering.csv/.md."""
+    s = config.steering
+    coefs = coefficients(s)
     prompts = [str(p) for p in s.prompts]
-    model, tokenizer, token = load_model(cfg)
+    model, tokenizer, token = load_model(config)
     n_layers = number_of_layers(model)
     vector = model.get_input_embeddings().weight[token].detach()  # (hidden,)
     steered = steering_model(model, n_layers)
-    kwargs = generation_kwargs(cfg, tokenizer)
+    kwargs = generation_kwargs(s, tokenizer)
     token_text = tokenizer.convert_ids_to_tokens(token)
     log.info("steering with %r (token %d, embedding norm %.3f) x %s on mlp_output of all %d layers, at %s; "
              "%d prompts, %s", token_text, token, vector.norm().item(), coefs, n_layers,
@@ -268,13 +269,13 @@ def run_steering(cfg: DictConfig, run_dir: Path) -> Path:
                         ids.count(unk), tokenizer.unk_token)
     device = next(model.parameters()).device
     rows: list[Continuation] = []
-    bar = tqdm(prompts, desc="steering", unit="prompt", disable=not cfg.progress or not is_global_zero())
-    with bar, torch_threads(1 if cfg.model.kind == "tiny" else None):
+    bar = tqdm(prompts, desc="steering", unit="prompt", disable=not config.progress or not is_global_zero())
+    with bar, torch_threads(1 if config.model.kind == "tiny" else None):
         for i, prompt in enumerate(bar):
             encoded = tokenizer(prompt, return_tensors="pt")
             inputs = {"input_ids": encoded["input_ids"].to(device), "attention_mask": encoded["attention_mask"].to(device)}
             for c in [0.0, *coefs]:
-                new = continue_prompt(model, steered, inputs, vector, c, cfg.seed * 100_003 + i,
+                new = continue_prompt(model, steered, inputs, vector, c, config.seed * 100_003 + i,
                                       s.intervene_on_prompt, kwargs)
                 for sample, ids in enumerate(new):
                     text = tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -282,7 +283,7 @@ def run_steering(cfg: DictConfig, run_dir: Path) -> Path:
 
     if is_global_zero():
         write_csv(run_dir / "steering.csv", prompts, rows)
-        atomic_write_text(run_dir / "steering.md", markdown(cfg, prompts, rows, coefs, token_text))
+        atomic_write_text(run_dir / "steering.md", markdown(config, prompts, rows, coefs, token_text))
         print("\n" + side_by_side(prompts, rows, coefs), flush=True)
         print(f"\nsteering with {s.word!r}:", flush=True)
         for line in summary_lines(s.word, rows, coefs):

@@ -35,9 +35,10 @@ def available_tasks() -> list[str]:
     return [n for n in names if task_classes(importlib.import_module(f"das_train.tasks.{n}"))]
 
 
-def load_task(name: str, config: Mapping[str, Any] | None = None) -> CounterfactualTask:
+def load_task(name: str, config: TaskConfig | Mapping[str, Any] | None = None) -> CounterfactualTask:
     """The CounterfactualTask defined in ``tasks/<name>.py``, built from the run's ``task``
-    config section when the plugin takes one (a bad pair file is a ConfigError here)."""
+    config section (typed or as a mapping) when the plugin takes one (a bad pair file is a
+    ConfigError here)."""
     try:
         module = importlib.import_module(f"das_train.tasks.{name}")
     except ModuleNotFoundError as err:
@@ -50,7 +51,11 @@ def load_task(name: str, config: Mapping[str, Any] | None = None) -> Counterfact
     from_config = getattr(cls, "from_config", None)
     if from_config is None:
         return cls()
+    if config is None:
+        config = {**dataclasses.asdict(TaskConfig()), "name": name}
+    elif dataclasses.is_dataclass(config):
+        config = dataclasses.asdict(config)  # plugins read a mapping: the data layer knows no schema
     try:
-        return from_config(config if config is not None else {**dataclasses.asdict(TaskConfig()), "name": name})
+        return from_config(config)
     except PairFileError as err:
         raise ConfigError([f"task.path={err.source}: {problem}" for problem in err.problems]) from err

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 import das_train as pv
@@ -36,6 +35,7 @@ from das_train.core.devices import input_device
 from das_train.core.files import atomic_write, atomic_write_text
 from das_train.training.model_loading import build_model, number_of_layers
 from das_train.training.ranks import is_global_zero
+from das_train.training.schema import RunConfig, TracingConfig, untyped
 from das_train.training.task_loading import load_task
 
 log = logging.getLogger("das_train")
@@ -99,18 +99,19 @@ def _make_fact(tokenizer, prompt: str, subject_positions: list[int], answer: str
     return Fact(torch.tensor([ids]), tuple(subject_positions), int(full[len(ids)]), tokens)
 
 
-def load_facts(cfg: DictConfig, task, tokenizer) -> list[Fact]:
-    """``cfg.tracing.facts`` facts: the task's own (a seeded choice) or, for hub models, HUB_FACTS."""
-    if cfg.model.kind == "hub" or not hasattr(task, "subject_positions"):
+def load_facts(config: RunConfig, task, tokenizer) -> list[Fact]:
+    """``config.tracing.facts`` facts: the task's own (a choice seeded by ``config.seed``) or, for
+    hub models, HUB_FACTS."""
+    wanted = config.tracing.facts
+    if config.model.kind == "hub" or not hasattr(task, "subject_positions"):
         rows = [(p, _subject_span(tokenizer, p, s), a) for p, s, a in HUB_FACTS]
     else:
         subject = task.subject_positions(tokenizer)
         rows = [(p, subject, a) for p, a in task.sentences(tokenizer)]
-    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    chosen = [rows[i] for i in order[: cfg.tracing.facts]]
-    if len(chosen) < cfg.tracing.facts:
-        log.warning("tracing.facts=%d but only %d facts are available; tracing all of them",
-                    cfg.tracing.facts, len(chosen))
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    chosen = [rows[i] for i in order[:wanted]]
+    if len(chosen) < wanted:
+        log.warning("tracing.facts=%d but only %d facts are available; tracing all of them", wanted, len(chosen))
     return [_make_fact(tokenizer, p, s, a) for p, s, a in chosen]
 
 
@@ -266,10 +267,11 @@ def best_sites(labels: list[str], tables: dict) -> dict[str, tuple[int, str, flo
     return out
 
 
-def markdown(cfg: DictConfig, labels: list[str], tables: dict, clean: float, corrupted: float, n_facts: int) -> str:
-    lines = [f"# Causal tracing: {cfg.recipe}", "",
-             f"{n_facts} facts, {cfg.tracing.samples} noise samples, noise std = {cfg.tracing.noise_scale} x "
-             f"embedding std, window {cfg.tracing.window}.", "",
+def markdown(recipe: str, tracing: TracingConfig, labels: list[str], tables: dict, clean: float, corrupted: float,
+             n_facts: int) -> str:
+    lines = [f"# Causal tracing: {recipe}", "",
+             f"{n_facts} facts, {tracing.samples} noise samples, noise std = {tracing.noise_scale} x "
+             f"embedding std, window {tracing.window}.", "",
              f"- clean probability of the answer: {clean:.4f}",
              f"- corrupted (subject noised): {corrupted:.4f}", ""]
     for component, (layer, label, prob) in best_sites(labels, tables).items():
@@ -307,37 +309,39 @@ def plot(path: Path, title: str, labels: list[str], tables: dict, clean: float, 
 # -- the job -------------------------------------------------------------------------------------
 
 
-def run_tracing(cfg: DictConfig, run_dir: Path) -> Path:
-    """Causal tracing of ``cfg.tracing.facts`` facts; writes tracing.csv/.md/.png in ``run_dir``."""
-    torch.manual_seed(cfg.seed)
-    task = load_task(cfg.task.name, cfg.task)
-    model, tokenizer = build_model(cfg, task)
+def run_tracing(config: RunConfig, run_dir: Path) -> Path:
+    """Causal tracing of ``config.tracing.facts`` facts; writes tracing.csv/.md/.png in ``run_dir``."""
+    tracing = config.tracing
+    torch.manual_seed(config.seed)
+    task = load_task(config.task.name, config.task)
+    model, tokenizer = build_model(untyped(config), task)
     if tokenizer is None:
         raise ValueError("causal tracing needs a language model task with a tokenizer")
-    if cfg.model.kind == "hub" and cfg.model.device_map is None and torch.cuda.is_available():
+    if config.model.kind == "hub" and config.model.device_map is None and torch.cuda.is_available():
         model = model.cuda()
     model.eval()
     n_layers = number_of_layers(model)
-    components = list(cfg.tracing.components)
-    facts = load_facts(cfg, task, tokenizer)
-    noise_std = cfg.tracing.noise_scale * embedding_std(model)
+    components = list(tracing.components)
+    facts = load_facts(config, task, tokenizer)
+    noise_std = tracing.noise_scale * embedding_std(model)
     log.info("causal tracing: %d facts, %d layers, components %s, noise std %.4f",
              len(facts), n_layers, components, noise_std)
 
     traces = []
     total = len(facts) * len(components) * n_layers
-    with tqdm(total=total, desc="tracing", unit="layer", disable=not cfg.progress or not is_global_zero()) as bar:
+    with tqdm(total=total, desc="tracing", unit="layer", disable=not config.progress or not is_global_zero()) as bar:
         for i, fact in enumerate(facts):
-            traces.append(trace_fact(model, fact, components, n_layers, cfg.tracing.window, noise_std,
-                                     cfg.tracing.samples, seed=cfg.seed * 100_003 + i, bar=bar))
+            traces.append(trace_fact(model, fact, components, n_layers, tracing.window, noise_std,
+                                     tracing.samples, seed=config.seed * 100_003 + i, bar=bar))
     clean = sum(t.clean for t in traces) / len(traces)
     corrupted = sum(t.corrupted for t in traces) / len(traces)
     labels, tables = aggregate(facts, traces, components)
 
     if is_global_zero():
         write_csv(run_dir / "tracing.csv", labels, tables, clean, corrupted)
-        atomic_write_text(run_dir / "tracing.md", markdown(cfg, labels, tables, clean, corrupted, len(facts)))
-        plot(run_dir / "tracing.png", cfg.recipe, labels, tables, clean, corrupted)
+        atomic_write_text(run_dir / "tracing.md",
+                          markdown(config.recipe, tracing, labels, tables, clean, corrupted, len(facts)))
+        plot(run_dir / "tracing.png", config.recipe, labels, tables, clean, corrupted)
         print(f"\ncausal tracing over {len(facts)} facts: clean p(answer) {clean:.4f}, corrupted {corrupted:.4f}",
               flush=True)
         for component, (layer, label, prob) in best_sites(labels, tables).items():

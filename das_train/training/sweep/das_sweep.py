@@ -61,7 +61,7 @@ def run_das_sweep(cfg: DictConfig, run_dir: Path) -> Path:
     jobs = every_job[cfg.sweep.shard :: cfg.sweep.num_shards]
     if is_global_zero():
         run_dir_state.write_plan(run_dir, fingerprint, every_job)
-    rows, done = run_dir_state.resume_rows(run_dir, results_path(run_dir, cfg), fingerprint)
+    rows, done = run_dir_state.resume_rows(run_dir, results_path(run_dir, cfg.sweep), fingerprint)
     todo = [(s, seed) for s, seed in jobs if (s.layer, s.component, s.position, seed) not in done]
     if done:
         print(f"resuming: {len(done)} finished site runs found in {run_dir}, {len(todo)} to go", flush=True)
@@ -79,7 +79,7 @@ def start_sweep(cfg: DictConfig, model, datamodule, run_dir: Path, jobs: Sequenc
     one-site step costs, so a resumed run chooses its sites per pass as the first did."""
     spec = datamodule.spec()
     lm = spec.is_language_model_task
-    costs = one_site_costs(cfg, model, datamodule, spec, jobs) if todo else None
+    costs = one_site_costs(cfg.sweep, model, datamodule, spec, jobs) if todo else None
     splits = SplitReader(datamodule, lm)
     untrained = (untrained_positions(cfg, model, (splits.columns(s) for s in ("train", "test")), lm,
                                      [site.position for site in sites]) if todo else {})
@@ -91,11 +91,11 @@ def fit_jobs(sweep: Sweep, todo: Sequence[Job], rows: list[dict[str, Any]], fing
     """Fits ``todo`` a layer group at a time, appending each group's rows to ``rows`` and
     writing them all (rank 0) before the next group starts."""
     cfg = sweep.cfg
-    path = results_path(sweep.run_dir, cfg)
+    path = results_path(sweep.run_dir, cfg.sweep)
     bar = tqdm(total=len(todo), desc="sweep", unit="site", disable=not cfg.progress or not is_global_zero())
     for group in group_jobs(todo):
         site = group[0][0]
-        fits, reason = fits_of(cfg, sweep.model, group)
+        fits, reason = fits_of(cfg.sweep, cfg.intervention, sweep.model, group)
         if reason is not None and cfg.sweep.batched:
             log.info("%s-L%d one site at a time: %s", site.component, site.layer, reason)
         new_rows = []
@@ -130,8 +130,8 @@ def finish(cfg: DictConfig, run_dir: Path, fingerprint: str, every_job: Sequence
               "shards still running. The last shard to finish writes the table, or run again with "
               "sweep.merge=true.", flush=True)
         return run_dir
-    write_outputs(cfg, run_dir, everything, variable)
-    publish(cfg, run_dir)
+    write_outputs(cfg.recipe, run_dir, everything, variable)
+    publish(cfg.publish, run_dir)
     return run_dir
 
 
@@ -143,8 +143,8 @@ def merge_shards(cfg: DictConfig, run_dir: Path, fingerprint: str) -> Path:
     problems = run_dir_state.merge_problems(run_dir, fingerprint, rows)
     if problems:
         raise ConfigError(problems)
-    write_outputs(cfg, run_dir, rows, cfg.task.name)
-    publish(cfg, run_dir)
+    write_outputs(cfg.recipe, run_dir, rows, cfg.task.name)
+    publish(cfg.publish, run_dir)
     return run_dir
 
 

@@ -52,6 +52,7 @@ from das_train.training.samplers import (
     distributed_train_loader,
     train_loader,
 )
+from das_train.training.schema import RunConfig
 from das_train.training.sweep.cached_pairs import SplitReader, cached_pairs, first_rows, whole_batch
 from das_train.training.sweep.groups import Job, group_version
 from das_train.training.sweep.multi_site import MultiSiteDASModule
@@ -109,7 +110,7 @@ class OneSiteFit:
         self.members = [self.module]
 
     def train_loader(self) -> DataLoader:
-        return train_loader(self.sweep.cfg, self.sweep.datamodule)
+        return train_loader(self.sweep.cfg.trainer, self.sweep.datamodule)
 
     def test_loader(self) -> DataLoader:
         return self.sweep.datamodule.test_dataloader()
@@ -136,7 +137,8 @@ class BatchedFit:
             log.info("layer %d: blocks return caches or attentions, so the prefix is recomputed", self.layer)
         self.keep_prefix = template is not None
         self.members = [build_member(cfg, model, site, seed, lm) for site, seed in jobs]
-        per_pass = (sites_per_pass(cfg, model, self.layer, self.component, len(trained), sweep.costs, columns, lm)
+        per_pass = (sites_per_pass(cfg.sweep.sites_per_pass, cfg.trainer.batch_size, model, self.layer, self.component,
+                                   len(trained), sweep.costs, columns, lm)
                     if trained else None)
         skip = PrefixSkip(model, self.layer, self.component, template) if template else None
         self.module = MultiSiteDASModule(model, self.members, skip, sites_per_pass=per_pass, trained=trained,
@@ -155,7 +157,7 @@ class BatchedFit:
         loader = DataLoader(pairs, batch_size=cfg.trainer.batch_size,
                             sampler=datamodule.training_sampler(pairs, cfg.trainer.batch_size),
                             generator=workers_generator(datamodule.seed), collate_fn=whole_batch)
-        return distributed_train_loader(cfg, loader)
+        return distributed_train_loader(cfg.trainer, loader)
 
     def test_loader(self) -> DataLoader:
         # The test split's cache is made only now, next to the training one rather than with it.
@@ -186,7 +188,7 @@ def fit_group(sweep: Sweep, jobs: Sequence[Job], batched: bool) -> list[dict[str
     fit = BatchedFit(sweep, jobs, trained) if batched else OneSiteFit(sweep, jobs)
     version = group_version(jobs, trained)
     ckpt_dir = sweep.run_dir / "checkpoints" / version
-    trainer = make_trainer(sweep.cfg, sweep.run_dir, version, ckpt_dir)
+    trainer = make_trainer(RunConfig.from_data(sweep.cfg), sweep.run_dir, version, ckpt_dir)
     if trained:
         fit_resuming(trainer, fit.module, fit.train_loader(), ckpt_dir, version,
                      [f"{site.key} seed {seed}" for site, seed in jobs])

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import groupby
 
-from omegaconf import DictConfig
 from torch import nn
 
+from das_train.training.schema import InterventionConfig, SweepConfig
 from das_train.training.sweep.site_cache import batched_sites_supported
 from das_train.training.sweep.sites import SweepSite
 
@@ -31,20 +31,22 @@ def group_jobs(jobs: Sequence[Job]) -> list[list[Job]]:
     return [list(g) for _, g in groupby(jobs, key=lambda job: (job[0].layer, job[0].component))]
 
 
-def batched_reason(cfg: DictConfig, model: nn.Module, site: SweepSite) -> str | None:
+def batched_reason(sweep: SweepConfig, intervention: InterventionConfig, model: nn.Module,
+                   site: SweepSite) -> str | None:
     """Why the jobs at ``site``'s (layer, component) are fitted one at a time, or ``None`` when
     they train together in one batched fit."""
-    if not cfg.sweep.batched:
+    if not sweep.batched:
         return "sweep.batched=false"
-    if cfg.intervention.iit:
+    if intervention.iit:
         return "intervention.iit=true trains the shared model, which sites cannot share"
     return batched_sites_supported(model, site.layer, site.component)
 
 
-def fits_of(cfg: DictConfig, model: nn.Module, group: Sequence[Job]) -> tuple[list[list[Job]], str | None]:
+def fits_of(sweep: SweepConfig, intervention: InterventionConfig, model: nn.Module,
+            group: Sequence[Job]) -> tuple[list[list[Job]], str | None]:
     """The fits a group of jobs takes: itself whole when it can be batched, else each job alone;
     with the reason it cannot be batched (``None`` when it is)."""
-    reason = batched_reason(cfg, model, group[0][0])
+    reason = batched_reason(sweep, intervention, model, group[0][0])
     return ([list(group)] if reason is None else [[job] for job in group]), reason
 
 

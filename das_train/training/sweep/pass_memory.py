@@ -20,7 +20,6 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from das_train.core.devices import input_device
@@ -28,6 +27,7 @@ from das_train.core.hooks import HookSet, read_hooked, write_hooked
 from das_train.core.sites import resolve_site
 from das_train.data.pair_contract import TaskSpec
 from das_train.training.das_module import model_inputs
+from das_train.training.schema import SweepConfig
 from das_train.training.sweep.cached_pairs import first_rows
 from das_train.training.sweep.groups import Job
 
@@ -98,7 +98,7 @@ def sites_per_pass_within(budget: int, one_site_bytes: int, n_sites: int) -> int
     return max(1, min(n_sites, budget // one_site_bytes))
 
 
-def one_site_costs(cfg: DictConfig, model: torch.nn.Module, datamodule, spec: TaskSpec,
+def one_site_costs(sweep: SweepConfig, model: torch.nn.Module, datamodule, spec: TaskSpec,
                    jobs: Sequence[Job]) -> dict[tuple[int, str], int] | None:
     """For ``sites_per_pass=auto``: the autograd bytes of one site's step at each (layer,
     component) of the run; ``None`` when not needed.
@@ -106,27 +106,26 @@ def one_site_costs(cfg: DictConfig, model: torch.nn.Module, datamodule, spec: Ta
     Measured over every site of the run (this shard's, finished ones included, so a resumed
     run chooses as the first did) on the first training batch, the batch size training uses.
     """
-    if not cfg.sweep.batched or cfg.sweep.sites_per_pass != "auto" or not jobs:
+    if not sweep.batched or sweep.sites_per_pass != "auto" or not jobs:
         return None
     batch = next(iter(datamodule.ordered_dataloader("train")))
     inputs = model_inputs(batch, "base", spec.is_language_model_task)
     return step_costs(model, [(site.layer, site.component) for site, _ in jobs], inputs)
 
 
-def sites_per_pass(cfg: DictConfig, model: torch.nn.Module, layer: int, component: str, n_sites: int,
-                   costs: dict[tuple[int, str], int] | None, columns: dict[str, torch.Tensor],
+def sites_per_pass(setting: int | str | None, batch_size: int, model: torch.nn.Module, layer: int, component: str,
+                   n_sites: int, costs: dict[tuple[int, str], int] | None, columns: dict[str, torch.Tensor],
                    is_language_model_task: bool) -> int | None:
-    """The group's sites per pass: ``sweep.sites_per_pass``, or with ``auto`` as many as keep
-    no more than the costliest of ``costs`` (:func:`one_site_costs`; see the
-    module docstring). Without ``costs`` for this site, the group's own
-    one-site step is measured and is the budget (one site per pass)."""
-    setting = cfg.sweep.sites_per_pass
+    """The group's sites per pass: ``setting`` (``sweep.sites_per_pass``), or with ``auto`` as
+    many as keep no more than the costliest of ``costs`` (:func:`one_site_costs`; see the
+    module docstring). Without ``costs`` for this site, the group's own one-site step is
+    measured on a training batch of ``batch_size`` and is the budget (one site per pass)."""
     if setting != "auto":
         return setting
     if costs and (layer, component) in costs:
         one_site, budget = costs[(layer, component)], max(costs.values())
     else:
-        rows = first_rows(columns, cfg.trainer.batch_size)
+        rows = first_rows(columns, batch_size)
         one_site = saved_bytes_of_forward(model, layer, component, model_inputs(rows, "base", is_language_model_task))
         budget = one_site
     chosen = sites_per_pass_within(budget, one_site, n_sites)
