@@ -40,10 +40,10 @@ class Rule:
 
 
 def parse_rules(positions: Mapping[str, Any]) -> tuple[dict[str, Rule], list[str]]:
-    """The rules of ``task.positions`` and the problems of those that cannot be read."""
+    """The rules of ``task.positions`` and the problems of those that cannot be read; none
+    named means the last token alone."""
     rules, problems = {}, []
-    if not positions:
-        problems.append("task.positions is empty; name at least one position, e.g. {last: last}")
+    positions = positions or {"last": "last"}
     for name, spec in positions.items():
         rule = _parse(spec)
         if rule is None:

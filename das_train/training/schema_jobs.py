@@ -1,0 +1,94 @@
+"""The settings of the jobs beside the DAS sweep (causal tracing, steering, publishing, the MIB
+export), and :func:`option`, the field helper every part of the run config uses.
+
+Part of the run config's one home (:mod:`das_train.training.schema` composes these into
+``RunConfig`` and re-exports them); kept apart so each file stays one screenful of settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def option(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None,
+           allowed: tuple[Any, ...] | None = None, positive: bool = False, non_negative: bool = False) -> Any:
+    """A config field whose constraints live beside its default, where a reader of the field
+    sees them: ``allowed`` values, ``positive`` (> 0) or ``non_negative`` (>= 0). Every float
+    is also checked to be finite (a nan reaches training and turns every weight into nan)."""
+    metadata = {"allowed": allowed, "positive": positive, "non_negative": non_negative}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class TracingConfig:
+    components: list[str] = field(default_factory=lambda: ["block_output", "mlp_activation", "attention_output"])
+    """Components restored one (layer, position) at a time (Meng et al.'s three streams)."""
+    window: int = option(10, positive=True)
+    """Layers restored together around each layer for every component but block_output."""
+    noise_scale: float = option(3.0, positive=True)
+    """Noise on the subject's embeddings, in multiples of the embeddings' standard deviation."""
+    samples: int = option(10, positive=True)
+    """Noise samples per fact; the restored probability is their mean."""
+    facts: int = option(20, positive=True)
+    """How many facts are traced (the heatmaps average them)."""
+
+
+@dataclass
+class SteeringConfig:
+    word: str = "happy"
+    """The word whose input embedding is added (for a BPE, the first token of " word")."""
+    coefficient: float | list[float] = 0.3
+    """Scale of the embedding; a list gives one steered column per coefficient."""
+    prompts: list[str] = field(default_factory=lambda: ["Once upon a time there was a"])
+    """Prompts to continue, each once plainly and once per coefficient."""
+    max_new_tokens: int = option(32, positive=True)
+    """Tokens generated per continuation."""
+    do_sample: bool = False
+    """Sample (seeded by ``seed`` and the prompt's index) instead of greedy decoding."""
+    temperature: float = option(1.0, positive=True)
+    """Sampling temperature (do_sample only)."""
+    top_k: int = option(0, non_negative=True)
+    """Sample from the k likeliest tokens only; 0 means from all (do_sample only)."""
+    samples: int = option(1, positive=True)
+    """Continuations per prompt (do_sample only): more give a steadier measured fraction."""
+    intervene_on_prompt: bool = False
+    """Also add the embedding at every prompt position; false steers the decoding steps only,
+    as in the paper's Figure 1 and pyvene's default."""
+
+
+@dataclass
+class PublishConfig:
+    repo_id: str | None = None
+    """Hub repo to publish the finished sweep to (the token comes from HF_TOKEN, never the
+    config, which is uploaded with the run)."""
+    private: bool = False
+    """Create the repo private."""
+
+
+@dataclass
+class MibConfig:
+    out: str | None = None
+    """The submission folder ``job=export_mib`` writes; null means ``<run_dir>/mib_export``."""
+    overwrite: bool = False
+    """Replace ``out`` when it exists (it is refused otherwise)."""
+    task: str | None = None
+    """MIB task name, the first part of the ``{TASK}_{MODEL}_{VARIABLE}`` folder (e.g.
+    ``4_answer_MCQA``); null means the run's ``task.name``."""
+    model: str | None = None
+    """MIB model name: the model's class (e.g. ``GPT2LMHeadModel``); null means the class
+    recorded with the trained interventions."""
+    variable: str | None = None
+    """The causal variable (e.g. ``answer_pointer``); null means the run's ``task.name``."""
+    sites: list[str] | None = None
+    """Sites to export, named as the run's ``interventions/`` folders without the seed
+    (``block_output-L1-name``); null means every trained site."""
+    seed: int | None = None
+    """Which seed's intervention each site exports; null means the seed of highest IIA."""
+    positions: list[str] = field(default_factory=list)
+    """``name:id`` pairs renaming a das_train position to the id of the MIB task's token
+    position (e.g. ``[last:last_token]``); a position not listed keeps its name."""
