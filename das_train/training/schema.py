@@ -75,7 +75,8 @@ class TaskConfig:
     # -- task=pairs: counterfactual pairs read from a file (das_train/data/pair_files) --------
     path: str | None = None
     """The pair file (.jsonl, .json, .csv, .parquet, .pt), a ``save_to_disk`` folder or a Hub
-    dataset id; relative paths are read from the working directory."""
+    dataset id (``owner/name``, or ``owner/name:config`` for one of its configs); relative paths
+    are read from the working directory; ``pkg://PACKAGE/FILE`` is a file shipped in a package."""
     format: str = option("auto", allowed=PAIR_FORMATS)
     """``plain`` (columns named below), ``causalgym``, ``mib``, ``ravel``, ``pyvene`` (tensors) or
     ``auto``: told apart by their columns."""

@@ -100,8 +100,9 @@ def _read_hub(dataset_id: str) -> PairTables:
         raise PairFileError(dataset_id, [f"not a local file or folder, and the Hub is off ({offline[0]} is set): "
                                          "download the dataset where the Hub is reachable (save_to_disk) and "
                                          "give task.path that folder"])
+    name, _, config = dataset_id.partition(":")  # owner/name:config picks one of a dataset's configs
     try:
-        data = load_dataset(dataset_id)
+        data = load_dataset(name, config or None)
     except Exception as err:  # network, missing repo, gated: all mean the pairs are unavailable
         raise PairFileError(dataset_id, [f"not a local file or folder, and loading it from the Hub failed: {err}"]) from err
     fingerprint = "|".join(f"{name}:{table._fingerprint}" for name, table in sorted(data.items()))
