@@ -27,6 +27,7 @@ from das_train.training.das_module import DASModule
 from das_train.training.probe import collect_activations
 from das_train.training.sweep import das_sweep
 from das_train.training.sweep.site_cache import DistinctInputs, collect_base_sites, collect_layer
+from das_train.training.sweep.sites import table_position_clashes
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*LeafSpec.*", "ignore:.*does not have many workers.*", "ignore:.*val_dataloader.*",
@@ -248,3 +249,17 @@ def test_a_row_position_sweep_batched_equals_one_site_at_a_time(tmp_path, monkey
                     "control_accuracy", "test_pairs"):
             assert b[key] == p[key], (key, b, p)
     assert len({row["iia"] for row in per_site}) > 1
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+
+def test_a_position_that_is_neither_an_index_nor_a_row_position_is_refused_naming_it():
+    with pytest.raises(ValueError, match="position must be an int, a RowPosition or None, got 'key'"):
+        DASModule(make_gpt2(), layer=0, position="key")
+
+
+def test_a_row_position_whose_column_is_another_positions_index_is_refused():
+    (problem,) = table_position_clashes({"key": KEY, "bos": 0, "last": -1})
+    assert "'key' (RowPosition column 0) and 'bos' (index 0)" in problem
+    assert table_position_clashes({"key": KEY, "last": -1}) == []

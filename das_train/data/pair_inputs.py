@@ -12,6 +12,7 @@ between a pair's base and its source; :func:`row_indices` reads the latter from 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 
 import torch
@@ -93,11 +94,15 @@ def row_indices(position: Position, positions: torch.Tensor | None) -> int | tor
 
 
 def check_position(position: object) -> Position:
-    """``position`` if it is a site position (:data:`Position`), else a ValueError naming it."""
+    """``position`` as a site position (:data:`Position`; an integer of any kind, numpy's too,
+    becomes an int), else a ValueError naming it."""
     if position is None or isinstance(position, RowPosition):
         return position
-    if isinstance(position, int) and not isinstance(position, bool):
-        return position
+    if not isinstance(position, bool):
+        try:
+            return operator.index(position)
+        except TypeError:
+            pass
     raise ValueError(f"position must be an int, a RowPosition or None, got {position!r}")
 
 
