@@ -235,8 +235,7 @@ def row_sweep(tmp_path, monkeypatch, make, name: str, *extra):
         return list(csv.DictReader(handle))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("make", [make_gpt2, make_llama], ids=["gpt2", "llama"])
+@pytest.mark.parametrize("make", [make_gpt2, pytest.param(make_llama, marks=pytest.mark.slow)], ids=["gpt2", "llama"])
 def test_a_row_position_sweep_batched_equals_one_site_at_a_time(tmp_path, monkeypatch, make, caplog):
     with caplog.at_level("INFO", logger="das_train"):
         batched = row_sweep(tmp_path, monkeypatch, make, "batched", "sweep.batched=true")
