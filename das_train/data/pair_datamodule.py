@@ -30,14 +30,13 @@ from das_train.data.pair_contract import (
     BASE_EMBEDS,
     BASE_IDS,
     BASE_LABEL,
-    BASE_MASK,
     SOURCE_EMBEDS,
     SOURCE_IDS,
     SOURCE_LABEL,
-    SOURCE_MASK,
     CounterfactualTask,
     TaskSpec,
 )
+from das_train.data.pair_inputs import model_inputs
 from das_train.data.samplers import (
     EpochShuffleSampler,
     InOrderSampler,
@@ -73,14 +72,14 @@ def _pair_keys(dataset: Dataset) -> list[bytes]:
 
 
 def _model_inputs(batch: dict[str, torch.Tensor], side: str, device: torch.device) -> dict[str, torch.Tensor]:
-    ids, mask, embeds = (BASE_IDS, BASE_MASK, BASE_EMBEDS) if side == "base" else (SOURCE_IDS, SOURCE_MASK, SOURCE_EMBEDS)
-    if ids in batch:
-        return {"input_ids": batch[ids].to(device), "attention_mask": batch[mask].to(device)}
-    return {"inputs_embeds": batch[embeds].to(device)}
+    """A side's model inputs (:func:`~das_train.data.pair_inputs.model_inputs`) on ``device``."""
+    inputs = model_inputs(batch, side, is_language_model_task=BASE_IDS in batch)
+    return {name: value.to(device) for name, value in inputs.items()}
 
 
 def predictions(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(batch,) argmax of the logits at the last position (LM) or of the class logits."""
+    """(batch,) argmax of the logits at the last position (LM; left-padded rows end there too)
+    or of the class logits."""
     logits = model(**inputs).logits  # (batch, length, vocab) or (batch, classes)
     if logits.dim() == 3:
         logits = logits[:, -1]  # (batch, vocab)

@@ -38,14 +38,13 @@ from torch import nn
 
 from das_train.core.devices import input_device, is_dispatched, place_model
 from das_train.core.model import IntervenableModel
-from das_train.data.pair_contract import (
-    BASE_EMBEDS,
-    BASE_IDS,
-    BASE_MASK,
-    COUNTERFACTUAL_LABEL,
-    SOURCE_EMBEDS,
-    SOURCE_IDS,
-    SOURCE_MASK,
+from das_train.data.pair_contract import COUNTERFACTUAL_LABEL, RowPosition
+from das_train.data.pair_inputs import (
+    Position,
+    check_position,
+    model_inputs,
+    row_indices,
+    side_positions,
 )
 from das_train.interventions.base import INTERVENTION_REGISTRY, Intervention
 from das_train.training.das_loop import boundary_penalty as total_boundary_penalty
@@ -57,35 +56,24 @@ from das_train.training.schema import InterventionConfig, SweepConfig
 Batch = Mapping[str, torch.Tensor]
 
 
-def model_inputs(batch: Batch, side: str, is_language_model_task: bool) -> dict[str, torch.Tensor]:
-    """The keyword inputs of one side (``"base"`` or ``"source"``) of a pair batch.
-
-    Language-model tasks give token ids (and an attention mask when the batch has one); vector
-    tasks give ``inputs_embeds``, which the built-in MLP and GRU models take.
-    """
-    if side not in ("base", "source"):
-        raise ValueError(f"side must be 'base' or 'source', got {side!r}")
-    ids, mask, embeds = (BASE_IDS, BASE_MASK, BASE_EMBEDS) if side == "base" else (
-        SOURCE_IDS, SOURCE_MASK, SOURCE_EMBEDS)
-    wanted = ids if is_language_model_task else embeds
-    if wanted not in batch:
-        raise KeyError(
-            f"the batch has no {wanted!r} column (is_language_model_task={is_language_model_task}); "
-            f"columns: {sorted(batch)}"
-        )
-    if not is_language_model_task:
-        return {"inputs_embeds": batch[embeds]}
-    inputs = {"input_ids": batch[ids]}
-    if mask in batch:
-        inputs["attention_mask"] = batch[mask]
-    return inputs
+def unit_locations(batch: Batch, position: Position) -> dict[str, Any] | None:
+    """The hook core's ``unit_locations`` of a one-intervention site at ``position`` on a pair
+    batch: a shared index as it is; a RowPosition as pyvene's nested per-example form, one
+    ``[batch][1]`` list per side, each row's source index going into its own base index."""
+    if position is None:
+        return None
+    if not isinstance(position, RowPosition):
+        return {"sources->base": position}
+    source = row_indices(position, side_positions(batch, "source"))  # (batch,)
+    base = row_indices(position, side_positions(batch, "base"))  # (batch,)
+    return {"sources->base": ([source[:, None].tolist()], [base[:, None].tolist()])}
 
 
 def prediction_logits(outputs: Any) -> torch.Tensor:
     """The logits the label is read from: the last position's, ``(batch, classes)``.
 
-    Tasks use fixed-length templates, so the prediction of a language model is at the last
-    position of every row; a classifier's ``(batch, classes)`` logits pass through unchanged.
+    Rows are fixed-length templates or left-padded, so the prediction of a language model is at
+    the last position of every row; a classifier's ``(batch, classes)`` logits pass through unchanged.
     """
     if isinstance(outputs, torch.Tensor):
         logits = outputs
@@ -154,8 +142,10 @@ class DASModule(lightning.LightningModule):
             in eval mode.
         layer: layer of the site.
         component: component of the site (``block_output``, ``mlp_output``, ... or a module path).
-        position: token position of the site, the same in base and source; ``None`` intervenes
-            on the whole activation (vector tasks, where the activation has no positions).
+        position: token position of the site, the same in base and source; a
+            :class:`~das_train.data.pair_contract.RowPosition` reads each pair's base and source
+            index from the batch (:func:`unit_locations`); ``None`` intervenes on the whole
+            activation (vector tasks, where the activation has no positions).
         intervention: registered name of the intervention class.
         low_rank_dimension: size of the interchanged subspace: the rank ``k`` of a low-rank
             rotation, or the number of leading rotated coordinates a full rotation interchanges.
@@ -171,7 +161,7 @@ class DASModule(lightning.LightningModule):
         model: nn.Module,
         layer: int,
         component: str = SweepConfig.component,
-        position: int | None = None,
+        position: Position = None,
         intervention: str = InterventionConfig.type,
         low_rank_dimension: int = InterventionConfig.low_rank_dimension,
         lr: float = InterventionConfig.lr,
@@ -182,11 +172,14 @@ class DASModule(lightning.LightningModule):
         super().__init__()
         # Set first: `_apply` and `train` read them.
         self.iit = iit
-        self.position = position
+        self.position = check_position(position)
         self.is_language_model_task = is_language_model_task
         self.call_options = prediction_only_options(model)
         check_training_options(low_rank_dimension, lr, boundary_penalty)
         self.save_hyperparameters(ignore=["model"])
+        if isinstance(position, RowPosition):
+            # Checkpoints are read with weights_only=True, which refuses our classes: plain data.
+            self.hparams["position"] = {"row_position_column": position.column}
         cls = trainable_intervention_class(intervention, iit)
         if iit:
             # A submodule: its weights are trained, checkpointed and synchronized by DDP.
@@ -292,7 +285,7 @@ class DASModule(lightning.LightningModule):
         """Intervened prediction logits on a pair batch, ``(batch, classes)``."""
         base = model_inputs(batch, "base", self.is_language_model_task)
         source = model_inputs(batch, "source", self.is_language_model_task)
-        locations = None if self.position is None else {"sources->base": self.position}
+        locations = unit_locations(batch, self.position)
         _, outputs = self.intervenable(base, [source], unit_locations=locations, **self.call_options)
         return prediction_logits(outputs)
 
@@ -372,4 +365,4 @@ class DASModule(lightning.LightningModule):
         return float(metric.compute())
 
 
-__all__ = ["DASModule", "model_inputs", "prediction_logits", "prediction_only_options"]
+__all__ = ["DASModule", "model_inputs", "prediction_logits", "prediction_only_options", "unit_locations"]

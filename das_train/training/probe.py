@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import das_train as pv
 from das_train.data.pair_contract import BASE_CONTROL, BASE_VARIABLE
-from das_train.training.das_module import model_inputs
+from das_train.data.pair_inputs import Position, model_inputs, row_indices, side_positions
 from das_train.training.metrics import CountingAccuracy
 from das_train.training.schema import ProbeConfig
 
@@ -51,10 +51,14 @@ def site_collector(model: nn.Module, layer: int, component: str) -> pv.Intervena
 
 
 @torch.no_grad()
-def collected_rows(collector: pv.IntervenableModel, inputs: Batch, position: int | None) -> torch.Tensor:
+def collected_rows(collector: pv.IntervenableModel, inputs: Batch, position: int | torch.Tensor | None) -> torch.Tensor:
     """``collector``'s activations on the model ``inputs`` at ``position`` (``None``: the whole
-    activation), one ``(batch, units * D)`` float32 row per input, on CPU."""
+    activation; a ``(batch,)`` tensor: each row's own index, as
+    :func:`~das_train.data.pair_inputs.row_indices` gives a RowPosition), one
+    ``(batch, units * D)`` float32 row per input, on CPU."""
     device = collector.get_device()
+    if isinstance(position, torch.Tensor):
+        position = position.reshape(-1, 1).tolist()  # [batch][1]: one unit per row
     locations = None if position is None else {"base": position}
     (_, collected), _ = collector({k: v.to(device) for k, v in inputs.items()}, unit_locations=locations)
     acts = collected[0]  # (batch, units, D); units = 1 at one position
@@ -66,7 +70,7 @@ def collect_activations(
     model: nn.Module,
     layer: int,
     component: str,
-    position: int | None,
+    position: Position,
     dataloader: Iterable[Batch],
     is_language_model_task: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -75,7 +79,8 @@ def collect_activations(
     Args:
         model: the (frozen) model; left in the train/eval mode it was in.
         layer, component, position: the site, as :class:`~das_train.training.das_module.DASModule`
-            takes it; ``position=None`` collects the whole activation (vector tasks).
+            takes it (a RowPosition reads each base's own index); ``position=None`` collects the
+            whole activation (vector tasks).
         dataloader: pair batches with the base input columns, ``base_variable`` and
             ``base_control``.
 
@@ -88,7 +93,8 @@ def collect_activations(
     variables: list[torch.Tensor] = []
     controls: list[torch.Tensor] = []
     for batch in dataloader:
-        activations.append(collected_rows(collector, model_inputs(batch, "base", is_language_model_task), position))
+        at = row_indices(position, side_positions(batch, "base"))  # an int, None or (batch,)
+        activations.append(collected_rows(collector, model_inputs(batch, "base", is_language_model_task), at))
         variables.append(torch.as_tensor(batch[BASE_VARIABLE]).long().cpu())
         controls.append(torch.as_tensor(batch[BASE_CONTROL]).long().cpu())
     if not activations:

@@ -338,7 +338,7 @@ def write_plan(run_dir: Path, fingerprint: str, jobs: Sequence[tuple[Any, int]])
     """Records every (site, seed) of the sweep in its fixed order, so a merge can tell which are
     missing and which shard owns each (job ``k`` belongs to shard ``k % num_shards``)."""
     plan = {"config_fingerprint": fingerprint,
-            "jobs": [{"layer": s.layer, "component": s.component, "position": s.position,
+            "jobs": [{"layer": s.layer, "component": s.component, "position": s.table_position,
                       "position_name": s.position_name, "seed": seed} for s, seed in jobs]}
     atomic_write_text(run_dir / PLAN_NAME, json.dumps(plan, indent=1))
 

@@ -19,11 +19,15 @@ from das_train.data.pair_contract import (
     BASE_EMBEDS,
     BASE_IDS,
     BASE_MASK,
+    BASE_POSITION_IDS,
+    BASE_POSITIONS,
     BASE_VARIABLE,
     COUNTERFACTUAL_LABEL,
     SOURCE_EMBEDS,
     SOURCE_IDS,
     SOURCE_MASK,
+    SOURCE_POSITION_IDS,
+    SOURCE_POSITIONS,
 )
 from das_train.training.sweep.multi_site import CACHED_PREFIX, CACHED_SOURCES
 from das_train.training.sweep.site_cache import DistinctInputs, LayerActivations
@@ -67,13 +71,15 @@ def whole_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return batch
 
 
-PAIR_COLUMNS = (BASE_IDS, BASE_MASK, BASE_EMBEDS, COUNTERFACTUAL_LABEL, BASE_VARIABLE, BASE_CONTROL,
-                SOURCE_IDS, SOURCE_MASK, SOURCE_EMBEDS)
-"""The columns of a split the batched path reads: inputs (for the caches), labels (for training
-and the probes)."""
-TRAINING_COLUMNS = (BASE_IDS, BASE_MASK, BASE_EMBEDS, COUNTERFACTUAL_LABEL)
-"""The columns a training batch carries next to the cache: no source inputs (the cache holds
-what the sources give) and no probe labels."""
+PAIR_COLUMNS = (BASE_IDS, BASE_MASK, BASE_EMBEDS, BASE_POSITION_IDS, BASE_POSITIONS, COUNTERFACTUAL_LABEL,
+                BASE_VARIABLE, BASE_CONTROL, SOURCE_IDS, SOURCE_MASK, SOURCE_EMBEDS, SOURCE_POSITION_IDS,
+                SOURCE_POSITIONS)
+"""The columns of a split the batched path reads: inputs and per-row positions (for the caches),
+labels (for training and the probes)."""
+TRAINING_COLUMNS = (BASE_IDS, BASE_MASK, BASE_EMBEDS, BASE_POSITION_IDS, BASE_POSITIONS, COUNTERFACTUAL_LABEL)
+"""The columns a training batch carries next to the cache: the base's inputs and per-row
+positions (where each row's intervention writes), no source inputs (the cache holds what the
+sources give at their own positions) and no probe labels."""
 
 
 def split_columns(loader: DataLoader) -> dict[str, torch.Tensor]:

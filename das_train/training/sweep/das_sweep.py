@@ -62,7 +62,7 @@ def run_das_sweep(cfg: DictConfig, run_dir: Path) -> Path:
     if is_global_zero():
         run_dir_state.write_plan(run_dir, fingerprint, every_job)
     rows, done = run_dir_state.resume_rows(run_dir, results_path(run_dir, cfg.sweep), fingerprint)
-    todo = [(s, seed) for s, seed in jobs if (s.layer, s.component, s.position, seed) not in done]
+    todo = [(s, seed) for s, seed in jobs if (s.layer, s.component, s.table_position, seed) not in done]
     if done:
         print(f"resuming: {len(done)} finished site runs found in {run_dir}, {len(todo)} to go", flush=True)
     sweep = start_sweep(cfg, model, datamodule, run_dir, jobs, todo, sites)
@@ -124,7 +124,8 @@ def finish(cfg: DictConfig, run_dir: Path, fingerprint: str, every_job: Sequence
     then, a line saying which shards are still running."""
     everything = run_dir_state.finished_rows(run_dir, fingerprint)
     finished = {run_dir_state.site_key(r) for r in everything}
-    missing = [(s, seed) for s, seed in every_job if (s.layer, s.component, s.position, seed) not in finished]
+    missing = [(s, seed) for s, seed in every_job
+               if (s.layer, s.component, s.table_position, seed) not in finished]
     if missing:
         print(f"shard {cfg.sweep.shard} of {cfg.sweep.num_shards} is done; {len(missing)} site runs belong to "
               "shards still running. The last shard to finish writes the table, or run again with "

@@ -43,9 +43,10 @@ from torch.utils.data import DataLoader
 from das_train.core.devices import input_device
 from das_train.data.pair_contract import TaskSpec
 from das_train.data.pair_datamodule import PairDataModule
+from das_train.data.pair_inputs import model_inputs
 from das_train.data.samplers import workers_generator
 from das_train.training.checkpoints import fit_resuming
-from das_train.training.das_module import DASModule, model_inputs
+from das_train.training.das_module import DASModule
 from das_train.training.probe import ProbeResult
 from das_train.training.samplers import (
     distributed_eval_loader,
@@ -216,7 +217,7 @@ def result_row(site: SweepSite, seed: int, iia: float, probe: ProbeResult, inter
     (the probes, fitted for the whole sweep at once, are not in it)."""
     size = getattr(intervention, "intervention_size", None)  # boundless interventions only
     return {
-        "layer": site.layer, "component": site.component, "position": site.position,
+        "layer": site.layer, "component": site.component, "position": site.table_position,
         "position_name": site.position_name, "seed": seed, "iia": iia,
         "probe_accuracy": probe.accuracy, "control_accuracy": probe.control_accuracy,
         "selectivity": probe.selectivity, "intervention_size": size() if callable(size) else "",

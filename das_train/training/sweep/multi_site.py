@@ -7,7 +7,8 @@ train together on cached activations (:mod:`das_train.training.sweep.site_cache`
 - the sources' activations at the site come from the cache (no source forward at all);
 - the base batch is repeated P times, one copy per site, and the model runs from the site's
   block upward on the cached input of that block (the frozen prefix is not recomputed);
-- one hook gives copy ``k`` of the batch site ``k``'s intervention at site ``k``'s position.
+- one hook gives copy ``k`` of the batch site ``k``'s intervention at site ``k``'s position
+  (each row's own base index for a per-row position, the source's own one being cached).
 
 The loss is the sum of each site's mean counterfactual loss, so each intervention's gradient is
 the one it would get alone, and Adam, being per-parameter, takes the same steps: the trained
@@ -39,23 +40,21 @@ from torch.nn.parallel import DistributedDataParallel
 from das_train.core.devices import place_model
 from das_train.core.hooks import HookSet, as_3d, from_3d, read_hooked, write_hooked
 from das_train.core.sites import resolve_site
-from das_train.data.pair_contract import COUNTERFACTUAL_LABEL
-from das_train.training.das_module import (
-    DASModule,
-    model_inputs,
-    prediction_logits,
-    prediction_only_options,
-)
+from das_train.data.pair_contract import COUNTERFACTUAL_LABEL, RowPosition
+from das_train.data.pair_inputs import model_inputs, side_positions
+from das_train.training.das_module import DASModule, prediction_logits, prediction_only_options
 from das_train.training.finite import check_finite
 from das_train.training.metrics import InterchangeInterventionAccuracy, PairCount
 from das_train.training.sweep.prefix_skip import PrefixSkip
+from das_train.training.sweep.site_cache import site_index
 
 Batch = Mapping[str, torch.Tensor]
 
 CACHED_PREFIX = "cached_prefix"
 """Batch column: ``(batch, seq, d)`` the base's input to the sites' block."""
 CACHED_SOURCES = "cached_sources"
-"""Batch column: ``(batch, sites, w)`` the source's activation at each site's position."""
+"""Batch column: ``(batch, sites, w)`` the source's activation at each site's position (its own
+index there, for a per-row position)."""
 
 
 def repeat_rows(x: torch.Tensor, times: int) -> torch.Tensor:
@@ -185,20 +184,32 @@ class MultiSiteDASModule(lightning.LightningModule):
         return self
 
     # -- forward ----------------------------------------------------------------------------------
-    def _edit(self, sites: Sequence[int], sources: torch.Tensor, batch_size: int) -> Callable[..., Any]:
-        """The hook that gives copy j of the repeated batch the intervention of ``sites[j]``."""
+    def _edit(self, sites: Sequence[int], sources: torch.Tensor, batch_size: int,
+              row_positions: torch.Tensor | None) -> Callable[..., Any]:
+        """The hook that gives copy j of the repeated batch the intervention of ``sites[j]``, at
+        the site's position, or at each row's own index for a RowPosition (``row_positions``,
+        the batch's ``(batch, columns)`` base indices)."""
         n_sites = len(sites)
+        per_row = any(isinstance(self.positions[k], RowPosition) for k in sites)
+        columns = [self.source_columns[k] for k in sites]
 
         def edit(module, args, kwargs, output):
             value = read_hooked(args, kwargs, output)
             x3 = as_3d(value)  # (sites * batch, seq, w)
             per_site = x3.view(n_sites, batch_size, *x3.shape[1:])  # (sites, batch, seq, w)
-            # Plain ints, so each site's row is a view (no index tensor built per call).
-            positions = [row_of(self.positions[k], x3.shape[1]) for k in sites]
-            columns = [self.source_columns[k] for k in sites]
-            edited = [self.interventions[k](per_site[j, :, p : p + 1], sources[:, c : c + 1].to(x3.device))
-                      for j, (k, p, c) in enumerate(zip(sites, positions, columns))]  # each (batch, 1, w)
-            rows = self._write_rows(n_sites, batch_size, tuple(positions), x3.device)
+            if per_row:
+                index = site_index([self.positions[k] for k in sites], x3.shape[1], batch_size, row_positions)
+                rows = (torch.arange(n_sites, device=x3.device)[:, None],
+                        torch.arange(batch_size, device=x3.device)[None, :], index.T.to(x3.device))
+                picked = per_site[rows]  # (sites, batch, w)
+                units = [picked[j][:, None] for j in range(n_sites)]  # each (batch, 1, w)
+            else:
+                # Plain ints, so each site's row is a view (no index tensor built per call).
+                positions = [row_of(self.positions[k], x3.shape[1]) for k in sites]
+                units = [per_site[j, :, p : p + 1] for j, p in enumerate(positions)]  # each (batch, 1, w)
+                rows = self._write_rows(n_sites, batch_size, tuple(positions), x3.device)
+            edited = [self.interventions[k](unit, sources[:, c : c + 1].to(x3.device))
+                      for k, unit, c in zip(sites, units, columns)]  # each (batch, 1, w)
             # Out of place, so autograd sees the write.
             new = per_site.index_put(rows, torch.cat(edited, dim=1).transpose(0, 1).to(x3.dtype))
             return write_hooked(args, kwargs, output, from_3d(new.view(x3.shape), value))
@@ -229,7 +240,8 @@ class MultiSiteDASModule(lightning.LightningModule):
         else:
             skipping = nullcontext()
         with HookSet() as hooks, skipping:
-            hooks.add(self.site.module, self.site.hook, self._edit(sites, batch[CACHED_SOURCES], batch_size))
+            edit = self._edit(sites, batch[CACHED_SOURCES], batch_size, side_positions(batch, "base"))
+            hooks.add(self.site.module, self.site.hook, edit)
             outputs = self.model(**repeated, **self.call_options)
         logits = prediction_logits(outputs)  # (sites * batch, classes)
         return logits.view(n_sites, batch_size, -1)

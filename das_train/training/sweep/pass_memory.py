@@ -26,7 +26,7 @@ from das_train.core.devices import input_device
 from das_train.core.hooks import HookSet, read_hooked, write_hooked
 from das_train.core.sites import resolve_site
 from das_train.data.pair_contract import TaskSpec
-from das_train.training.das_module import model_inputs
+from das_train.data.pair_inputs import model_inputs
 from das_train.training.schema import SweepConfig
 from das_train.training.sweep.cached_pairs import first_rows
 from das_train.training.sweep.groups import Job

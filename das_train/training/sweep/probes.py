@@ -27,6 +27,7 @@ from torch import nn
 
 from das_train.core.sites import resolve_site
 from das_train.data.pair_contract import BASE_CONTROL, BASE_VARIABLE, TaskSpec
+from das_train.data.pair_inputs import row_indices
 from das_train.training.probe import (
     ProbeResult,
     collected_rows,
@@ -101,7 +102,8 @@ def site_tables(model: nn.Module, sites: Sequence[SiteKey],
     for i, (layer, component, position) in enumerate(sites):
         if i not in readable:
             collector = site_collector(model, layer, component)
-            rows = [collected_rows(collector, chunk, position) for chunk in bases.chunks()]  # (chunk, w) each
+            rows = [collected_rows(collector, chunk, row_indices(position, row_positions))  # (chunk, w) each
+                    for chunk, row_positions in bases.chunks_with_positions()]
             groups.append(([i], torch.cat(rows)[None]))  # (1, U, w)
     return groups
 

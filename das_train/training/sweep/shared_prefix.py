@@ -28,9 +28,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from das_train.core.sites import table_for
+from das_train.data.pair_inputs import Position, model_inputs
 from das_train.interventions.base import INTERVENTION_REGISTRY
 from das_train.interventions.masks import BoundlessRotatedSpaceIntervention
-from das_train.training.das_module import model_inputs
 
 
 def has_positions(inputs: torch.Tensor, is_language_model_task: bool) -> bool:
@@ -78,12 +78,13 @@ def can_skip(cfg: DictConfig, model: nn.Module) -> bool:
     return table is not None and table.causal
 
 
-def untrained_reason(cfg: DictConfig, model: nn.Module, position: int | None, prefix: int,
+def untrained_reason(cfg: DictConfig, model: nn.Module, position: Position, prefix: int,
                      seq: int) -> str | None:
     """Why the site at ``position`` is tested untrained (see the module docstring), or ``None``
     when it trains. ``prefix`` is :func:`shared_prefix_length` over the training and test
-    pairs together, ``seq`` their sequence length."""
-    if position is None or not -seq <= position < seq or not can_skip(cfg, model):
+    pairs together, ``seq`` their sequence length. A per-row position (RowPosition) always
+    trains: the prefix is measured in columns shared by every pair, not per row."""
+    if not isinstance(position, int) or not -seq <= position < seq or not can_skip(cfg, model):
         return None
     row = position % seq
     if row >= prefix:
@@ -108,7 +109,7 @@ def shared_prefix(splits: Iterable[Mapping[str, torch.Tensor]], is_language_mode
 
 
 def untrained_positions(cfg: DictConfig, model: nn.Module, splits: Iterable[Mapping[str, torch.Tensor]],
-                        is_language_model_task: bool, positions: Iterable[int | None]) -> dict[int | None, str]:
+                        is_language_model_task: bool, positions: Iterable[Position]) -> dict[Position, str]:
     """The swept ``positions`` tested untrained, each with why: those every pair of ``splits``
     (the training and test columns) agrees on, base and source, up to the position."""
     if not can_skip(cfg, model):

@@ -9,7 +9,7 @@ distinct input of a split (pairs share bases and sources) and keeps, per distinc
   site is that output, so training can start at the block, or above it, instead of at the
   embeddings (:class:`~das_train.training.sweep.prefix_skip.PrefixSkip`);
 - the component's activation at each swept position: a source's is what an interchange
-  writes in.
+  writes in. A per-row position (RowPosition) is read at each input's own token index.
 
 :func:`collect_base_sites` reads many sites of any layers the same way, one forward per chunk
 of distinct bases, for the sweep's probes. Each collection pass stops right after the deepest
@@ -30,7 +30,7 @@ from torch import nn
 from das_train.core.devices import input_device
 from das_train.core.hooks import HookSet, StopForward, as_3d, read_hooked
 from das_train.core.sites import resolve_site, table_for
-from das_train.training.das_module import model_inputs
+from das_train.data.pair_inputs import Position, model_inputs, row_indices, side_positions
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -104,54 +104,90 @@ class LayerActivations:
         return self.site_table[self.source_row]
 
 
-def _positions_index(positions: Sequence[int | None], seq: int) -> torch.Tensor:
-    # ``None`` (vector tasks) is the whole activation, a one-position sequence.
-    index = [0 if p is None else p for p in positions]
-    bad = [p for p in index if not -seq <= p < seq]
-    if bad:
-        raise IndexError(f"positions {bad} out of range for a sequence of {seq}")
-    return torch.tensor(index, dtype=torch.long)
+def site_index(positions: Sequence[Position], seq: int, rows: int,
+               row_positions: torch.Tensor | None) -> torch.Tensor:
+    """``(rows, P)``: each input's token index of each of ``positions`` in a sequence of
+    ``seq``. A shared index is the same in every row; a RowPosition is read from the inputs'
+    ``row_positions`` ``(rows, columns)``; ``None`` (vector tasks) is the whole activation, a
+    one-position sequence."""
+    columns = []
+    for position in positions:
+        concrete = row_indices(0 if position is None else position, row_positions)
+        if isinstance(concrete, int):
+            if not -seq <= concrete < seq:
+                raise IndexError(f"position {concrete} out of range for a sequence of {seq}")
+            columns.append(torch.full((rows,), concrete % seq, dtype=torch.long))
+        else:
+            bad = concrete[(concrete < 0) | (concrete >= seq)]
+            if len(bad):
+                raise IndexError(f"{position}: indices {bad.tolist()} out of range for a sequence of {seq}")
+            columns.append(concrete.long().cpu())
+    return torch.stack(columns, dim=1)
+
+
+def gather_sites(acts: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``(rows, P, w)``: row ``i``'s activation at token ``index[i, k]`` for each ``k`` of
+    ``acts`` ``(rows, seq, w)`` (a copy of the values, no arithmetic)."""
+    index = index.to(acts.device)
+    return acts[torch.arange(len(acts), device=acts.device)[:, None], index]
 
 
 class DistinctInputs:
     """The distinct model inputs among a split's bases and sources, and where each pair's are.
 
-    An input is its model keyword tensors' row (token ids and mask, or embeddings), compared
-    by value, so the same sentence padded the same way is one input wherever it appears.
+    An input is its model keyword tensors' row (token ids, mask and position ids, or
+    embeddings), compared by value, so the same sentence padded the same way is one input
+    wherever it appears. Where pairs name per-row positions, an input is also its row of them
+    (:func:`~das_train.data.pair_inputs.side_positions`), kept in :attr:`positions`, so each
+    distinct input has one token index per RowPosition.
     """
 
     def __init__(self, batches: Iterable[Batch], is_language_model_task: bool,
                  sides: Sequence[str] = ("base", "source")) -> None:
         self.rows: dict[str, list[torch.Tensor]] = {}
+        position_rows: list[torch.Tensor] = []
         self.batch_size = 0
         index: dict[bytes, int] = {}
         pointers: dict[str, list[int]] = {side: [] for side in sides}
         for batch in batches:
             for side in sides:
                 inputs = model_inputs(batch, side, is_language_model_task)
+                positions = side_positions(batch, side)
                 names = sorted(inputs)
                 size = len(inputs[names[0]])
                 self.batch_size = max(self.batch_size, size)
-                # Each row's bytes, all keyword tensors side by side: one key per input.
-                keys = torch.cat([inputs[name].reshape(size, -1).contiguous().cpu().view(torch.uint8)
-                                  for name in names], dim=1).numpy()
+                # Each row's bytes, all keyword tensors (and positions) side by side: one key per input.
+                keyed = [inputs[name] for name in names] + ([] if positions is None else [positions])
+                keys = torch.cat([t.reshape(size, -1).contiguous().cpu().view(torch.uint8) for t in keyed],
+                                 dim=1).numpy()
                 for i in range(size):
                     key = keys[i].tobytes()
                     if key not in index:
                         index[key] = len(index)
                         for name in names:
                             self.rows.setdefault(name, []).append(inputs[name][i])
+                        if positions is not None:
+                            position_rows.append(positions[i])
                     pointers[side].append(index[key])
         if not pointers[sides[0]]:
             raise ValueError("the batches were empty")
         self.count = len(index)
+        self.positions = torch.stack(position_rows).cpu() if position_rows else None
+        """``(count, columns)``: each distinct input's RowPosition indices, or ``None``."""
         self.row = {side: torch.tensor(rows, dtype=torch.long) for side, rows in pointers.items()}
         """Per side, ``(N,)``: the distinct input each pair's base (or source) is."""
 
     def chunks(self) -> Iterator[dict[str, torch.Tensor]]:
         """The distinct inputs in batches of the split's batch size, in order of first use."""
+        for inputs, _ in self.chunks_with_positions():
+            yield inputs
+
+    def chunks_with_positions(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor | None]]:
+        """:meth:`chunks`, each with its inputs' rows of :attr:`positions` (``None`` if none)."""
         for start in range(0, self.count, self.batch_size):
-            yield {name: torch.stack(rows[start : start + self.batch_size]) for name, rows in self.rows.items()}
+            stop = start + self.batch_size
+            inputs = {name: torch.stack(rows[start:stop]) for name, rows in self.rows.items()}
+            yield inputs, None if self.positions is None else self.positions[start:stop]
 
 
 def run_until_read(model: nn.Module, inputs: Mapping[str, torch.Tensor],
@@ -174,7 +210,7 @@ def collect_layer(
     model: nn.Module,
     layer: int,
     component: str,
-    positions: Sequence[int | None],
+    positions: Sequence[Position],
     batches: Iterable[Batch] | DistinctInputs,
     is_language_model_task: bool = True,
     keep_prefix: bool = True,
@@ -207,19 +243,17 @@ def collect_layer(
     if set(distinct.row) != {"base", "source"}:
         raise ValueError(f"collect_layer needs the distinct inputs of both sides, got {sorted(distinct.row)}")
     prefixes, sites = RowBuffer(distinct.count), RowBuffer(distinct.count)
-    index: torch.Tensor | None = None
     readers = [(site.module, site.hook, read_site)]
     if keep_prefix and not after_block:
         readers.insert(0, (block.module, "input", read_prefix))
-    for chunk in distinct.chunks():
+    for chunk, row_positions in distinct.chunks_with_positions():
         found.clear()
         run_until_read(model, chunk, readers)
         if "site" not in found:
             raise RuntimeError(f"the forward pass never reached {site.description}")
         acts = found["site"]  # (chunk, seq, w)
-        if index is None:
-            index = _positions_index(positions, acts.shape[1]).to(acts.device)
-        sites.add(acts[:, index].cpu())  # (chunk, P, w)
+        index = site_index(positions, acts.shape[1], len(acts), row_positions)  # (chunk, P)
+        sites.add(gather_sites(acts, index).cpu())  # (chunk, P, w)
         if keep_prefix:
             prefixes.add(found["prefix"].cpu())
     return LayerActivations(prefixes.result() if keep_prefix else None, sites.result(),
@@ -229,7 +263,7 @@ def collect_layer(
 @torch.no_grad()
 def collect_base_sites(
     model: nn.Module,
-    sites: Sequence[tuple[int, str, int | None]],
+    sites: Sequence[tuple[int, str, Position]],
     bases: DistinctInputs,
 ) -> list[tuple[list[int], torch.Tensor]]:
     """Every ``(layer, component, position)`` site's activation on each distinct input of
@@ -260,7 +294,7 @@ def collect_base_sites(
     for key in by_hook:
         site = resolve_site(model, key[0], key[1], "pos")
         readers.append((site.module, site.hook, reader(key)))
-    for chunk in bases.chunks():
+    for chunk, row_positions in bases.chunks_with_positions():
         found.clear()
         run_until_read(model, chunk, readers)
         missing = sorted(set(by_hook) - set(found))
@@ -276,8 +310,8 @@ def collect_base_sites(
                       for w, (members, like) in groups.items()}
         for key, members in by_hook.items():
             acts = found[key]  # (chunk, seq, w)
-            index = _positions_index([sites[i][2] for i in members], acts.shape[1]).to(acts.device)
-            picked = acts[:, index].cpu()  # (chunk, members, w)
+            index = site_index([sites[i][2] for i in members], acts.shape[1], len(acts), row_positions)
+            picked = gather_sites(acts, index).cpu()  # (chunk, members, w)
             for j, i in enumerate(members):
                 width, k = slot[i]
                 groups[width][1][k, filled : filled + len(picked)] = picked[:, j]
@@ -309,4 +343,4 @@ class RowBuffer:
 
 
 __all__ = ["DistinctInputs", "LayerActivations", "RowBuffer", "batched_sites_supported", "block_modules", "collect_base_sites",
-           "collect_layer", "run_until_read", "starts_after_block"]
+           "collect_layer", "gather_sites", "run_until_read", "site_index", "starts_after_block"]

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
-from das_train.data.pair_contract import TaskSpec
+from das_train.data.pair_contract import RowPosition, TaskSpec
+from das_train.data.pair_inputs import Position
 from das_train.training.schema import ConfigError
 
 
@@ -21,9 +22,17 @@ class SweepSite:
 
     layer: int
     component: str
-    position: int
-    """The token position (counted from the end when negative) the task's name stands for."""
+    position: Position
+    """The token position (counted from the end when negative) the task's name stands for, or
+    a :class:`~das_train.data.pair_contract.RowPosition` that each pair's batch resolves."""
     position_name: str
+
+    @property
+    def table_position(self) -> int:
+        """The site's ``position`` in result rows and resume keys (an int column): the index
+        itself, or a RowPosition's column (:func:`build_sites` refuses a task where the two
+        would collide)."""
+        return self.position.column if isinstance(self.position, RowPosition) else self.position
 
     @property
     def key(self) -> str:
@@ -43,6 +52,7 @@ def build_sites(cfg: DictConfig, spec: TaskSpec, n_layers: int) -> list[SweepSit
     unknown = [n for n in names if n not in spec.positions]
     if unknown:
         problems.append(f"sweep.positions {unknown} unknown; the task's positions: {list(spec.positions)}")
+    problems += table_position_clashes({n: spec.positions[n] for n in names if n in spec.positions})
     if problems:
         raise ConfigError(problems)
     sites = []
@@ -52,4 +62,13 @@ def build_sites(cfg: DictConfig, spec: TaskSpec, n_layers: int) -> list[SweepSit
     return sites
 
 
-__all__ = ["SweepSite", "build_sites"]
+def table_position_clashes(positions: dict[str, Position]) -> list[str]:
+    """A problem per RowPosition whose column equals another swept position's index: both would
+    be one site in the results table (:attr:`SweepSite.table_position`)."""
+    ints = {p: n for n, p in positions.items() if not isinstance(p, RowPosition)}
+    return [f"sweep.positions: {name!r} (RowPosition column {p.column}) and {ints[p.column]!r} (index "
+            f"{p.column}) would share the results table's position {p.column}; sweep one of them"
+            for name, p in positions.items() if isinstance(p, RowPosition) and p.column in ints]
+
+
+__all__ = ["SweepSite", "build_sites", "table_position_clashes"]
