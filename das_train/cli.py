@@ -23,7 +23,14 @@ from das_train.training.preflight import SWEEP_CHECKS, sweep_problems
 from das_train.training.ranks import is_global_zero
 from das_train.training.run import READ_ONLY_JOBS, run
 from das_train.training.run_dir import RunDirLocked
-from das_train.training.schema import ConfigError, RunConfig, complete, defaults, schema_keys
+from das_train.training.schema import (
+    ConfigError,
+    RunConfig,
+    complete,
+    defaults,
+    map_keys,
+    schema_keys,
+)
 from das_train.training.validation import validate
 
 CONF_DIR = Path(__file__).parent / "conf"
@@ -123,6 +130,19 @@ def offer_schema_defaults() -> None:
     ConfigStore.instance().store(name=SCHEMA_DEFAULTS, node=defaults())
 
 
+def whole_maps(overrides: list[str]) -> list[str]:
+    """The overrides with each map set whole (``task.positions={name:'{name}',last:last}``)
+    turned into Hydra's delete-then-add, so the given map replaces the recipe's, in the given
+    order, as the user means; Hydra itself would merge it into the recipe's map and refuse its
+    new keys."""
+    maps = map_keys()
+    out = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        out += [f"~{key}", f"+{key}={value}"] if sep and key in maps else [override]
+    return out
+
+
 def compose(recipe: str, overrides: list[str]):
     """The composed config (for checks and tests), without starting a Hydra run."""
     from hydra import compose as hydra_compose
@@ -133,7 +153,7 @@ def compose(recipe: str, overrides: list[str]):
     offer_schema_defaults()
     path = recipe_file(recipe)
     with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
-        return hydra_compose(config_name=path.stem, overrides=overrides)
+        return hydra_compose(config_name=path.stem, overrides=whole_maps(overrides))
 
 
 def _sweep_problems(data: dict, schema_clean: bool) -> list[str]:
@@ -324,7 +344,7 @@ def run_with_hydra(recipe: str, overrides: list[str], flags: list[str], run_dirs
             print(f"das_train: {err}", file=sys.stderr)
             raise SystemExit(2) from None
 
-    sys.argv = [sys.argv[0], *flags, *overrides]
+    sys.argv = [sys.argv[0], *flags, *whole_maps(overrides)]
     offer_schema_defaults()
     path = recipe_file(recipe)
     hydra.main(version_base="1.3", config_path=str(path.parent), config_name=path.stem)(entry)()

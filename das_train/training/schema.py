@@ -341,6 +341,18 @@ def schema_keys() -> set[str]:
     return keys
 
 
+def map_keys() -> set[str]:
+    """The keys whose value is a map the user writes whole (``task.positions``, ``task.where``)."""
+    return {key for key in schema_keys() if typing.get_origin(_hint(key)) is dict}
+
+
+def _hint(key: str) -> Any:
+    schema: Any = RunConfig
+    for part in key.split("."):
+        schema = typing.get_type_hints(schema)[part]
+    return schema
+
+
 class ConfigError(ValueError):
     """A run's config has problems; the message lists all of them."""
 
