@@ -20,12 +20,13 @@ pytestmark = pytest.mark.filterwarnings(
 
 SHORTER_STEPS = {
     "gender_tiny": ["model.max_steps=200", "trainer.max_steps=5", "sweep.probe.max_epochs=1"],
+    "pairs_file": ["model.max_steps=200", "trainer.max_steps=5", "sweep.probe.max_epochs=1"],
     "causal_tracing": ["model.max_steps=200", "tracing.samples=2"],
     "steering_tiny": ["model.max_steps=50", "steering.samples=1"],
     # The MLP trains its fixed epochs (model.max_steps is not read for kind=mlp).
     "hierarchical_equality": ["trainer.max_steps=5", "sweep.probe.max_epochs=1"],
 }
-WRITES = {"gender_tiny": "table.csv", "hierarchical_equality": "table.csv", "causal_tracing": "tracing.csv",
+WRITES = {"gender_tiny": "table.csv", "pairs_file": "table.csv", "hierarchical_equality": "table.csv", "causal_tracing": "tracing.csv",
           "steering_tiny": "steering.csv"}
 
 
