@@ -392,3 +392,15 @@ def test_publish_run_of_an_unfinished_sweep_is_refused(tmp_path, fake_hub):
     with pytest.raises(FileNotFoundError, match="no table.md"):
         hub.publish_run(run_dir, "someone/gender-sweep")
     assert fake_hub.calls == []
+
+
+def test_a_card_for_a_checkpoint_folder_does_not_name_it_as_a_hub_model(tmp_path):
+    folder = tmp_path / "my-llama"
+    folder.mkdir()
+    config = {"recipe": "gender_tiny", "model": {"kind": "hub", "name": str(folder), "revision": "main"},
+              "task": {"name": "gender"}, "intervention": {"type": "LowRankRotatedSpaceIntervention"}}
+    card = hub.ModelCard.from_run(config, None, None, [])
+    assert card.base_model is None and card.base_model_revision is None
+    assert str(folder) in card.base_model_description and "not on the Hub" in card.base_model_description
+    on_hub = hub.ModelCard.from_run({**config, "model": {"kind": "hub", "name": "EleutherAI/pythia-70m"}}, None, None, [])
+    assert on_hub.base_model == "EleutherAI/pythia-70m"

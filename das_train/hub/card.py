@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from das_train.core.checkpoint_folders import looks_local
 from das_train.core.model import IntervenableModel
 from das_train.core.serialization import CONFIG_NAME, WEIGHTS_NAME
 
@@ -142,9 +143,12 @@ class ModelCard:
         info = run_info or {}
         dataset = info.get("dataset") or {}
         kind = model.get("kind")
-        on_hub = kind == "hub" and bool(model.get("name"))
+        on_hub = kind == "hub" and bool(model.get("name")) and not looks_local(model["name"])
         if on_hub:
             description = None
+        elif kind == "hub" and model.get("name"):
+            description = (f"the checkpoint folder {model['name']} (not on the Hub; run_info.json records "
+                           "its files' fingerprint)")
         elif kind == "tiny":
             description = (
                 f"a {model.get('n_layer')}-layer, {model.get('hidden')}-wide GPT-NeoX trained on the spot on "
