@@ -6,8 +6,8 @@
   (from a site's cache, with and without running from the site's block) against plain
   PyTorch hooks, on an MLP and at a per-row position of a left-padded GPT-2;
 - a planted direction: activations ``label * u + noise`` read by a readout of ``u``, where
-  ``u`` itself, a fitted probe's direction, diff-means and PCA give changing-pairs IIA 1 and a
-  random rank-1 subspace gives ~0;
+  ``u`` itself (what DAS is to find) and the full vector give changing-pairs IIA 1, a fitted
+  probe's direction, diff-means and PCA ~1, and a random rank-1 subspace ~0;
 - changing-pairs IIA, the seed t-interval and the pair bootstrap on hand-made examples.
 """
 
@@ -22,19 +22,24 @@ from conftest import make_gpt2
 
 import das_train as pv
 from das_train.data.pair_contract import RowPosition
-from das_train.training.probe import LinearProbes
+from das_train.training.probe import LinearProbes, TableRows
 from das_train.training.sweep.prefix_skip import PrefixSkip
 from das_train.training.sweep.site_cache import collect_layer
 from das_train.training.validity import (
+    Interval,
+    bootstrap_interval,
     check_basis,
     diff_means_directions,
     full_vector_basis,
     interchange,
+    interchange_accuracy,
     interchange_predictions,
     pca_directions,
     probe_directions,
     probe_weight_directions,
     random_subspace,
+    seed_interval,
+    t_quantile,
 )
 
 
@@ -228,3 +233,131 @@ def test_a_row_position_interchanges_each_sources_own_index_into_each_bases():
         plain, _ = block_output_logits(model, side(columns, "base"))
     assert got.tolist() == expected.argmax(-1).tolist()
     assert (got != plain.argmax(-1)).sum() >= 4  # the interchange changed predictions
+
+
+# -- a planted direction ----------------------------------------------------------------------
+
+D = 16
+
+
+def planted_model(u):
+    """Two identity layers, then logits ``(-5 u.h, 5 u.h)``: the class is the sign of ``u.h``."""
+    _, _, model = pv.create_mlp_classifier(
+        pv.MLPConfig(h_dim=D, n_layer=2, input_dim=D, num_classes=2, pdrop=0.0, activation_function="linear"),
+        seed=0)
+    with torch.no_grad():
+        for block in model.mlp.h:
+            block.ff1.weight.copy_(torch.eye(D))
+            block.ff1.bias.zero_()
+        model.score.weight.copy_(torch.stack([-u, u]) * 5)
+        model.score.bias.zero_()
+    return model.eval()
+
+
+def planted_pairs(model, u, n=400, seed=0):
+    """Activations ``(2 y - 1) u + 0.5 noise`` for a planted variable ``y`` (the probes' target).
+    The labels are the planted model's causal model: the sign of ``u.h``, so the counterfactual
+    label after interchanging ``u`` is the model's prediction on the source."""
+    gen = torch.Generator().manual_seed(seed)
+    variable = torch.randint(2, (2, n), generator=gen)
+    acts = (2 * variable[..., None] - 1) * u + 0.5 * torch.randn(2, n, D, generator=gen)
+    with torch.no_grad():
+        labels = model(inputs_embeds=acts.reshape(-1, D)).logits.argmax(-1).reshape(2, n)
+    return {"base_inputs_embeds": acts[0], "source_inputs_embeds": acts[1], "base_label": labels[0],
+            "counterfactual_label": labels[1], "base_variable": variable[0]}
+
+
+def fitted_probe(acts, labels, steps=300):
+    """A :class:`LinearProbes` fitted by full-batch Adam (what ``fit_probes`` trains)."""
+    torch.manual_seed(0)
+    probes = LinearProbes(1, D, 2, lr=0.05)
+    probes.set_normalization(TableRows(acts[None], torch.arange(len(acts)), labels))
+    optimizer = torch.optim.Adam(probes.parameters(), lr=0.05)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(probes(acts[None])[0], labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return probes
+
+
+def test_planted_direction_is_found_by_u_probe_diff_means_and_pca_not_by_a_random_subspace():
+    gen = torch.Generator().manual_seed(5)
+    u = torch.randn(D, generator=gen)
+    u /= u.norm()
+    model = planted_model(u)
+    columns = planted_pairs(model, u)
+    cache = collect_layer(model, 0, "block_output", [None], [columns], is_language_model_task=False)
+    acts, labels = cache.base[:, 0], columns["base_variable"]  # the site's activations on the bases
+    bases = {
+        "das_u": u[:, None],  # what DAS is to find
+        "probe_direction": probe_directions(fitted_probe(acts, labels)),
+        "diff_means": diff_means_directions(acts, labels),
+        "pca": pca_directions(acts, 1),
+        "full_vector": full_vector_basis(D),
+        "random_subspace": random_subspace(D, 1, seed=0),
+    }
+    found = {}
+    for name, basis in bases.items():
+        predictions = interchange_predictions(model, 0, "block_output", None, basis, columns, cache,
+                                              is_language_model_task=False)
+        found[name] = interchange_accuracy(predictions, columns["counterfactual_label"], columns["base_label"])
+    for name in ("das_u", "full_vector"):  # exact: u.h is all the readout reads
+        assert (found[name].all, found[name].changing) == (1.0, 1.0), (name, found[name])
+    for name in ("probe_direction", "diff_means", "pca"):  # u up to the noise of 400 rows
+        assert found[name].changing >= 0.95, (name, found[name])
+        assert abs(float(bases[name][:, 0] @ u)) > 0.9, name
+    # A random direction r moves u.h by ~(r.u)^2 ~ 1/16 of the source-base gap: few changing
+    # pairs flip, and the pairs that share their label, right with no intervention at all,
+    # make its IIA on all pairs ~0.5.
+    assert found["random_subspace"].changing <= 0.15, found["random_subspace"]
+    assert 0.35 <= found["random_subspace"].all <= 0.65, found["random_subspace"]
+
+
+# -- the figures --------------------------------------------------------------------------------
+
+
+def test_changing_pairs_iia_on_a_hand_made_example():
+    predictions = torch.tensor([1, 0, 1, 1, 0, 0, 2, 2])
+    counterfactual = torch.tensor([1, 0, 0, 1, 1, 0, 2, 1])
+    base = torch.tensor([0, 0, 0, 1, 0, 1, 1, 1])
+    # Right: pairs 0, 1, 3, 5, 6 (5 of 8). Changing (counterfactual != base): 0, 4, 5, 6; right
+    # among them: 0, 5, 6 (3 of 4).
+    iia = interchange_accuracy(predictions, counterfactual, base)
+    assert (iia.all, iia.changing, iia.pairs, iia.changing_pairs) == (5 / 8, 3 / 4, 8, 4)
+    unchanged = interchange_accuracy(predictions, counterfactual, counterfactual)
+    assert unchanged.changing_pairs == 0 and math.isnan(unchanged.changing)
+    with pytest.raises(ValueError, match="need as many predictions"):
+        interchange_accuracy(predictions, counterfactual[:3], base)
+
+
+def test_seed_interval_is_the_student_t_interval():
+    # Known quantiles t_{0.975}(df): 12.7062, 4.3027, 2.7764, 2.0452.
+    for df, value in ((1, 12.7062), (2, 4.3027), (4, 2.7764), (29, 2.0452)):
+        assert t_quantile(0.975, df) == pytest.approx(value, abs=1e-4)
+    assert t_quantile(0.025, 4) == pytest.approx(-2.7764, abs=1e-4)
+    interval = seed_interval([0.8, 0.9, 1.0])  # mean 0.9, sd 0.1, n 3
+    half = 4.302653 * 0.1 / math.sqrt(3)
+    assert interval.mean == pytest.approx(0.9)
+    assert (interval.low, interval.high) == (pytest.approx(0.9 - half, abs=1e-6), pytest.approx(0.9 + half, abs=1e-6))
+    one = seed_interval([0.7])
+    assert one.mean == 0.7 and math.isnan(one.low) and math.isnan(one.high)
+    with pytest.raises(ValueError, match="finite"):
+        seed_interval([0.5, float("nan")])
+
+
+def test_bootstrap_interval_on_hand_made_examples():
+    assert bootstrap_interval(torch.ones(10), resamples=50) == Interval(1.0, 1.0, 1.0)
+    assert bootstrap_interval(torch.zeros(10), resamples=50) == Interval(0.0, 0.0, 0.0)
+    # Two pairs, one right: a resample's IIA is 0, 0.5 or 1 with probabilities 1/4, 1/2, 1/4, so
+    # with many resamples the 2.5% and 97.5% points are 0 and 1.
+    assert bootstrap_interval(torch.tensor([1.0, 0.0]), resamples=4000, seed=1) == Interval(0.5, 0.0, 1.0)
+    # Any example: the resampling is the seeded randint's, the bounds its sorted means' outer picks.
+    correct = torch.tensor([1, 1, 0, 1, 0, 1, 1, 1, 0, 1], dtype=torch.float64)
+    picks = torch.randint(10, (200, 10), generator=torch.Generator().manual_seed(7))
+    means = correct[picks].mean(1).sort().values
+    got = bootstrap_interval(correct, resamples=200, seed=7)
+    assert got == Interval(0.7, float(means[math.floor(0.025 * 199)]), float(means[math.ceil(0.975 * 199)]))
+    assert bootstrap_interval(correct, resamples=200, seed=7) == got
+    with pytest.raises(ValueError, match="resamples must be >= 1"):
+        bootstrap_interval(correct, resamples=0)
