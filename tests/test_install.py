@@ -94,3 +94,14 @@ def test_a_users_own_recipe_folder_and_recipe_file(wheel_env):
     missing = _run(python, elsewhere, "recipe=nothing_here", env={"DAS_TRAIN_RECIPES": str(own)})
     assert missing.returncode == 2 and "unknown recipe 'nothing_here'" in missing.stderr
     assert str(own) in missing.stderr and "'mine'" in missing.stderr
+
+
+def test_the_wheel_runs_the_pair_file_recipe_on_its_shipped_example(wheel_env):
+    """The pair-file reader's package and the example file (read as pkg://das_train.recipes/...)
+    are inside the wheel, so recipe=pairs_file runs from any directory."""
+    python, elsewhere = wheel_env
+    result = _run(python, elsewhere, "recipe=pairs_file", "run_dir=pairs_out", "cache_dir=cache", *SHORT,
+                  "sweep.positions=[animal,last]")
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (elsewhere / "pairs_out" / "table.md").read_text()
+    assert "| L0 | animal (0) |" in table and "| L0 | last (-1) |" in table
