@@ -6,7 +6,8 @@ each DDP step then sees exactly the rows one process sees in a step (see
 (IIA, probe and control accuracy, test pairs, a boundless boundary's size) must be equal and
 every saved intervention equal within 1e-5 (only the all-reduce's summation order differs).
 
-The default set combines the features in few runs; ``slow`` ones add the other combinations.
+The default set combines the features in few runs; ``slow`` ones add the other combinations and
+the shapes of ``recipe=pairs_file`` (per-row positions on left-padded texts).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ TABLE_COLUMNS = ("layer", "component", "position", "seed", "iia", "probe_accurac
                  "selectivity", "intervention_size", "test_pairs")
 
 
-def _run(run_dir, cache, *overrides):
-    command = [sys.executable, "-m", "das_train", "recipe=gender_tiny", f"run_dir={run_dir}", f"cache_dir={cache}",
+def _run(run_dir, cache, recipe, *overrides):
+    command = [sys.executable, "-m", "das_train", f"recipe={recipe}", f"run_dir={run_dir}", f"cache_dir={cache}",
                *COMMON, *overrides]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -44,10 +45,10 @@ def _outcome(run_dir):
     return rows, weights
 
 
-def assert_same_in_two_processes(tmp_path, *shape, expected_rows, atol=1e-5):
+def assert_same_in_two_processes(tmp_path, *shape, expected_rows, atol=1e-5, recipe="gender_tiny"):
     cache = tmp_path / "cache"
-    _run(tmp_path / "one", cache, *shape, *ONE)
-    _run(tmp_path / "two", cache, *shape, *TWO)
+    _run(tmp_path / "one", cache, recipe, *shape, *ONE)
+    _run(tmp_path / "two", cache, recipe, *shape, *TWO)
     rows_one, weights_one = _outcome(tmp_path / "one")
     rows_two, weights_two = _outcome(tmp_path / "two")
     assert len(rows_one) == expected_rows
@@ -115,6 +116,29 @@ def test_more_sweep_shapes_give_the_same_table_in_two_processes(overrides, rows,
     # summation-order rounding on near-zero gradients up to a few 1e-5 over 12 steps.
     atol = 1e-4 if "intervention=boundless" in overrides else 1e-5
     assert_same_in_two_processes(tmp_path, *overrides, expected_rows=rows, atol=atol)
+
+
+# recipe=pairs_file: texts of different lengths, left-padded, whose positions are RowPosition
+# sites (the animal and "in" stand at a different token in each base and source). Rank 1: the
+# recipe interchanges 4 rotated dimensions, and any rotation within those 4 leaves the loss
+# unchanged, so Adam turns rounding noise along those directions into lr-sized steps; one
+# process does that too when only its thread count changes (weights apart by about 1e-2, an
+# IIA by one test pair), so the comparison would test rounding, not DDP.
+PAIRS_SHAPES = {
+    # The batched sweep: the embedding row and layer 1, each at the three positions.
+    "pairs_batched": (("intervention.low_rank_dimension=1", "sweep.layers=[1]", "sweep.include_embeddings=true",
+                       "sweep.positions=[animal,place,last]"), 6),
+    # One site at a time, two seeds (each seed's own rotation), the embedding row included.
+    "pairs_per_site_seeds": (("intervention.low_rank_dimension=1", "sweep.batched=false", "sweep.layers=[0]",
+                              "sweep.include_embeddings=true", "sweep.positions=[animal,last]",
+                              "sweep.seeds=[0,1]"), 8),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides,rows", list(PAIRS_SHAPES.values()), ids=list(PAIRS_SHAPES))
+def test_pair_file_shapes_give_the_same_table_in_two_processes(overrides, rows, tmp_path):
+    assert_same_in_two_processes(tmp_path, *overrides, expected_rows=rows, recipe="pairs_file")
 
 
 def test_shuffled_ranks_deal_one_shuffle_and_resume_at_any_step(monkeypatch):
