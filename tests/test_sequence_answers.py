@@ -22,7 +22,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from das_train import cli
-from das_train.data.answer_sequences import answer_logits, choice_index, with_answer
+from das_train.data.answer_sequences import (
+    answer_logits,
+    candidate_scores,
+    choice_index,
+    with_answer,
+)
 from das_train.data.pair_contract import (
     ANSWER_PAD,
     BASE_ANSWER_IDS,
@@ -144,6 +149,41 @@ def test_columns_hold_whole_answers_and_the_files_distinct_answers_as_candidates
     assert choice_index(batch[CANDIDATE_ANSWER_IDS], batch[COUNTERFACTUAL_ANSWER_IDS])[row] == 2
     # prompts stay left-padded to one length: "Old Rome" and "Big Berlin" are longer than "Paris"
     assert batch[BASE_MASK][row, 0] == 0 and batch[SOURCE_MASK][row].all()
+
+
+def test_a_mib_rows_choices_are_its_candidates(tmp_path, tokenizer):
+    def mib(prompt, choices, key, cf_prompt, cf_key):
+        return {"prompt": prompt, "choices": choices, "answerKey": key,
+                "capital_counterfactual": {"prompt": cf_prompt, "choices": choices, "answerKey": cf_key}}
+
+    path = write_jsonl(tmp_path / "mib.jsonl", [
+        mib("Paris is the capital of", ["France", "Italy", "Spain"], 0, "Old Rome is the capital of", 1),
+        mib("Madrid is the capital of", ["Spain", "Germany"], 0, "Big Berlin is the capital of", 1),
+    ])
+    dataset = PairsTask(settings(path, answer_prefix=" ", positions={})).built(tokenizer).dataset
+    first, second = dataset[0][CANDIDATE_ANSWER_IDS], dataset[1][CANDIDATE_ANSWER_IDS]
+    length = len(first[0])
+
+    def padded(ids):
+        return ids + [ANSWER_PAD] * (length - len(ids))
+
+    prompt = "Paris is the capital of"
+    assert first == [padded(continuation(tokenizer, prompt, " " + c)) for c in ("France", "Italy", "Spain")]
+    prompt = "Madrid is the capital of"
+    assert second == [*(padded(continuation(tokenizer, prompt, " " + c)) for c in ("Spain", "Germany")),
+                      [ANSWER_PAD] * length]  # fewer choices: a candidate of padding only
+    torch_rows = dataset.with_format("torch")[:]
+    index = choice_index(torch_rows[CANDIDATE_ANSWER_IDS], torch_rows[COUNTERFACTUAL_ANSWER_IDS])
+    assert index.tolist() == [1, 1]
+
+
+def test_a_candidate_of_padding_only_is_never_chosen():
+    candidates = torch.tensor([[[3, ANSWER_PAD], [4, 5]], [[3, ANSWER_PAD], [ANSWER_PAD, ANSWER_PAD]]])
+    logits = torch.zeros(2, 2, 8)  # uniform: each token costs log 8, so a shorter answer scores higher
+    scores = candidate_scores(lambda answer: logits, candidates)
+    log8 = torch.log(torch.tensor(8.0))
+    assert torch.allclose(scores[0], torch.stack([-log8, -2 * log8]))
+    assert scores[1, 0] == -log8 and scores[1, 1] == -torch.inf
 
 
 def test_token_id_answers_are_refused_before_any_tokenizer(tmp_path):

@@ -102,6 +102,7 @@ def build_pairs(records: Sequence[PairRecord], tokenizer: PreTrainedTokenizerBas
     row_rules = {name: rule for name, rule in rules.items() if rule.kind != LAST}
     encoded: list[tuple[EncodedSide, EncodedSide, AnswerToken]] = []
     prompts: list[str | None] = []  # each kept pair's base text, which candidates are read after
+    choices: list[tuple[str, ...] | None] = []  # and its own candidates, where the file gives them
     for record in records:
         counterfactual = answer_token(tokenizer, record.base.text, record.counterfactual, settings.answer_prefix)
         if isinstance(counterfactual, str):
@@ -112,6 +113,8 @@ def build_pairs(records: Sequence[PairRecord], tokenizer: PreTrainedTokenizerBas
         if base is not None and source is not None and counterfactual is not None:
             encoded.append((base, source, counterfactual))
             prompts.append(record.base.text)
+            choices.append(None if record.choices is None else
+                           tuple(settings.answer_prefix + choice for choice in record.choices))
     answers = [a for b, s, c in encoded for a in (b.label, s.label, c) if a is not None]
     sequence = settings.answer_score == SEQUENCE
     for line in [] if sequence else shared_first_tokens(answers, tokenizer):
@@ -121,7 +124,7 @@ def build_pairs(records: Sequence[PairRecord], tokenizer: PreTrainedTokenizerBas
         _log_multi_token(answers)
     built = _columns(encoded, tokenizer, spec_positions(rules))
     if sequence:
-        extra = sequence_columns([(b.label, s.label, c) for b, s, c in encoded], prompts, tokenizer)
+        extra = sequence_columns([(b.label, s.label, c) for b, s, c in encoded], prompts, choices, tokenizer)
         dataset = built.dataset
         for name, values in extra.items():
             dataset = dataset.add_column(name, values, feature=SEQUENCE_FEATURES[name])

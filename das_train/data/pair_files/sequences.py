@@ -2,9 +2,11 @@
 
 Each side's answer keeps all its tokens (the base's and the counterfactual's read after the base
 prompt, the source's after the source prompt, as their first-token labels are). The candidates
-are the file's distinct answer texts, each tokenized after the row's base prompt, so the one
-equal to a row's answer has the same ids. Every list is padded on the right with
-:data:`~das_train.data.pair_contract.ANSWER_PAD` to the longest answer of the file.
+are the row's own choices where the file gives them (MIB's ``choices``, with the row's answers
+added when they are not among them), else the file's distinct answer texts; each is tokenized
+after the row's base prompt, so the one equal to a row's answer has the same ids. Every list is
+padded on the right with :data:`~das_train.data.pair_contract.ANSWER_PAD` to the longest answer
+of the file, and rows with fewer candidates get candidates of padding only (never chosen).
 """
 
 from __future__ import annotations
@@ -50,16 +52,23 @@ def token_id_answers(records: Sequence[PairRecord], problems: Problems) -> None:
 
 
 def sequence_columns(answers: Sequence[RowAnswers], prompts: Sequence[str],
-                     tokenizer: PreTrainedTokenizerBase) -> dict[str, list]:
-    """The answer and candidate columns of the kept pairs (``prompts``: each one's base text)."""
+                     choices: Sequence[tuple[str, ...] | None], tokenizer: PreTrainedTokenizerBase) -> dict[str, list]:
+    """The answer and candidate columns of the kept pairs (``prompts``: each one's base text;
+    ``choices``: each one's candidate texts, None for the file's distinct answers)."""
     texts = sorted({a.text for row in answers for a in row if a is not None and a.text is not None})
-    candidates = [[_ids_after(tokenizer, prompt, text) for text in texts] for prompt in prompts]
+    candidates = []
+    for row, prompt, own in zip(answers, prompts, choices):
+        row_texts = texts if own is None else list(dict.fromkeys(
+            [*own, *(a.text for a in row if a is not None and a.text is not None)]))
+        candidates.append([_ids_after(tokenizer, prompt, text) for text in row_texts])
     sides = [[a.ids if a is not None else () for a in row] for row in answers]
     length = max(len(ids) for rows in (sides, candidates) for row in rows for ids in row)
+    count = max(len(row) for row in candidates)
     columns: dict[str, list] = {name: [] for name in SEQUENCE_FEATURES}
     for row, row_candidates in zip(sides, candidates):
         for name, ids in zip((BASE_ANSWER_IDS, SOURCE_ANSWER_IDS, COUNTERFACTUAL_ANSWER_IDS), row):
             columns[name].append(_padded(ids, length))
+        row_candidates = row_candidates + [()] * (count - len(row_candidates))
         columns[CANDIDATE_ANSWER_IDS].append([_padded(ids, length) for ids in row_candidates])
     return columns
 
