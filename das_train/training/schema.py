@@ -121,8 +121,9 @@ class TaskConfig:
     first token, the next-token argmax at the last position (two answers sharing a first token
     are refused). ``sequence``: by its whole tokens: training minimizes the counterfactual
     answer's teacher-forced negative log-likelihood, and a prediction (IIA, the pair filter) is
-    the candidate (the file's distinct answers) with the highest summed log-probability; one
-    forward per candidate, and every site is fitted on its own (no batched one-pass fit)."""
+    the candidate (a MIB row's ``choices``, else the file's distinct answers) with the highest
+    summed log-probability; one forward per candidate, and every site is fitted on its own (no
+    batched one-pass fit). Needs text answers of a pair file (task=pairs)."""
     counterfactual: str | None = None
     """MIB: which ``<name>_counterfactual`` column gives the source (needed when there are several)."""
     where: dict[str, Any] = field(default_factory=dict)

@@ -81,7 +81,8 @@ def shared_first_tokens(answers: Iterable[AnswerToken], tokenizer: PreTrainedTok
             texts[answer.token].add(answer.text)
     return [
         f"answers {sorted(group)} share their first token {token} ({tokenizer.decode([token])!r}); the metric "
-        "reads the first token and could not tell them apart: reword them or give token ids"
+        "reads the first token and could not tell them apart: reword them, give token ids or score whole "
+        "answers with task.answer_score=sequence"
         for token, group in sorted(texts.items()) if len(group) > 1
     ]
 

@@ -183,8 +183,8 @@ def _side_label(side: Side, tokenizer: PreTrainedTokenizerBase, settings: PairFi
 def _log_multi_token(answers: list[AnswerToken]) -> None:
     longer = sorted({a.text for a in answers if a.pieces > 1 and a.text is not None})
     if longer:
-        logger.info("%d answers are several tokens (e.g. %s); labels are their first tokens",
-                    len(longer), longer[:5])
+        logger.info("%d answers are several tokens (e.g. %s); labels are their first tokens "
+                    "(task.answer_score=sequence scores them whole)", len(longer), longer[:5])
 
 
 def _columns(encoded: list[tuple[EncodedSide, EncodedSide, AnswerToken]], tokenizer: PreTrainedTokenizerBase,
