@@ -32,6 +32,18 @@ SOURCE_POSITIONS = "source_positions"
 BASE_POSITION_IDS = "base_position_ids"  # list[int]: position ids that skip the left padding
 SOURCE_POSITION_IDS = "source_position_ids"  # (pads get 0), so padded rows compute as unpadded
 
+# Pair files scored with ``task.answer_score=sequence`` add these columns: each answer as its
+# whole token sequence (tokenized after the base prompt; the source's after the source prompt),
+# padded on the right with ANSWER_PAD to one length T, and the candidates a prediction is chosen
+# from, ``(candidates, T)`` per row (a candidate row of ANSWER_PAD only is no candidate). The
+# prompts keep their left padding to one length L, so appending an answer on the right leaves
+# every named position where it was; ``last`` (-1 on the prompt) is column L-1.
+BASE_ANSWER_IDS = "base_answer_ids"  # list[int]
+SOURCE_ANSWER_IDS = "source_answer_ids"
+COUNTERFACTUAL_ANSWER_IDS = "counterfactual_answer_ids"
+CANDIDATE_ANSWER_IDS = "candidate_answer_ids"  # list[list[int]]
+ANSWER_PAD = -100
+
 LABEL_COLUMNS = (BASE_LABEL, SOURCE_LABEL, COUNTERFACTUAL_LABEL, BASE_VARIABLE, SOURCE_VARIABLE, BASE_CONTROL)
 
 

@@ -6,7 +6,9 @@ seeds and share no pair (a held-out IIA must not be measured on training pairs);
 pairs are cached on disk under a hash of every setting that changes them, written atomically
 so a cut-off run never leaves a half-written cache; and :meth:`PairDataModule.filter_with`
 keeps only pairs on which the frozen model is right on both base and source, because IIA is
-only meaningful where the model computes the task in the first place (DESIGN section 4).
+only meaningful where the model computes the task in the first place (DESIGN section 4); pairs
+with whole answers (``task.answer_score=sequence``) count a side as right when its own answer
+is the best-scoring candidate (:mod:`das_train.data.answer_sequences`).
 """
 
 from __future__ import annotations
@@ -24,12 +26,21 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from das_train.core.devices import input_device
+from das_train.data.answer_sequences import (
+    answer_logits,
+    candidate_scores,
+    choice_index,
+    with_answer,
+)
 from das_train.data.cache_folders import write_folder_atomically
 from das_train.data.fingerprints import settings_fingerprint, tokenizer_fingerprint
 from das_train.data.pair_contract import (
+    BASE_ANSWER_IDS,
     BASE_EMBEDS,
     BASE_IDS,
     BASE_LABEL,
+    CANDIDATE_ANSWER_IDS,
+    SOURCE_ANSWER_IDS,
     SOURCE_EMBEDS,
     SOURCE_IDS,
     SOURCE_LABEL,
@@ -84,6 +95,14 @@ def predictions(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tens
     if logits.dim() == 3:
         logits = logits[:, -1]  # (batch, vocab)
     return logits.argmax(-1)
+
+
+def best_candidates(model: nn.Module, inputs: dict[str, torch.Tensor], candidates: torch.Tensor) -> torch.Tensor:
+    """(batch,) index of the candidate answer (``(batch, candidates, T)``) whose summed token
+    log-probability after the prompt ``inputs`` is highest: one forward per candidate."""
+    candidates = candidates.to(inputs["input_ids"].device)
+    return candidate_scores(lambda answer: answer_logits(model(**with_answer(inputs, answer)), answer.shape[1]),
+                            candidates).argmax(-1)
 
 
 class PairDataModule(lightning.LightningDataModule):
@@ -252,10 +271,23 @@ class PairDataModule(lightning.LightningDataModule):
 
     @staticmethod
     def _right_on_both(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+        if CANDIDATE_ANSWER_IDS in batch:
+            return PairDataModule._best_is_own(model, batch, device)
         with torch.no_grad():
             base = predictions(model, _model_inputs(batch, "base", device)).cpu()  # (batch,)
             source = predictions(model, _model_inputs(batch, "source", device)).cpu()
         return (base == batch[BASE_LABEL]) & (source == batch[SOURCE_LABEL])  # (batch,)
+
+    @staticmethod
+    def _best_is_own(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+        """Sequence mode: each side's best-scoring candidate is its own answer."""
+        candidates = batch[CANDIDATE_ANSWER_IDS]  # (batch, candidates, T)
+        keep = torch.ones(len(candidates), dtype=torch.bool)
+        with torch.no_grad():
+            for side, answers in (("base", BASE_ANSWER_IDS), ("source", SOURCE_ANSWER_IDS)):
+                best = best_candidates(model, _model_inputs(batch, side, device), candidates).cpu()  # (batch,)
+                keep &= best == choice_index(candidates, batch[answers])
+        return keep
 
     # -- dataloaders ---------------------------------------------------------------------------
 

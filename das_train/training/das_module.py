@@ -22,7 +22,9 @@ Two modes:
 
 Batches are dicts with the pair columns of :mod:`das_train.data.pair_contract` (``base_input_ids``,
 ``base_attention_mask``, ``source_input_ids``, ... or ``base_inputs_embeds``, ... and
-``counterfactual_label``), as a ``datasets.Dataset`` in torch format yields them.
+``counterfactual_label``), as a ``datasets.Dataset`` in torch format yields them. A batch with
+``counterfactual_answer_ids`` (``task.answer_score=sequence``) is scored on whole answers
+(:mod:`das_train.training.sequence_scoring`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from torch import nn
 
 from das_train.core.devices import input_device, is_dispatched, place_model
 from das_train.core.model import IntervenableModel
+from das_train.data.answer_sequences import AnswerForward
 from das_train.data.pair_contract import COUNTERFACTUAL_LABEL, RowPosition
 from das_train.data.pair_inputs import (
     Position,
@@ -52,6 +55,13 @@ from das_train.training.das_loop import counterfactual_loss
 from das_train.training.finite import check_finite
 from das_train.training.metrics import InterchangeInterventionAccuracy, PairCount
 from das_train.training.schema import InterventionConfig, SweepConfig
+from das_train.training.sequence_scoring import (
+    answer_forward,
+    is_sequence_batch,
+    prompt_position,
+    sequence_loss,
+    sequence_predictions,
+)
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -289,10 +299,28 @@ class DASModule(lightning.LightningModule):
         _, outputs = self.intervenable(base, [source], unit_locations=locations, **self.call_options)
         return prediction_logits(outputs)
 
+    def answer_forward(self, batch: Batch) -> AnswerForward:
+        """The intervened forward on ``batch`` as a function of the base's appended answer
+        (:func:`~das_train.training.sequence_scoring.answer_forward`)."""
+        locations = unit_locations(batch, prompt_position(self.position, batch))
+        return answer_forward(self.intervenable, batch, locations, bool(self.call_options))
+
+    def predictions(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(predicted, target, loss)`` of a batch: the intervened next-token (or class) argmax
+        against the counterfactual label; in sequence mode the best candidate's index against
+        the counterfactual answer's."""
+        if is_sequence_batch(batch):
+            return sequence_predictions(self.answer_forward(batch), batch)
+        logits, labels = self(batch), batch[COUNTERFACTUAL_LABEL]  # (batch, classes), (batch,)
+        return logits.argmax(-1), labels, counterfactual_loss(logits, labels)
+
     # -- steps ------------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         labels = batch[COUNTERFACTUAL_LABEL]  # (batch,)
-        loss = counterfactual_loss(self(batch), labels)
+        if is_sequence_batch(batch):
+            loss = sequence_loss(self.answer_forward(batch), batch)
+        else:
+            loss = counterfactual_loss(self(batch), labels)
         size = int(labels.shape[0])
         penalty = total_boundary_penalty(self.intervenable)
         if penalty is not None:
@@ -313,17 +341,15 @@ class DASModule(lightning.LightningModule):
 
     def _evaluate(self, batch: Batch, metric: InterchangeInterventionAccuracy, pairs: PairCount,
                   stage: str) -> None:
-        labels = batch[COUNTERFACTUAL_LABEL]  # (batch,)
-        logits = self(batch)  # (batch, classes)
+        predicted, labels, loss = self.predictions(batch)  # (batch,), (batch,), ()
         size = int(labels.shape[0])
-        metric.update(logits, labels)
+        metric.update(predicted, labels)
         pairs.update(labels)
         # Logging the metric objects lets Lightning compute them once per epoch from the summed
         # counts of every rank, then reset them.
         self.log(f"{stage}/iia", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)
         self.log(f"{stage}/pairs", pairs, on_step=False, on_epoch=True, batch_size=size)
-        self.log(f"{stage}/loss", counterfactual_loss(logits, labels), on_step=False,
-                 on_epoch=True, sync_dist=True, batch_size=size)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=size)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate(batch, self.val_iia, self.val_pairs, "val")
@@ -358,7 +384,8 @@ class DASModule(lightning.LightningModule):
             for batch in batches:
                 batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v
                          for k, v in batch.items()}
-                metric.update(self(batch), batch[COUNTERFACTUAL_LABEL])
+                predicted, labels, _ = self.predictions(batch)
+                metric.update(predicted, labels)
         finally:
             for module, mode in modes:
                 module.training = mode

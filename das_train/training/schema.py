@@ -30,6 +30,7 @@ LOGGERS = ("csv", "wandb", "tensorboard", "none")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
 PAIR_FORMATS = ("auto", "plain", "causalgym", "mib", "ravel", "pyvene")
 PAIR_SPAN_TOKENS = ("first", "last")
+ANSWER_SCORES = ("first_token", "sequence")
 T = TypeVar("T")
 
 
@@ -115,6 +116,14 @@ class TaskConfig:
     answer_prefix: str = ""
     """Put before every text answer before tokenizing (e.g. ``" "`` for files whose answers are
     written without the space the model predicts)."""
+    answer_score: str = option("first_token", allowed=ANSWER_SCORES)
+    """How a text answer of several tokens is scored (pair files only). ``first_token``: by its
+    first token, the next-token argmax at the last position (two answers sharing a first token
+    are refused). ``sequence``: by its whole tokens: training minimizes the counterfactual
+    answer's teacher-forced negative log-likelihood, and a prediction (IIA, the pair filter) is
+    the candidate (a MIB row's ``choices``, else the file's distinct answers) with the highest
+    summed log-probability; one forward per candidate, and every site is fitted on its own (no
+    batched one-pass fit). Needs text answers of a pair file (task=pairs)."""
     counterfactual: str | None = None
     """MIB: which ``<name>_counterfactual`` column gives the source (needed when there are several)."""
     where: dict[str, Any] = field(default_factory=dict)

@@ -18,6 +18,7 @@ from typing import Any
 
 from das_train.data.pair_contract import CounterfactualTask
 from das_train.data.pair_files import PairFileError
+from das_train.data.pair_files.sequences import SEQUENCE
 from das_train.training.schema import ConfigError, TaskConfig
 
 
@@ -50,6 +51,9 @@ def load_task(name: str, config: TaskConfig | Mapping[str, Any] | None = None) -
     cls = classes[0]
     from_config = getattr(cls, "from_config", None)
     if from_config is None:
+        if _answer_score(config) == SEQUENCE:
+            raise ConfigError([f"task.answer_score=sequence scores the text answers of a pair file (task=pairs); "
+                               f"task {name!r} has fixed one-token labels: use task.answer_score=first_token"])
         return cls()
     if config is None:
         config = {**dataclasses.asdict(TaskConfig()), "name": name}
@@ -59,3 +63,10 @@ def load_task(name: str, config: TaskConfig | Mapping[str, Any] | None = None) -
         return from_config(config)
     except PairFileError as err:
         raise ConfigError([f"task.path={err.source}: {problem}" for problem in err.problems]) from err
+
+
+def _answer_score(config: TaskConfig | Mapping[str, Any] | None) -> str | None:
+    """The ``task.answer_score`` of a typed or mapping task config (None: none given)."""
+    if config is None:
+        return None
+    return config.answer_score if isinstance(config, TaskConfig) else config.get("answer_score")

@@ -4,7 +4,8 @@ pair contract's columns with positions, answers and padding resolved by the mode
 
 Modules: ``reading`` (files, folders, Hub ids), ``formats``/``plain``/``field_formats`` (rows
 to records), ``positions``, ``answers``, ``building`` (records to columns), ``splitting``,
-``loading`` (the whole file, checked) and ``errors``.
+``sequences`` (whole answers and candidates for ``task.answer_score=sequence``), ``loading``
+(the whole file, checked) and ``errors``.
 """
 
 from das_train.data.pair_files.building import BuiltPairs, build_pairs

@@ -6,7 +6,9 @@ written in the file is kept). The label is the answer's **first** token: IIA and
 filter compare the next-token argmax with it, so a multi-token answer counts as right when its
 first token is predicted (the count of such answers is logged). Two different answers that share
 their first token cannot be told apart that way, so they are refused, listed. An int answer is
-a token id as it stands.
+a token id as it stands. With ``task.answer_score=sequence`` the whole token sequence is kept
+as well (:mod:`das_train.data.answer_sequences` scores it), answers may share first tokens, and
+only text answers are allowed.
 
 Variable values (strings or ints) become class ids in sorted order; without a value column an
 answer serves as its side's value (the variable is read off the output).
@@ -25,11 +27,16 @@ from das_train.data.pair_files.records import Answer
 
 @dataclass(frozen=True)
 class AnswerToken:
-    """An answer's label: its first token id and how many tokens the whole answer has."""
+    """An answer's label: its first token id and the whole answer's token ids."""
 
     token: int
-    pieces: int
+    ids: tuple[int, ...]
     text: str | None
+
+    @property
+    def pieces(self) -> int:
+        """How many tokens the whole answer has."""
+        return len(self.ids)
 
 
 def answer_token(tokenizer: PreTrainedTokenizerBase, prompt: str | None, answer: Answer, prefix: str) -> AnswerToken | str:
@@ -43,7 +50,7 @@ def answer_token(tokenizer: PreTrainedTokenizerBase, prompt: str | None, answer:
         token = int(answer)
         if not 0 <= token < len(tokenizer):
             return f"token id {token} is outside the vocabulary (0..{len(tokenizer) - 1})"
-        return AnswerToken(token, 1, None)
+        return AnswerToken(token, (token,), None)
     if not answer.strip():
         return f"answer {answer!r} is empty"
     text = prefix + answer
@@ -52,7 +59,7 @@ def answer_token(tokenizer: PreTrainedTokenizerBase, prompt: str | None, answer:
         return f"answer {text!r} tokenizes to nothing"
     if tokenizer.unk_token_id is not None and pieces[0] == tokenizer.unk_token_id:
         return f"answer {text!r} is not in the tokenizer's vocabulary (its first token is {tokenizer.unk_token!r})"
-    return AnswerToken(pieces[0], len(pieces), text)
+    return AnswerToken(pieces[0], tuple(pieces), text)
 
 
 def _continuation(tokenizer: PreTrainedTokenizerBase, prompt: str | None, text: str) -> list[int]:
@@ -74,7 +81,8 @@ def shared_first_tokens(answers: Iterable[AnswerToken], tokenizer: PreTrainedTok
             texts[answer.token].add(answer.text)
     return [
         f"answers {sorted(group)} share their first token {token} ({tokenizer.decode([token])!r}); the metric "
-        "reads the first token and could not tell them apart: reword them or give token ids"
+        "reads the first token and could not tell them apart: reword them, give token ids or score whole "
+        "answers with task.answer_score=sequence"
         for token, group in sorted(texts.items()) if len(group) > 1
     ]
 

@@ -8,11 +8,15 @@ what the unpadded text does. ``last`` is the TaskSpec's int -1; every other name
 :class:`RowPosition` whose per-row token indices (after padding, and possibly different in the
 base and the source of a pair) fill ``base_positions``/``source_positions``.
 
+With ``task.answer_score=sequence`` the columns of :mod:`~das_train.data.pair_files.sequences`
+are added (whole answers and the candidates), and answers may share their first token.
+
 Every problem of every row is collected and raised together, before any training.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +51,7 @@ from das_train.data.pair_files.answers import (
 from das_train.data.pair_files.errors import Problems
 from das_train.data.pair_files.positions import LAST, Rule, token_index
 from das_train.data.pair_files.records import PairRecord, Side
+from das_train.data.pair_files.sequences import SEQUENCE, SEQUENCE_FEATURES, sequence_columns
 from das_train.data.pair_files.settings import PairFileSettings
 
 logger = logging.getLogger(__name__)
@@ -96,6 +101,8 @@ def build_pairs(records: Sequence[PairRecord], tokenizer: PreTrainedTokenizerBas
         problems.add("the tokenizer has neither a pad nor an eos token to pad rows with")
     row_rules = {name: rule for name, rule in rules.items() if rule.kind != LAST}
     encoded: list[tuple[EncodedSide, EncodedSide, AnswerToken]] = []
+    prompts: list[str | None] = []  # each kept pair's base text, which candidates are read after
+    choices: list[tuple[str, ...] | None] = []  # and its own candidates, where the file gives them
     for record in records:
         counterfactual = answer_token(tokenizer, record.base.text, record.counterfactual, settings.answer_prefix)
         if isinstance(counterfactual, str):
@@ -105,12 +112,24 @@ def build_pairs(records: Sequence[PairRecord], tokenizer: PreTrainedTokenizerBas
         source = _encode(record.source, tokenizer, settings, row_rules, record.row, problems, counterfactual)
         if base is not None and source is not None and counterfactual is not None:
             encoded.append((base, source, counterfactual))
+            prompts.append(record.base.text)
+            choices.append(None if record.choices is None else
+                           tuple(settings.answer_prefix + choice for choice in record.choices))
     answers = [a for b, s, c in encoded for a in (b.label, s.label, c) if a is not None]
-    for line in shared_first_tokens(answers, tokenizer):
+    sequence = settings.answer_score == SEQUENCE
+    for line in [] if sequence else shared_first_tokens(answers, tokenizer):
         problems.add(line)
     problems.raise_if_any()
-    _log_multi_token(answers)
-    return _columns(encoded, tokenizer, spec_positions(rules))
+    if not sequence:
+        _log_multi_token(answers)
+    built = _columns(encoded, tokenizer, spec_positions(rules))
+    if sequence:
+        extra = sequence_columns([(b.label, s.label, c) for b, s, c in encoded], prompts, choices, tokenizer)
+        dataset = built.dataset
+        for name, values in extra.items():
+            dataset = dataset.add_column(name, values, feature=SEQUENCE_FEATURES[name])
+        built = dataclasses.replace(built, dataset=dataset)
+    return built
 
 
 def _encode(side: Side, tokenizer: PreTrainedTokenizerBase, settings: PairFileSettings, rules: dict[str, Rule],
@@ -164,8 +183,8 @@ def _side_label(side: Side, tokenizer: PreTrainedTokenizerBase, settings: PairFi
 def _log_multi_token(answers: list[AnswerToken]) -> None:
     longer = sorted({a.text for a in answers if a.pieces > 1 and a.text is not None})
     if longer:
-        logger.info("%d answers are several tokens (e.g. %s); labels are their first tokens",
-                    len(longer), longer[:5])
+        logger.info("%d answers are several tokens (e.g. %s); labels are their first tokens "
+                    "(task.answer_score=sequence scores them whole)", len(longer), longer[:5])
 
 
 def _columns(encoded: list[tuple[EncodedSide, EncodedSide, AnswerToken]], tokenizer: PreTrainedTokenizerBase,

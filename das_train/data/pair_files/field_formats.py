@@ -95,6 +95,16 @@ def mib_answer(row: Mapping[str, Any]) -> Any:
     return row.get("label")
 
 
+def mib_choices(row: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """A MIB row's choices in the form :func:`mib_answer` gives its answer (labels when the
+    choices come as ``{label, text}``), or None when it has no list of text choices."""
+    choices = row.get("choices")
+    options = choices.get("label") if isinstance(choices, Mapping) else choices
+    if isinstance(options, list) and options and all(isinstance(o, str) for o in options):
+        return tuple(options)
+    return None
+
+
 def mib_records(table: Dataset, settings: PairFileSettings, slots: set[str], problems: Problems) -> list[PairRecord]:
     column = mib_counterfactual_column(table, settings, problems)
     if column is None or not missing_columns(table, ["prompt"], problems):
@@ -112,7 +122,8 @@ def mib_records(table: Dataset, settings: PairFileSettings, slots: set[str], pro
         label = settings.counterfactual_columns()[0]
         counterfactual = nested.get(label, row.get(label))
         records.append(PairRecord(i, base, source, source.answer if counterfactual is None else counterfactual,
-                                  column if counterfactual is None else label, _split(row, settings)))
+                                  column if counterfactual is None else label, _split(row, settings),
+                                  mib_choices(row)))
     return records
 
 

@@ -1,7 +1,8 @@
 """A pair file read once: its records, the split each belongs to, and the position rules.
 
 Everything that needs no tokenizer is checked here (the file exists and has rows, the columns
-are there, the position rules parse, split names are known), so a run refuses a bad file when
+are there, the position rules parse, split names are known, answers are text where
+``task.answer_score=sequence`` needs them), so a run refuses a bad file when
 its task is loaded, before a model is built.
 """
 
@@ -14,6 +15,7 @@ from das_train.data.pair_files.formats import split_name, table_records
 from das_train.data.pair_files.positions import Rule, parse_rules, slot_names
 from das_train.data.pair_files.reading import read_tables
 from das_train.data.pair_files.records import PairRecord
+from das_train.data.pair_files.sequences import SEQUENCE, token_id_answers
 from das_train.data.pair_files.settings import PairFileSettings
 
 
@@ -49,6 +51,8 @@ def load_pairs(settings: PairFileSettings) -> LoadedPairs:
     problems.table = None
     if not records and not problems.lines:
         problems.add("no pairs in the file")
+    if settings.answer_score == SEQUENCE:
+        token_id_answers(records, problems)
     named = {s is not None for s in splits}
     if len(named) > 1:
         problems.add(f"{splits.count(None)} of {len(splits)} pairs have no split; give every row one "

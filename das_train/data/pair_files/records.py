@@ -49,3 +49,6 @@ class PairRecord:
     counterfactual: Answer
     counterfactual_column: str
     split: str | None = None
+    choices: tuple[str, ...] | None = None
+    """The answers a sequence score chooses among (MIB's ``choices``); None: the file's
+    distinct answers."""

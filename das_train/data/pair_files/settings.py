@@ -33,6 +33,7 @@ class PairFileSettings:
     positions: Mapping[str, Any]
     span_token: str
     answer_prefix: str
+    answer_score: str
     counterfactual: str | None
     where: Mapping[str, Any]
     variable: str

@@ -95,7 +95,7 @@ def fit_jobs(sweep: Sweep, todo: Sequence[Job], rows: list[dict[str, Any]], fing
     bar = tqdm(total=len(todo), desc="sweep", unit="site", disable=not cfg.progress or not is_global_zero())
     for group in group_jobs(todo):
         site = group[0][0]
-        fits, reason = fits_of(cfg.sweep, cfg.intervention, sweep.model, group)
+        fits, reason = fits_of(cfg.sweep, cfg.intervention, sweep.model, group, cfg.task.answer_score)
         if reason is not None and cfg.sweep.batched:
             log.info("%s-L%d one site at a time: %s", site.component, site.layer, reason)
         new_rows = []

@@ -13,7 +13,8 @@ from itertools import groupby
 
 from torch import nn
 
-from das_train.training.schema import InterventionConfig, SweepConfig
+from das_train.data.pair_files.sequences import SEQUENCE
+from das_train.training.schema import InterventionConfig, SweepConfig, TaskConfig
 from das_train.training.sweep.site_cache import batched_sites_supported
 from das_train.training.sweep.sites import SweepSite
 
@@ -32,21 +33,24 @@ def group_jobs(jobs: Sequence[Job]) -> list[list[Job]]:
 
 
 def batched_reason(sweep: SweepConfig, intervention: InterventionConfig, model: nn.Module,
-                   site: SweepSite) -> str | None:
+                   site: SweepSite, answer_score: str = TaskConfig.answer_score) -> str | None:
     """Why the jobs at ``site``'s (layer, component) are fitted one at a time, or ``None`` when
-    they train together in one batched fit."""
+    they train together in one batched fit (``answer_score``: the run's ``task.answer_score``)."""
     if not sweep.batched:
         return "sweep.batched=false"
     if intervention.iit:
         return "intervention.iit=true trains the shared model, which sites cannot share"
+    if answer_score == SEQUENCE:
+        return ("task.answer_score=sequence scores whole answers over candidates, while the batched fit "
+                "reads one next-token prediction")
     return batched_sites_supported(model, site.layer, site.component)
 
 
 def fits_of(sweep: SweepConfig, intervention: InterventionConfig, model: nn.Module,
-            group: Sequence[Job]) -> tuple[list[list[Job]], str | None]:
+            group: Sequence[Job], answer_score: str = TaskConfig.answer_score) -> tuple[list[list[Job]], str | None]:
     """The fits a group of jobs takes: itself whole when it can be batched, else each job alone;
     with the reason it cannot be batched (``None`` when it is)."""
-    reason = batched_reason(sweep, intervention, model, group[0][0])
+    reason = batched_reason(sweep, intervention, model, group[0][0], answer_score)
     return ([list(group)] if reason is None else [[job] for job in group]), reason
 
 
