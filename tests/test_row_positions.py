@@ -224,7 +224,7 @@ def test_probe_features_and_the_site_cache_read_each_rows_own_index():
 def row_sweep(tmp_path, monkeypatch, make, name: str, *extra):
     """A sweep of the embedding row and layer 0 (key, last) on :class:`KeyWordRows` labelled by
     the seeded tiny model ``make`` builds: its ``results.csv`` rows."""
-    monkeypatch.setattr(das_sweep, "load_task", lambda _: KeyWordRows(labeller=make()))
+    monkeypatch.setattr(das_sweep, "load_task", lambda *_: KeyWordRows(labeller=make()))
     monkeypatch.setattr(das_sweep, "build_model", lambda cfg, task: (make(), None))
     overrides = [f"run_dir={tmp_path / name}", f"cache_dir={tmp_path}/cache", "progress=false", "logger=none",
                  "trainer.max_steps=15", "task.n_train=96", "task.n_val=16", "task.n_test=48",
