@@ -5,13 +5,15 @@ training without IIT does not, the job end to end, and bad configs refused befor
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from das_train import cli
-from das_train.core.builtin_models import MLPConfig, create_mlp_classifier
+from das_train.core.builtin_models import MLPClassifier, MLPConfig, create_mlp_classifier
 from das_train.training import run as run_module
 from das_train.training.iit_job import iit_data, train_model
 from das_train.training.iit_module import IITModule
@@ -128,7 +130,9 @@ def test_the_job_writes_its_table_curve_models_and_interventions(tmp_path):
     assert [line.split(",")[0] for line in lines[1:]] == ["iit", "no_iit"]
     assert (run_dir / "iit_curve.png").read_bytes()[:4] == b"\x89PNG"
     for training in ("iit", "no_iit"):
-        assert (run_dir / "models" / training / "model.safetensors").exists()
+        folder = run_dir / "models" / training
+        model = MLPClassifier(MLPConfig(**json.loads((folder / "config.json").read_text())))
+        model.load_state_dict(load_file(str(folder / "model.safetensors")))  # strict: every weight
         for v in ("WX", "YZ"):
             assert (run_dir / "interventions" / f"das-{training}-{v}" / "config.json").exists()
 

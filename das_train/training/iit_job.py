@@ -30,9 +30,13 @@ from das_train.training.iit_outputs import TRAININGS, save_model, write_curve, w
 from das_train.training.ranks import is_global_zero
 from das_train.training.samplers import distributed_train_loader
 from das_train.training.schema import RunConfig
+from das_train.training.steering import torch_threads
 from das_train.training.trainers import make_trainer
 
 log = logging.getLogger("das_train")
+ONE_THREAD = 1
+"""torch's intra-op threads while the MLP and the DAS rotations train: a model 64 wide gains
+nothing from more, and on a busy machine spinning threads made a 200-step fit 14x slower."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +76,8 @@ def train_model(config: RunConfig, run_dir: Path, data: IITData, training: str) 
     curve = IIACurve(data.test, iit.eval_every)
     trainer.callbacks.append(curve)
     rows = loader(variable_rows(data.train), iit.batch_size, shuffle_seed=config.seed)
-    trainer.fit(module, distributed_train_loader(fit_config.trainer, rows))
+    with torch_threads(ONE_THREAD):
+        trainer.fit(module, distributed_train_loader(fit_config.trainer, rows))
     module.model.eval()
     return module, curve.points
 
@@ -81,9 +86,10 @@ def evaluate(config: RunConfig, run_dir: Path, data: IITData, training: str, mod
     """The table's row of one trained model."""
     row = {"training": training, "task_accuracy": module.task_accuracy(data.inputs, data.labels)}
     row |= {f"neuron_iia_{v}": iia for v, iia in module.neuron_iia(data.test).items()}
-    for v in config.iit.variables:
-        row[f"das_iia_{v}"] = das_iia(config, run_dir, module.model, data.train[v], data.test[v],
-                                      module.units[v], f"das-{training}-{v}")
+    with torch_threads(ONE_THREAD):
+        for v in config.iit.variables:
+            row[f"das_iia_{v}"] = das_iia(config, run_dir, module.model, data.train[v], data.test[v],
+                                          module.units[v], f"das-{training}-{v}")
     log.info("%s: %s", TRAININGS[training], row)
     return row
 
