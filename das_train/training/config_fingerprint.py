@@ -27,9 +27,10 @@ NEUTRAL_KEYS = (
 """Settings (or whole sections) that change where and how a run goes, not its results: a run
 directory may be resumed with other values of these. DDP gives the table of one process, and
 the batched sweep that of one site at a time."""
-OTHER_JOBS_SECTIONS = {"das_sweep": ("tracing", "steering"), "causal_tracing": ("steering",),
-                       "steering": ("tracing",)}
-"""Sections a job never reads, so that changing them cannot change its results."""
+OTHER_JOBS_SECTIONS = {"das_sweep": ("tracing", "steering", "iit"), "causal_tracing": ("steering", "iit"),
+                       "steering": ("tracing", "iit"), "iit": ("tracing", "steering", "sweep", "mib")}
+"""Sections a job never reads, so that changing them cannot change its results (and a section
+added for a new job leaves the fingerprints of the other jobs' runs as they were)."""
 FINGERPRINT_LENGTH = 12
 
 

@@ -5,8 +5,9 @@ command line already has: a config is validated once), turns it into the typed
 :class:`~das_train.training.schema.RunConfig` once, prepares the run directory (locked against
 a second writer, cleared of killed writers' temporary files) and hands the job to its module:
 the DAS sweep (:mod:`das_train.training.sweep.das_sweep`), causal tracing
-(:mod:`das_train.training.tracing`), steering (:mod:`das_train.training.steering`) or the
-MIB export of a finished sweep (:mod:`das_train.training.mib_export`, which only reads it).
+(:mod:`das_train.training.tracing`), steering (:mod:`das_train.training.steering`), interchange
+intervention training (:mod:`das_train.training.iit_job`) or the MIB export of a finished sweep
+(:mod:`das_train.training.mib_export`, which only reads it).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from das_train.training import preflight
 from das_train.training import run_dir as run_dir_state
+from das_train.training.iit_job import run_iit
 from das_train.training.mib_export import run_export_mib
 from das_train.training.outputs import results_path, setup_output
 from das_train.training.ranks import is_global_zero
@@ -34,7 +36,7 @@ def das_sweep(config: RunConfig, run_dir: Path) -> Path:
 
 
 JOBS = {"das_sweep": das_sweep, "causal_tracing": run_tracing, "steering": run_steering,
-        "export_mib": run_export_mib}
+        "export_mib": run_export_mib, "iit": run_iit}
 """Each ``job`` value's runner: ``(config, run_dir) -> run_dir``."""
 READ_ONLY_JOBS = ("export_mib",)
 """Jobs that only read a finished run's directory: it is not prepared (that would check it against

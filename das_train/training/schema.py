@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 
 from das_train.training.schema_jobs import (
+    IITConfig,
     MibConfig,
     PublishConfig,
     SteeringConfig,
@@ -238,11 +239,12 @@ class SweepConfig:
 class RunConfig:
     recipe: str = "gender_tiny"
     """The recipe's name (a YAML file in recipes/)."""
-    job: str = option("das_sweep", allowed=("das_sweep", "causal_tracing", "steering", "export_mib"))
+    job: str = option("das_sweep", allowed=("das_sweep", "causal_tracing", "steering", "export_mib", "iit"))
     """``das_sweep`` (DAS and probes over sites), ``causal_tracing`` (Meng et al. 2022),
     ``steering`` (a word's embedding added at every decoding step, the paper's Figure 1) or
     ``export_mib`` (a finished sweep's trained sites written for MIB's causal-variable track;
-    reads run_dir, writes ``mib.out``)."""
+    reads run_dir, writes ``mib.out``) or ``iit`` (interchange intervention training of the
+    hierarchical equality MLP, against the same MLP trained without it; see ``iit``)."""
     run_dir: str = "runs/gender_tiny"
     """The run's one directory: config, results, checkpoints, interventions, logs, table,
     heatmaps and Hydra's ``.hydra/``. ``hydra.run.dir`` is the same setting (given, it wins).
@@ -275,6 +277,7 @@ class RunConfig:
     tracing: TracingConfig = field(default_factory=TracingConfig)
     steering: SteeringConfig = field(default_factory=SteeringConfig)
     mib: MibConfig = field(default_factory=MibConfig)
+    iit: IITConfig = field(default_factory=IITConfig)
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> RunConfig:

@@ -92,3 +92,33 @@ class MibConfig:
     positions: list[str] = field(default_factory=list)
     """``name:id`` pairs renaming a das_train position to the id of the MIB task's token
     position (e.g. ``[last:last_token]``); a position not listed keeps its name."""
+
+
+@dataclass
+class IITConfig:
+    variables: list[str] = field(default_factory=lambda: ["WX", "YZ"])
+    """Causal variables the model is trained to hold, from the task's causal model (hierarchical
+    equality: ``WX``, ``YZ``); each step interchanges every one of them, with a source of its own."""
+    blocks: dict[str, list[int]] = field(default_factory=dict)
+    """Each variable's neurons at the site, ``[start, stop)`` among the layer's units, e.g.
+    ``{WX: [0, 16], YZ: [16, 32]}`` (the recipe's); the blocks must be disjoint. Given on the
+    command line the map replaces the recipe's whole: ``iit.blocks={WX:[0,8],YZ:[8,16]}``."""
+    layer: int = option(0, non_negative=True)
+    """Hidden layer whose output (``block_output``) holds the variables."""
+    steps: int = option(1000, positive=True)
+    """Optimizer steps that train the model from scratch (the same for the run without IIT)."""
+    batch_size: int = option(256, positive=True)
+    """Pairs per variable per step and per device; the task loss reads their bases."""
+    train_pairs: int = option(50_000, positive=True)
+    """Training pairs generated per variable (cycled over the steps)."""
+    lr: float = option(0.002, positive=True)
+    """Adam's learning rate for the model's weights."""
+    task_weight: float = option(1.0, non_negative=True)
+    """Weight of the task loss (cross-entropy of the model's own output against the label)."""
+    iit_weight: float = option(1.0, non_negative=True)
+    """Weight of the interchange loss (mean over variables of the cross-entropy of the
+    intervened output against the causal model's counterfactual label)."""
+    eval_every: int = option(100, positive=True)
+    """Steps between two points of the neuron-aligned IIA curve (``iit_curve.png``)."""
+    eval_pairs: int = option(2000, positive=True)
+    """Held-out pairs per variable for IIA, and held-out inputs for task accuracy."""

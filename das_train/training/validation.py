@@ -15,6 +15,7 @@ import types
 import typing
 from typing import Any
 
+from das_train.training.iit_checks import iit_problems
 from das_train.training.schema import RunConfig
 
 
@@ -143,7 +144,7 @@ def steering_problems(data: dict[str, Any]) -> list[str]:
     return problems
 
 
-CROSS_FIELD_CHECKS = (model_problems, sweep_setting_problems, logger_problems, steering_problems)
+CROSS_FIELD_CHECKS = (model_problems, sweep_setting_problems, logger_problems, steering_problems, iit_problems)
 """The checks that span fields or the environment; each takes the plain config data."""
 
 
