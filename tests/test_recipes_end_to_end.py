@@ -25,9 +25,12 @@ SHORTER_STEPS = {
     "steering_tiny": ["model.max_steps=50", "steering.samples=1"],
     # The MLP trains its fixed epochs (model.max_steps is not read for kind=mlp).
     "hierarchical_equality": ["trainer.max_steps=5", "sweep.probe.max_epochs=1"],
+    "iit_hierarchical_equality": ["iit.steps=20", "iit.eval_every=10", "iit.train_pairs=2000", "iit.eval_pairs=200",
+                                  "trainer.max_steps=5"],
 }
 WRITES = {"gender_tiny": "table.csv", "pairs_file": "table.csv", "hierarchical_equality": "table.csv", "causal_tracing": "tracing.csv",
-          "steering_tiny": "steering.csv"}
+          "steering_tiny": "steering.csv",
+          "iit_hierarchical_equality": "iit.csv"}
 
 
 def test_every_offline_recipe_is_covered():

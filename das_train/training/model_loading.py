@@ -31,7 +31,8 @@ from das_train.training.schema import ConfigError
 
 log = logging.getLogger("das_train")
 
-OFFLINE_RECIPES = ("gender_tiny", "pairs_file", "hierarchical_equality", "causal_tracing", "steering_tiny")
+OFFLINE_RECIPES = ("gender_tiny", "pairs_file", "hierarchical_equality", "iit_hierarchical_equality",
+                   "causal_tracing", "steering_tiny")
 
 
 def load_hub_model(cfg: DictConfig):
