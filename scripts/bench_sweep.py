@@ -77,7 +77,7 @@ def run_recipe(args: argparse.Namespace, run_dir: Path, steps: int,
 
     from das_train.training import run as run_module
 
-    out = run_module.run(config(args, run_dir, steps, probe_epochs))
+    out = run_module.run(config(args, run_dir, steps, probe_epochs).as_data())
     with (out / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     return {f"{r['component']}-L{r['layer']}-{r['position_name']}": {
@@ -108,7 +108,7 @@ def run_loop(args: argparse.Namespace, run_dir: Path, pv, steps: int,
     datamodule.setup()
     datamodule.filter_with(model)
     spec = datamodule.spec()
-    sites = sweep_sites.build_sites(cfg, spec, model_loading.number_of_layers(model))
+    sites = sweep_sites.build_sites(cfg.sweep, spec, model_loading.number_of_layers(model))
     results, rows = {}, []
     for site in sites:
         lightning.seed_everything(cfg.seed, verbose=False)

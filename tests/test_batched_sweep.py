@@ -348,8 +348,6 @@ def test_sweep_probes_in_waves_equal_sweep_probes_at_once(tmp_path):
     import sys
     from pathlib import Path
 
-    from omegaconf import open_dict
-
     sys.path.insert(0, str(Path(__file__).parent))
     from test_run import small_gender_run
 
@@ -358,11 +356,10 @@ def test_sweep_probes_in_waves_equal_sweep_probes_at_once(tmp_path):
             for layer in (0, 1) for p, name in ((1, "name"), (3, "last"))]
     forwards = []
     handle = model.get_input_embeddings().register_forward_hook(lambda *a: forwards.append(1))
-    at_once = sweep_probes(cfg, model, spec, jobs, sweep_pairs.SplitReader(datamodule, spec.is_language_model_task))
+    at_once = sweep_probes(cfg.sweep.probe, model, spec, jobs, sweep_pairs.SplitReader(datamodule, spec.is_language_model_task))
     chunks = len(forwards)
-    with open_dict(cfg):
-        cfg.sweep.probe.tables_mib = 1e-6  # every site its own wave
-    in_waves = sweep_probes(cfg, model, spec, jobs, sweep_pairs.SplitReader(datamodule, spec.is_language_model_task))
+    cfg.sweep.probe.tables_mib = 1e-6  # every site its own wave
+    in_waves = sweep_probes(cfg.sweep.probe, model, spec, jobs, sweep_pairs.SplitReader(datamodule, spec.is_language_model_task))
     handle.remove()
     assert len(forwards) - chunks == 4 * chunks  # one pass over the distinct bases per wave
     assert in_waves.keys() == at_once.keys() and len(at_once) == 4
@@ -386,7 +383,7 @@ def test_sweep_probes_equal_each_probe_fitted_alone_on_activations_collected_pai
     assert batched_sites_supported(model, 1, "block_output") is None
     assert batched_sites_supported(model, 1, "query_output") is not None
     jobs = [(site, seed) for site in sites for seed in (0, 1)]
-    probes = sweep_probes(cfg, model, spec, jobs, sweep_pairs.SplitReader(datamodule, spec.is_language_model_task))
+    probes = sweep_probes(cfg.sweep.probe, model, spec, jobs, sweep_pairs.SplitReader(datamodule, spec.is_language_model_task))
     assert len(probes) == 4
     for site, seed in jobs:
         activations, variables, controls = collect_activations(

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import transformers
 import yaml
-from omegaconf import OmegaConf
 
 from das_train.training import schema
 from das_train.training.das_module import DASModule
@@ -57,9 +56,9 @@ def _tiny_neox():
 
 def test_das_module_takes_its_defaults_from_the_schema_and_a_run_its_config():
     assert DASModule(_tiny_neox(), layer=0, position=1).hparams.lr == schema.InterventionConfig.lr
-    cfg = OmegaConf.create(schema.complete({"intervention": {"lr": 0.0123, "low_rank_dimension": 2}}))
+    intervention = schema.InterventionConfig(lr=0.0123, low_rank_dimension=2)
     site = SweepSite(layer=0, component="block_output", position=1, position_name="last")
-    module = build_member(cfg, _tiny_neox(), site, seed=0, lm=True)
+    module = build_member(intervention, _tiny_neox(), site, seed=0, lm=True)
     assert (module.hparams.lr, module.hparams.low_rank_dimension) == (0.0123, 2)
     assert module.configure_optimizers().param_groups[0]["lr"] == 0.0123
 

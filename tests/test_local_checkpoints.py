@@ -159,7 +159,7 @@ def test_revision_is_ignored_for_a_folder_and_the_log_says_so(bpe, tmp_path, off
     with caplog.at_level(logging.INFO, logger="das_train"):
         model_loading.build_model(cfg, None)
     assert f"local folder {folder.resolve()}" in caplog.text and "model.revision='v2' is ignored" in caplog.text
-    assert model_loading.model_identity(cfg)["revision_ignored"] == "v2"
+    assert model_loading.model_identity(cfg.model)["revision_ignored"] == "v2"
 
 
 def test_a_folder_without_its_tokenizer_is_named_with_what_is_missing(bpe, tmp_path, offline):

@@ -92,7 +92,7 @@ def test_every_recipe_instantiates_against_a_tiny_model(recipe, tmp_path):
     datamodule = PairDataModule(task, tokenizer, n_train=64, n_val=16, n_test=32, batch_size=16, seed=0)
     datamodule.setup()
     spec = datamodule.spec()
-    sites = sweep_sites.build_sites(cfg, spec, model_loading.number_of_layers(model))
+    sites = sweep_sites.build_sites(cfg.sweep, spec, model_loading.number_of_layers(model))
     assert sites
     from das_train.training.das_module import DASModule
 
@@ -203,7 +203,7 @@ def fit_by_hand(cfg, model, datamodule, spec, jobs, run_dir, batched=True):
     """The rows of the (site, seed) ``jobs`` fitted as one group outside a run, with their
     probes: a group of one job through the per-site module unless ``batched``."""
     splits = SplitReader(datamodule, spec.is_language_model_task)
-    sweep = Sweep(cfg, model, datamodule, spec, run_dir, splits, sweep_probes(cfg, model, spec, jobs, splits))
+    sweep = Sweep(cfg, model, datamodule, spec, run_dir, splits, sweep_probes(cfg.sweep.probe, model, spec, jobs, splits))
     return fit_group(sweep, jobs, batched)
 
 
@@ -376,12 +376,15 @@ def test_rank_slices_cover_a_split_once_for_evaluation_and_evenly_for_training(m
 def test_a_hub_model_is_put_on_its_gpu_once_when_loaded(monkeypatch):
     """Before the pair filter and every site's fit: cuda:LOCAL_RANK, unless accelerate places
     the model or training runs on the CPU (no GPU needed: only the choice is checked)."""
-    cfg = cli.check("gender_pythia", [])
+    def config(*overrides):
+        return run_module.as_run_config(cli.check("gender_pythia", list(overrides)))
+
+    cfg = config()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert model_loading.frozen_model_device(cfg) == torch.device("cuda", 1)
-    assert model_loading.frozen_model_device(cli.check("gender_pythia", ["model.device_map=auto"])) is None
-    assert model_loading.frozen_model_device(cli.check("gender_pythia", ["trainer.accelerator=cpu"])) is None
+    assert model_loading.frozen_model_device(config("model.device_map=auto")) is None
+    assert model_loading.frozen_model_device(config("trainer.accelerator=cpu")) is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert model_loading.frozen_model_device(cfg) is None
 

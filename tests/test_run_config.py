@@ -51,10 +51,9 @@ def test_what_a_run_records_is_the_config_it_was_given(recipe):
     """config.yaml's text and the results' fingerprint, from the typed config, equal those of
     the completed DictConfig they were written from before the config was typed."""
     cfg = cli.check(recipe, ["intervention.lr=1", "sweep.layers=[1]"])
-    config = RunConfig.from_data(run_module.run_data(cfg))
-    completed = run_module.as_run_config(cfg)
+    config = run_module.as_run_config(cfg)
+    completed = OmegaConf.create(run_module.run_data(cfg))
     assert OmegaConf.to_yaml(config.as_data()) == OmegaConf.to_yaml(completed)
-    assert schema.untyped(config) == completed
     assert fingerprints.config_fingerprint(config) == fingerprints.config_fingerprint(completed)
     assert fingerprints.config_fingerprint(config) == fingerprints.config_fingerprint(cfg)
 

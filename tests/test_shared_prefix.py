@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from omegaconf import OmegaConf
 
 from das_train.interventions.base import INTERVENTION_REGISTRY
+from das_train.training.schema import RunConfig
 from das_train.training.sweep.shared_prefix import (
     shared_prefix,
     shared_prefix_length,
@@ -76,37 +76,39 @@ def bert():
 
 
 def settings(**changes):
+    """The (sweep, intervention) sections untrained_reason reads, with ``section__key`` changes."""
     cfg = {"sweep": {"skip_shared_prefix": True},
            "intervention": {"type": "LowRankRotatedSpaceIntervention", "iit": False, "boundary_penalty": 0.0}}
     for key, value in changes.items():
         section, name = key.split("__")
         cfg[section][name] = value
-    return OmegaConf.create(cfg)
+    config = RunConfig.from_data(cfg)
+    return config.sweep, config.intervention
 
 
 def test_a_site_is_left_untrained_only_where_the_rule_holds():
     model = neox()
-    reason = untrained_reason(settings(), model, 1, prefix=2, seq=4)
+    reason = untrained_reason(*settings(), model, 1, prefix=2, seq=4)
     assert reason is not None and "positions 0..1" in reason and "sweep.skip_shared_prefix" in reason
-    assert untrained_reason(settings(), model, -4, prefix=1, seq=4) is not None  # -4 is row 0
-    assert untrained_reason(settings(), model, 2, prefix=2, seq=4) is None  # past the shared prefix
-    assert untrained_reason(settings(), model, -1, prefix=2, seq=4) is None  # the last row, 3
-    assert untrained_reason(settings(), model, None, prefix=2, seq=4) is None  # no positions
-    assert untrained_reason(settings(sweep__skip_shared_prefix=False), model, 0, prefix=2, seq=4) is None
-    assert untrained_reason(settings(intervention__iit=True), model, 0, prefix=2, seq=4) is None
+    assert untrained_reason(*settings(), model, -4, prefix=1, seq=4) is not None  # -4 is row 0
+    assert untrained_reason(*settings(), model, 2, prefix=2, seq=4) is None  # past the shared prefix
+    assert untrained_reason(*settings(), model, -1, prefix=2, seq=4) is None  # the last row, 3
+    assert untrained_reason(*settings(), model, None, prefix=2, seq=4) is None  # no positions
+    assert untrained_reason(*settings(sweep__skip_shared_prefix=False), model, 0, prefix=2, seq=4) is None
+    assert untrained_reason(*settings(intervention__iit=True), model, 0, prefix=2, seq=4) is None
     # A boundary penalty is a loss of its own, data or not; boundless DAS's training is also
     # its temperature schedule, which a skipped site would not follow.
-    assert untrained_reason(settings(intervention__boundary_penalty=0.1), model, 0, prefix=2, seq=4) is None
+    assert untrained_reason(*settings(intervention__boundary_penalty=0.1), model, 0, prefix=2, seq=4) is None
     boundless = settings(intervention__type="BoundlessRotatedSpaceIntervention")
-    assert untrained_reason(boundless, model, 0, prefix=2, seq=4) is None
-    assert untrained_reason(settings(intervention__type="SigmoidMaskIntervention"), model, 0, 2, 4) is not None
+    assert untrained_reason(*boundless, model, 0, prefix=2, seq=4) is None
+    assert untrained_reason(*settings(intervention__type="SigmoidMaskIntervention"), model, 0, 2, 4) is not None
     # Not trainable, or not given a pair's source: never.
-    assert untrained_reason(settings(intervention__type="VanillaIntervention"), model, 0, 2, 4) is None
-    assert untrained_reason(settings(intervention__type="SkipIntervention"), model, 0, 2, 4) is None
+    assert untrained_reason(*settings(intervention__type="VanillaIntervention"), model, 0, 2, 4) is None
+    assert untrained_reason(*settings(intervention__type="SkipIntervention"), model, 0, 2, 4) is None
     # An autoencoder changes the base even given it as the source.
-    assert untrained_reason(settings(intervention__type="AutoencoderIntervention"), model, 0, 2, 4) is None
+    assert untrained_reason(*settings(intervention__type="AutoencoderIntervention"), model, 0, 2, 4) is None
     # A bidirectional encoder's position 0 sees the whole sequence.
-    assert untrained_reason(settings(), bert(), 0, prefix=2, seq=4) is None
+    assert untrained_reason(*settings(), bert(), 0, prefix=2, seq=4) is None
 
 
 FLAGGED = sorted(name for name, cls in INTERVENTION_REGISTRY.items()

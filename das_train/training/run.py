@@ -23,19 +23,14 @@ from das_train.training.iit_job import run_iit
 from das_train.training.mib_export import run_export_mib
 from das_train.training.outputs import results_path, setup_output
 from das_train.training.ranks import is_global_zero
-from das_train.training.schema import ConfigError, RunConfig, complete, untyped
+from das_train.training.schema import ConfigError, RunConfig, complete
 from das_train.training.steering import run_steering
 from das_train.training.sweep.das_sweep import run_das_sweep
 from das_train.training.tracing import run_tracing
 from das_train.training.validation import validate
 
 
-def das_sweep(config: RunConfig, run_dir: Path) -> Path:
-    """The DAS sweep, whose modules still read the untyped config."""
-    return run_das_sweep(untyped(config), run_dir)
-
-
-JOBS = {"das_sweep": das_sweep, "causal_tracing": run_tracing, "steering": run_steering,
+JOBS = {"das_sweep": run_das_sweep, "causal_tracing": run_tracing, "steering": run_steering,
         "export_mib": run_export_mib, "iit": run_iit}
 """Each ``job`` value's runner: ``(config, run_dir) -> run_dir``."""
 READ_ONLY_JOBS = ("export_mib",)
@@ -56,9 +51,10 @@ def run_data(cfg: Any, validated: bool = False) -> dict[str, Any]:
     return data
 
 
-def as_run_config(cfg: Any, validated: bool = False) -> DictConfig:
-    """:func:`run_data` as a DictConfig, for the modules that still read the untyped config."""
-    return OmegaConf.create(run_data(cfg, validated))
+def as_run_config(cfg: Any, validated: bool = False) -> RunConfig:
+    """The typed config of a composed one (:func:`run_data`): what every job and the functions
+    it calls receive; tests build one from a recipe to call those functions directly."""
+    return RunConfig.from_data(run_data(cfg, validated))
 
 
 def run(cfg: Any, validated: bool = False) -> Path:
@@ -70,7 +66,7 @@ def run(cfg: Any, validated: bool = False) -> Path:
     locked against a second writer, holding nothing of another config, cleared of killed
     writers' temporary files.
     """
-    config = RunConfig.from_data(run_data(cfg, validated))
+    config = as_run_config(cfg, validated)
     if config.job in READ_ONLY_JOBS:
         return JOBS[config.job](config, Path(config.run_dir))
     if config.job == "das_sweep" and not config.sweep.merge and not validated:

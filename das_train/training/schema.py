@@ -14,8 +14,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
-
 from das_train.training.schema_jobs import (
     IITConfig,
     MibConfig,
@@ -289,12 +287,6 @@ class RunConfig:
         """Plain data, key for key what the config holds: what ``config.yaml`` records and
         what the fingerprint of a run's results is computed from."""
         return dataclasses.asdict(self)
-
-
-def untyped(config: RunConfig) -> DictConfig:
-    """``config`` as the DictConfig that model loading and the DAS sweep's modules still read,
-    until they take the typed parts too."""
-    return OmegaConf.create(config.as_data())
 
 
 def typed(schema: type[T], data: Mapping[str, Any], where: str = "") -> T:

@@ -33,7 +33,7 @@ from das_train.core.files import atomic_write_text
 from das_train.data.stories import build_tokenizer, train_story_lm
 from das_train.training.model_loading import build_model, number_of_layers
 from das_train.training.ranks import is_global_zero
-from das_train.training.schema import ConfigError, RunConfig, SteeringConfig, untyped
+from das_train.training.schema import ConfigError, RunConfig, SteeringConfig
 
 log = logging.getLogger("das_train")
 
@@ -104,7 +104,7 @@ def load_model(config: RunConfig):
     """
     model_config, word = config.model, config.steering.word
     if model_config.kind == "hub":
-        model, tokenizer = build_model(untyped(config), None)  # fails fast offline, naming the offline recipes
+        model, tokenizer = build_model(config, None)  # fails fast offline, naming the offline recipes
         token = word_token(tokenizer, word)
         if model_config.device_map is None and torch.cuda.is_available():
             model = model.cuda()

@@ -35,7 +35,7 @@ from das_train.core.devices import input_device
 from das_train.core.files import atomic_write, atomic_write_text
 from das_train.training.model_loading import build_model, number_of_layers
 from das_train.training.ranks import is_global_zero
-from das_train.training.schema import RunConfig, TracingConfig, untyped
+from das_train.training.schema import RunConfig, TracingConfig
 from das_train.training.task_loading import load_task
 
 log = logging.getLogger("das_train")
@@ -314,7 +314,7 @@ def run_tracing(config: RunConfig, run_dir: Path) -> Path:
     tracing = config.tracing
     torch.manual_seed(config.seed)
     task = load_task(config.task.name, config.task)
-    model, tokenizer = build_model(untyped(config), task)
+    model, tokenizer = build_model(config, task)
     if tokenizer is None:
         raise ValueError("causal tracing needs a language model task with a tokenizer")
     if config.model.kind == "hub" and config.model.device_map is None and torch.cuda.is_available():

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning
-from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from das_train.core.fault_points import fault_point
@@ -29,7 +28,7 @@ from das_train.training.outputs import results_path, write_outputs
 from das_train.training.pair_data import prepare_pairs
 from das_train.training.publishing import publish
 from das_train.training.ranks import is_global_zero
-from das_train.training.schema import ConfigError
+from das_train.training.schema import ConfigError, RunConfig
 from das_train.training.sweep.cached_pairs import SplitReader
 from das_train.training.sweep.group_fit import Sweep, fit_group
 from das_train.training.sweep.groups import Job, fits_of, group_jobs
@@ -42,61 +41,62 @@ from das_train.training.task_loading import load_task
 log = logging.getLogger("das_train")
 
 
-def run_das_sweep(cfg: DictConfig, run_dir: Path) -> Path:
+def run_das_sweep(config: RunConfig, run_dir: Path) -> Path:
     """Runs (or resumes) this shard's jobs of the sweep, then, once every shard's rows are in,
     writes the table and heatmaps and publishes; with ``sweep.merge`` only the last part."""
-    fingerprint = fingerprints.config_fingerprint(cfg)
-    if cfg.sweep.merge:
-        return merge_shards(cfg, run_dir, fingerprint)
-    lightning.seed_everything(cfg.seed, verbose=False)
-    task = load_task(cfg.task.name, cfg.task)
-    model, tokenizer = build_model(cfg, task)
-    if cfg.model.kind == "hub":
-        preflight.check_loaded_model(cfg, model, preflight.task_spec(task, tokenizer))
-    datamodule = prepare_pairs(cfg, task, tokenizer, model, run_dir)
+    fingerprint = fingerprints.config_fingerprint(config)
+    if config.sweep.merge:
+        return merge_shards(config, run_dir, fingerprint)
+    lightning.seed_everything(config.seed, verbose=False)
+    task = load_task(config.task.name, config.task)
+    model, tokenizer = build_model(config, task)
+    if config.model.kind == "hub":
+        preflight.check_loaded_model(config, model, preflight.task_spec(task, tokenizer))
+    datamodule = prepare_pairs(config, task, tokenizer, model, run_dir)
     spec = datamodule.spec()
-    sites = build_sites(cfg, spec, number_of_layers(model))
-    every_job = [(s, seed) for s in sites for seed in cfg.sweep.seeds]
+    sites = build_sites(config.sweep, spec, number_of_layers(model))
+    every_job = [(s, seed) for s in sites for seed in config.sweep.seeds]
     # Every (site, seed) in a fixed order; shard i of n takes every n-th one from i.
-    jobs = every_job[cfg.sweep.shard :: cfg.sweep.num_shards]
+    jobs = every_job[config.sweep.shard :: config.sweep.num_shards]
     if is_global_zero():
         run_dir_state.write_plan(run_dir, fingerprint, every_job)
-    rows, done = run_dir_state.resume_rows(run_dir, results_path(run_dir, cfg.sweep), fingerprint)
+    rows, done = run_dir_state.resume_rows(run_dir, results_path(run_dir, config.sweep), fingerprint)
     todo = [(s, seed) for s, seed in jobs if (s.layer, s.component, s.table_position, seed) not in done]
     if done:
         print(f"resuming: {len(done)} finished site runs found in {run_dir}, {len(todo)} to go", flush=True)
-    sweep = start_sweep(cfg, model, datamodule, run_dir, jobs, todo, sites)
+    sweep = start_sweep(config, model, datamodule, run_dir, jobs, todo, sites)
     fault_point("probes")
     fit_jobs(sweep, todo, rows, fingerprint)
     if not is_global_zero():
         return run_dir
-    return finish(cfg, run_dir, fingerprint, every_job, spec.variable)
+    return finish(config, run_dir, fingerprint, every_job, spec.variable)
 
 
-def start_sweep(cfg: DictConfig, model, datamodule, run_dir: Path, jobs: Sequence[Job], todo: Sequence[Job],
+def start_sweep(config: RunConfig, model, datamodule, run_dir: Path, jobs: Sequence[Job], todo: Sequence[Job],
                 sites: Sequence[SweepSite]) -> Sweep:
     """What the fits of ``todo`` share; ``jobs`` (this shard's, finished ones included) set the
     one-site step costs, so a resumed run chooses its sites per pass as the first did."""
     spec = datamodule.spec()
     lm = spec.is_language_model_task
-    costs = one_site_costs(cfg.sweep, model, datamodule, spec, jobs) if todo else None
+    costs = one_site_costs(config.sweep, model, datamodule, spec, jobs) if todo else None
     splits = SplitReader(datamodule, lm)
-    untrained = (untrained_positions(cfg, model, (splits.columns(s) for s in ("train", "test")), lm,
+    untrained = (untrained_positions(config.sweep, config.intervention, model,
+                                     (splits.columns(s) for s in ("train", "test")), lm,
                                      [site.position for site in sites]) if todo else {})
-    probes = sweep_probes(cfg, model, spec, todo, splits)
-    return Sweep(cfg, model, datamodule, spec, run_dir, splits, probes, costs, untrained)
+    probes = sweep_probes(config.sweep.probe, model, spec, todo, splits)
+    return Sweep(config, model, datamodule, spec, run_dir, splits, probes, costs, untrained)
 
 
 def fit_jobs(sweep: Sweep, todo: Sequence[Job], rows: list[dict[str, Any]], fingerprint: str) -> None:
     """Fits ``todo`` a layer group at a time, appending each group's rows to ``rows`` and
     writing them all (rank 0) before the next group starts."""
-    cfg = sweep.cfg
-    path = results_path(sweep.run_dir, cfg.sweep)
-    bar = tqdm(total=len(todo), desc="sweep", unit="site", disable=not cfg.progress or not is_global_zero())
+    config = sweep.config
+    path = results_path(sweep.run_dir, config.sweep)
+    bar = tqdm(total=len(todo), desc="sweep", unit="site", disable=not config.progress or not is_global_zero())
     for group in group_jobs(todo):
         site = group[0][0]
-        fits, reason = fits_of(cfg.sweep, cfg.intervention, sweep.model, group, cfg.task.answer_score)
-        if reason is not None and cfg.sweep.batched:
+        fits, reason = fits_of(config.sweep, config.intervention, sweep.model, group, config.task.answer_score)
+        if reason is not None and config.sweep.batched:
             log.info("%s-L%d one site at a time: %s", site.component, site.layer, reason)
         new_rows = []
         for jobs in fits:
@@ -119,7 +119,7 @@ def fit_jobs(sweep: Sweep, todo: Sequence[Job], rows: list[dict[str, Any]], fing
     bar.close()
 
 
-def finish(cfg: DictConfig, run_dir: Path, fingerprint: str, every_job: Sequence[Job], variable: str) -> Path:
+def finish(config: RunConfig, run_dir: Path, fingerprint: str, every_job: Sequence[Job], variable: str) -> Path:
     """The table, heatmaps and upload once every job's row is in the run directory; until
     then, a line saying which shards are still running."""
     everything = run_dir_state.finished_rows(run_dir, fingerprint)
@@ -127,16 +127,16 @@ def finish(cfg: DictConfig, run_dir: Path, fingerprint: str, every_job: Sequence
     missing = [(s, seed) for s, seed in every_job
                if (s.layer, s.component, s.table_position, seed) not in finished]
     if missing:
-        print(f"shard {cfg.sweep.shard} of {cfg.sweep.num_shards} is done; {len(missing)} site runs belong to "
+        print(f"shard {config.sweep.shard} of {config.sweep.num_shards} is done; {len(missing)} site runs belong to "
               "shards still running. The last shard to finish writes the table, or run again with "
               "sweep.merge=true.", flush=True)
         return run_dir
-    write_outputs(cfg.recipe, run_dir, everything, variable)
-    publish(cfg.publish, run_dir)
+    write_outputs(config.recipe, run_dir, everything, variable)
+    publish(config.publish, run_dir)
     return run_dir
 
 
-def merge_shards(cfg: DictConfig, run_dir: Path, fingerprint: str) -> Path:
+def merge_shards(config: RunConfig, run_dir: Path, fingerprint: str) -> Path:
     """``sweep.merge=true``: the table and heatmaps of the shards' rows already in ``run_dir``."""
     rows = run_dir_state.finished_rows(run_dir, fingerprint)
     if not rows:
@@ -144,8 +144,8 @@ def merge_shards(cfg: DictConfig, run_dir: Path, fingerprint: str) -> Path:
     problems = run_dir_state.merge_problems(run_dir, fingerprint, rows)
     if problems:
         raise ConfigError(problems)
-    write_outputs(cfg.recipe, run_dir, rows, cfg.task.name)
-    publish(cfg.publish, run_dir)
+    write_outputs(config.recipe, run_dir, rows, config.task.name)
+    publish(config.publish, run_dir)
     return run_dir
 
 

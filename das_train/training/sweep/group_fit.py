@@ -17,7 +17,7 @@ Everything else is :func:`fit_group`'s, the same for both: seeding each job's in
 it is built (so it starts from the same rotation whichever way it trains), the Trainer,
 resuming from ``last.ckpt``, testing, saving, removing the checkpoints once the rows exist,
 and the row. Every job sees the same batches in the same order either way (the training order
-depends on ``cfg.seed``, not the job's seed), so the two ways agree to float rounding
+depends on the run's ``seed``, not the job's seed), so the two ways agree to float rounding
 (tests/test_batched_sweep.py, tests/test_seed_groups.py).
 """
 
@@ -36,7 +36,6 @@ from typing import Any
 
 import lightning
 import torch
-from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -53,7 +52,7 @@ from das_train.training.samplers import (
     distributed_train_loader,
     train_loader,
 )
-from das_train.training.schema import RunConfig
+from das_train.training.schema import InterventionConfig, RunConfig
 from das_train.training.sweep.cached_pairs import SplitReader, cached_pairs, first_rows, whole_batch
 from das_train.training.sweep.groups import Job, group_version
 from das_train.training.sweep.multi_site import MultiSiteDASModule
@@ -75,7 +74,7 @@ class Sweep:
     (:func:`~das_train.training.sweep.pass_memory.one_site_costs`) and the positions tested
     untrained, with why (:func:`~das_train.training.sweep.shared_prefix.untrained_positions`)."""
 
-    cfg: DictConfig
+    config: RunConfig
     model: nn.Module
     datamodule: PairDataModule
     spec: TaskSpec
@@ -86,15 +85,16 @@ class Sweep:
     untrained: Mapping[Any, str] = field(default_factory=dict)
 
 
-def build_member(cfg: DictConfig, model: nn.Module, site: SweepSite, seed: int, lm: bool) -> DASModule:
+def build_member(intervention: InterventionConfig, model: nn.Module, site: SweepSite, seed: int,
+                 lm: bool) -> DASModule:
     """One job's DASModule, seeded just before it is built, so each job starts from the same
     intervention whichever fit it takes."""
     lightning.seed_everything(seed, workers=True, verbose=False)
     return DASModule(
         model, layer=site.layer, component=site.component, position=site.position,
-        intervention=cfg.intervention.type, low_rank_dimension=cfg.intervention.low_rank_dimension,
-        lr=cfg.intervention.lr, boundary_penalty=cfg.intervention.boundary_penalty,
-        iit=cfg.intervention.iit, is_language_model_task=lm,
+        intervention=intervention.type, low_rank_dimension=intervention.low_rank_dimension,
+        lr=intervention.lr, boundary_penalty=intervention.boundary_penalty,
+        iit=intervention.iit, is_language_model_task=lm,
     )
 
 
@@ -105,13 +105,13 @@ class OneSiteFit:
         ((site, seed),) = jobs
         # IIT trains the model itself: each site trains its own copy, so no site starts from the
         # model another site's training left (the probes read the shared, untouched model).
-        model = copy.deepcopy(sweep.model) if sweep.cfg.intervention.iit else sweep.model
+        model = copy.deepcopy(sweep.model) if sweep.config.intervention.iit else sweep.model
         self.sweep = sweep
-        self.module = build_member(sweep.cfg, model, site, seed, sweep.spec.is_language_model_task)
+        self.module = build_member(sweep.config.intervention, model, site, seed, sweep.spec.is_language_model_task)
         self.members = [self.module]
 
     def train_loader(self) -> DataLoader:
-        return train_loader(self.sweep.cfg.trainer, self.sweep.datamodule)
+        return train_loader(self.sweep.config.trainer, self.sweep.datamodule)
 
     def test_loader(self) -> DataLoader:
         return self.sweep.datamodule.test_dataloader()
@@ -124,7 +124,7 @@ class BatchedFit:
     """The jobs of one (layer, component) trained together on the splits' cached activations."""
 
     def __init__(self, sweep: Sweep, jobs: Sequence[Job], trained: Sequence[int]) -> None:
-        cfg, model, lm = sweep.cfg, sweep.model, sweep.spec.is_language_model_task
+        config, model, lm = sweep.config, sweep.model, sweep.spec.is_language_model_task
         self.sweep = sweep
         self.layer, self.component = jobs[0][0].layer, jobs[0][0].component
         # The seeds of a site read the same cached source column.
@@ -137,9 +137,9 @@ class BatchedFit:
         if skippable and template is None:
             log.info("layer %d: blocks return caches or attentions, so the prefix is recomputed", self.layer)
         self.keep_prefix = template is not None
-        self.members = [build_member(cfg, model, site, seed, lm) for site, seed in jobs]
-        per_pass = (sites_per_pass(cfg.sweep.sites_per_pass, cfg.trainer.batch_size, model, self.layer, self.component,
-                                   len(trained), sweep.costs, columns, lm)
+        self.members = [build_member(config.intervention, model, site, seed, lm) for site, seed in jobs]
+        per_pass = (sites_per_pass(config.sweep.sites_per_pass, config.trainer.batch_size, model, self.layer,
+                                   self.component, len(trained), sweep.costs, columns, lm)
                     if trained else None)
         skip = PrefixSkip(model, self.layer, self.component, template) if template else None
         self.module = MultiSiteDASModule(model, self.members, skip, sites_per_pass=per_pass, trained=trained,
@@ -152,17 +152,17 @@ class BatchedFit:
         return cached_pairs(s.splits.columns(split), activations)
 
     def train_loader(self) -> DataLoader:
-        cfg, datamodule = self.sweep.cfg, self.sweep.datamodule
+        trainer, datamodule = self.sweep.config.trainer, self.sweep.datamodule
         pairs = self._cached("train")
         # The datamodule's own training sampler, so the batches are the per-site fit's.
-        loader = DataLoader(pairs, batch_size=cfg.trainer.batch_size,
-                            sampler=datamodule.training_sampler(pairs, cfg.trainer.batch_size),
+        loader = DataLoader(pairs, batch_size=trainer.batch_size,
+                            sampler=datamodule.training_sampler(pairs, trainer.batch_size),
                             generator=workers_generator(datamodule.seed), collate_fn=whole_batch)
-        return distributed_train_loader(cfg.trainer, loader)
+        return distributed_train_loader(trainer, loader)
 
     def test_loader(self) -> DataLoader:
         # The test split's cache is made only now, next to the training one rather than with it.
-        return DataLoader(self._cached("test"), batch_size=self.sweep.cfg.trainer.batch_size,
+        return DataLoader(self._cached("test"), batch_size=self.sweep.config.trainer.batch_size,
                           collate_fn=whole_batch)
 
     def iias(self, tested: list[dict[str, float]]) -> list[float]:
@@ -189,7 +189,7 @@ def fit_group(sweep: Sweep, jobs: Sequence[Job], batched: bool) -> list[dict[str
     fit = BatchedFit(sweep, jobs, trained) if batched else OneSiteFit(sweep, jobs)
     version = group_version(jobs, trained)
     ckpt_dir = sweep.run_dir / "checkpoints" / version
-    trainer = make_trainer(RunConfig.from_data(sweep.cfg), sweep.run_dir, version, ckpt_dir)
+    trainer = make_trainer(sweep.config, sweep.run_dir, version, ckpt_dir)
     if trained:
         fit_resuming(trainer, fit.module, fit.train_loader(), ckpt_dir, version,
                      [f"{site.key} seed {seed}" for site, seed in jobs])

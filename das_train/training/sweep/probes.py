@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from das_train.core.sites import resolve_site
@@ -34,6 +33,7 @@ from das_train.training.probe import (
     probes_with_control,
     site_collector,
 )
+from das_train.training.schema import ProbeConfig
 from das_train.training.sweep.cached_pairs import SplitReader
 from das_train.training.sweep.groups import Job
 from das_train.training.sweep.site_cache import (
@@ -50,7 +50,7 @@ SiteKey = tuple[int, str, Any]
 """A probed site: ``(layer, component, position)``."""
 
 
-def sweep_probes(cfg: DictConfig, model: nn.Module, spec: TaskSpec, jobs: Sequence[Job],
+def sweep_probes(settings: ProbeConfig, model: nn.Module, spec: TaskSpec, jobs: Sequence[Job],
                  splits: SplitReader) -> dict[ProbeKey, ProbeResult]:
     """The probe and control of every (site, seed) of ``jobs``, fitted on the training split.
 
@@ -67,7 +67,7 @@ def sweep_probes(cfg: DictConfig, model: nn.Module, spec: TaskSpec, jobs: Sequen
     columns = splits.columns("train")
     bases = splits.inputs("train", sides=("base",))
     results: dict[ProbeKey, ProbeResult] = {}
-    for wave in probe_waves(model, list(seeds_of), bases.count, cfg.sweep.probe.tables_mib * 2**20):
+    for wave in probe_waves(model, list(seeds_of), bases.count, settings.tables_mib * 2**20):
         groups = site_tables(model, wave, bases)
         for seed in dict.fromkeys(seed for key in wave for seed in seeds_of[key]):
             for members, table in groups:
@@ -79,8 +79,8 @@ def sweep_probes(cfg: DictConfig, model: nn.Module, spec: TaskSpec, jobs: Sequen
                 log.info("probes: %d sites in one fit (seed %d)", len(wanted), seed)
                 fitted = probes_with_control(
                     stacked, columns[BASE_VARIABLE].long(), columns[BASE_CONTROL].long(), rows=bases.row["base"],
-                    n_classes=spec.variable_values, lr=cfg.sweep.probe.lr,
-                    weight_decay=cfg.sweep.probe.weight_decay, max_epochs=cfg.sweep.probe.max_epochs, seed=seed,
+                    n_classes=spec.variable_values, lr=settings.lr,
+                    weight_decay=settings.weight_decay, max_epochs=settings.max_epochs, seed=seed,
                 )
                 for j, probe in zip(wanted, fitted):
                     results[(*wave[members[j]], seed)] = probe

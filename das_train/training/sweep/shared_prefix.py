@@ -24,13 +24,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from das_train.core.sites import table_for
 from das_train.data.pair_inputs import Position, model_inputs
 from das_train.interventions.base import INTERVENTION_REGISTRY
 from das_train.interventions.masks import BoundlessRotatedSpaceIntervention
+from das_train.training.schema import InterventionConfig, SweepConfig
 
 
 def has_positions(inputs: torch.Tensor, is_language_model_task: bool) -> bool:
@@ -62,14 +62,14 @@ def shared_prefix_length(columns: Mapping[str, torch.Tensor], is_language_model_
     return len(agree) if len(differing) == 0 else int(differing[0])
 
 
-def can_skip(cfg: DictConfig, model: nn.Module) -> bool:
+def can_skip(sweep: SweepConfig, intervention: InterventionConfig, model: nn.Module) -> bool:
     """Whether this run's intervention and model allow any site to go untrained, whatever its
     position: a trainable interchange intervention that keeps the base given it as source,
     trained by the counterfactual loss alone (no boundary penalty, no temperature schedule,
     which is part of a boundless intervention's training), in DAS, on a causal model."""
-    if not cfg.sweep.skip_shared_prefix or cfg.intervention.iit or cfg.intervention.boundary_penalty:
+    if not sweep.skip_shared_prefix or intervention.iit or intervention.boundary_penalty:
         return False
-    cls = INTERVENTION_REGISTRY.get(cfg.intervention.type)
+    cls = INTERVENTION_REGISTRY.get(intervention.type)
     if cls is None or not (cls.trainable and cls.source_kind == "interchange" and cls.keeps_base_for_equal_source):
         return False
     if issubclass(cls, BoundlessRotatedSpaceIntervention):
@@ -78,13 +78,13 @@ def can_skip(cfg: DictConfig, model: nn.Module) -> bool:
     return table is not None and table.causal
 
 
-def untrained_reason(cfg: DictConfig, model: nn.Module, position: Position, prefix: int,
-                     seq: int) -> str | None:
+def untrained_reason(sweep: SweepConfig, intervention: InterventionConfig, model: nn.Module, position: Position,
+                     prefix: int, seq: int) -> str | None:
     """Why the site at ``position`` is tested untrained (see the module docstring), or ``None``
     when it trains. ``prefix`` is :func:`shared_prefix_length` over the training and test
     pairs together, ``seq`` their sequence length. A per-row position (RowPosition) always
     trains: the prefix is measured in columns shared by every pair, not per row."""
-    if not isinstance(position, int) or not -seq <= position < seq or not can_skip(cfg, model):
+    if not isinstance(position, int) or not -seq <= position < seq or not can_skip(sweep, intervention, model):
         return None
     row = position % seq
     if row >= prefix:
@@ -108,16 +108,17 @@ def shared_prefix(splits: Iterable[Mapping[str, torch.Tensor]], is_language_mode
     return (prefix or 0), seq
 
 
-def untrained_positions(cfg: DictConfig, model: nn.Module, splits: Iterable[Mapping[str, torch.Tensor]],
-                        is_language_model_task: bool, positions: Iterable[Position]) -> dict[Position, str]:
+def untrained_positions(sweep: SweepConfig, intervention: InterventionConfig, model: nn.Module,
+                        splits: Iterable[Mapping[str, torch.Tensor]], is_language_model_task: bool,
+                        positions: Iterable[Position]) -> dict[Position, str]:
     """The swept ``positions`` tested untrained, each with why: those every pair of ``splits``
     (the training and test columns) agrees on, base and source, up to the position."""
-    if not can_skip(cfg, model):
+    if not can_skip(sweep, intervention, model):
         return {}
     prefix, seq = shared_prefix(splits, is_language_model_task)
     found = {}
     for position in positions:
-        reason = untrained_reason(cfg, model, position, prefix, seq)
+        reason = untrained_reason(sweep, intervention, model, position, prefix, seq)
         if reason is not None:
             found[position] = reason
     return found

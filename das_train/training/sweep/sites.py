@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from omegaconf import DictConfig
-
 from das_train.data.pair_contract import RowPosition, TaskSpec
 from das_train.data.pair_inputs import Position
-from das_train.training.schema import ConfigError
+from das_train.training.schema import ConfigError, SweepConfig
 
 
 @dataclass(frozen=True)
@@ -40,15 +38,15 @@ class SweepSite:
         return f"{self.component}-L{self.layer}-{self.position_name}"
 
 
-def build_sites(cfg: DictConfig, spec: TaskSpec, n_layers: int) -> list[SweepSite]:
+def build_sites(sweep: SweepConfig, spec: TaskSpec, n_layers: int) -> list[SweepSite]:
     """``sweep.layers`` x ``sweep.positions`` (all when unset), the embedding row first when
     ``sweep.include_embeddings``; an out-of-range layer or unknown position is refused."""
     problems = []
-    layers = list(cfg.sweep.layers) if cfg.sweep.layers is not None else list(range(n_layers))
+    layers = list(sweep.layers) if sweep.layers is not None else list(range(n_layers))
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
         problems.append(f"sweep.layers {bad} out of range; the model has layers 0..{n_layers - 1}")
-    names = list(cfg.sweep.positions) if cfg.sweep.positions is not None else list(spec.positions)
+    names = list(sweep.positions) if sweep.positions is not None else list(spec.positions)
     unknown = [n for n in names if n not in spec.positions]
     if unknown:
         problems.append(f"sweep.positions {unknown} unknown; the task's positions: {list(spec.positions)}")
@@ -56,9 +54,9 @@ def build_sites(cfg: DictConfig, spec: TaskSpec, n_layers: int) -> list[SweepSit
     if problems:
         raise ConfigError(problems)
     sites = []
-    if cfg.sweep.include_embeddings and spec.is_language_model_task:
+    if sweep.include_embeddings and spec.is_language_model_task:
         sites += [SweepSite(0, "block_input", spec.positions[n], n) for n in names]
-    sites += [SweepSite(layer, cfg.sweep.component, spec.positions[n], n) for layer in layers for n in names]
+    sites += [SweepSite(layer, sweep.component, spec.positions[n], n) for layer in layers for n in names]
     return sites
 
 
