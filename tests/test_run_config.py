@@ -4,9 +4,13 @@ as the config it was given."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from omegaconf import OmegaConf
 
+import das_train
 from das_train import cli
 from das_train.training import config_fingerprint as fingerprints
 from das_train.training import run as run_module
@@ -68,3 +72,17 @@ def test_every_job_receives_the_typed_config(tmp_path, monkeypatch):
     assert isinstance(config, RunConfig) and isinstance(config.steering, schema.SteeringConfig)
     assert config.steering.coefficient == [0.5, 1] and config.run_dir == str(tmp_path / "r")
     assert (tmp_path / "r" / "config.yaml").read_text() == OmegaConf.to_yaml(config.as_data())
+
+
+HYDRA_CONFIG_MODULES = {"training/run.py", "training/config_fingerprint.py", "training/run_dir.py"}
+"""Where a DictConfig may still be handled: run()'s entry, which receives Hydra's composed
+config, and the fingerprint and run-directory checks, which read stored config.yaml files."""
+
+
+def test_only_the_entry_and_stored_configs_handle_a_dictconfig():
+    """Everything past run()'s entry receives typed parts, so no other module imports DictConfig
+    to annotate, build or check for one."""
+    package = Path(das_train.__file__).parent
+    uses = re.compile(r"^from omegaconf import .*\bDictConfig\b|omegaconf\.DictConfig", re.MULTILINE)
+    handling = {path.relative_to(package).as_posix() for path in package.rglob("*.py") if uses.search(path.read_text())}
+    assert handling <= HYDRA_CONFIG_MODULES, sorted(handling - HYDRA_CONFIG_MODULES)
