@@ -203,7 +203,8 @@ def fit_by_hand(cfg, model, datamodule, spec, jobs, run_dir, batched=True):
     """The rows of the (site, seed) ``jobs`` fitted as one group outside a run, with their
     probes: a group of one job through the per-site module unless ``batched``."""
     splits = SplitReader(datamodule, spec.is_language_model_task)
-    sweep = Sweep(cfg, model, datamodule, spec, run_dir, splits, sweep_probes(cfg.sweep.probe, model, spec, jobs, splits))
+    probes = sweep_probes(cfg.sweep.probe, model, spec, jobs, splits)
+    sweep = Sweep(cfg, model, datamodule, spec, run_dir, splits, probes)
     return fit_group(sweep, jobs, batched)
 
 

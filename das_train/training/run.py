@@ -29,7 +29,6 @@ from das_train.training.sweep.das_sweep import run_das_sweep
 from das_train.training.tracing import run_tracing
 from das_train.training.validation import validate
 
-
 JOBS = {"das_sweep": run_das_sweep, "causal_tracing": run_tracing, "steering": run_steering,
         "export_mib": run_export_mib, "iit": run_iit}
 """Each ``job`` value's runner: ``(config, run_dir) -> run_dir``."""
