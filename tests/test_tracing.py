@@ -13,7 +13,6 @@ from das_train import cli
 from das_train.tasks.facts import FactsTask
 from das_train.training import model_loading, tracing
 from das_train.training import run as run_module
-from das_train.training.schema import RunConfig
 
 
 def _overrides(run_dir, cache_dir, *extra):
@@ -71,7 +70,7 @@ def test_noise_is_applied_only_at_subject_positions(traced):
     cfg = run_module.as_run_config(cli.check("causal_tracing", _overrides(root / "run", root / "cache")))
     task = FactsTask()
     model, tokenizer = model_loading.build_model(cfg, task)
-    fact = tracing.load_facts(RunConfig.from_data(cfg), task, tokenizer)[0]
+    fact = tracing.load_facts(cfg, task, tokenizer)[0]
     assert list(fact.subject) == task.subject_positions(tokenizer) == [1, 2]
     seen = []
 
