@@ -168,3 +168,46 @@ class ForwardCounter:
 
     def remove(self):
         self.handle.remove()
+
+
+# -- real-style tokenizers and tiny causal LMs for checkpoint folders and pair files ----------------
+
+EOS = "<|endoftext|>"
+
+
+def byte_level_bpe(texts, vocab_size: int, trim_offsets: bool = False, **roles):
+    """A GPT-2-style byte-level BPE trained here on ``texts`` (no prefix space, so a word after a
+    space carries the space byte, and a word the merges did not reach falls apart into pieces),
+    wrapped as a fast tokenizer; ``roles`` name its special tokens (``eos_token=EOS``, ...).
+    ``trim_offsets`` keeps the leading space out of a word's character offsets, as GPT-2's does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    if trim_offsets:
+        backend.post_processor = processors.ByteLevel(trim_offsets=True)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(texts, trainer)
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, **roles)
+
+
+TINY_LM_FAMILIES = ("gpt2", "gpt_neox", "llama", "phi")
+
+
+def tiny_causal_lm(family: str, tokenizer, max_positions: int, hidden: int = 16, layers: int = 2):
+    """A seeded, untrained causal LM of ``family`` sized for ``tokenizer`` (its vocabulary and
+    special ids), in eval mode."""
+    ids = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+           "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    shared = {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": 2,
+              "intermediate_size": 2 * hidden, "max_position_embeddings": max_positions, **ids}
+    configs = {
+        "gpt2": lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            n_embd=hidden, n_layer=layers, n_head=2, n_positions=max_positions, **ids)),
+        "gpt_neox": lambda: transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**shared)),
+        "llama": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(num_key_value_heads=1, **shared)),
+        "phi": lambda: transformers.PhiForCausalLM(transformers.PhiConfig(**shared)),
+    }
+    return _seeded(configs[family])

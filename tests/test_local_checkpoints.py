@@ -19,22 +19,12 @@ import sys
 
 import pytest
 import torch
-from conftest import capture, patched_run
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from conftest import EOS, TINY_LM_FAMILIES, byte_level_bpe, capture, patched_run, tiny_causal_lm
 from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    GPTNeoXConfig,
-    GPTNeoXForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
     MambaConfig,
     MambaForCausalLM,
     OPTConfig,
     OPTForCausalLM,
-    PhiConfig,
-    PhiForCausalLM,
-    PreTrainedTokenizerFast,
 )
 
 import das_train as pv
@@ -50,7 +40,6 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:.*LeafSpec.*", "ignore:.*does not have many workers.*", "ignore:.*val_dataloader.*"
 )
 
-EOS = "<|endoftext|>"
 HIDDEN, LAYERS = 16, 2
 
 
@@ -59,13 +48,7 @@ def bpe():
     """A byte-level BPE trained on every gender sentence: names, verbs, " because" and the
     pronouns become whole tokens; end-of-text doubles as bos, eos and pad, as in GPT-2."""
     sentences = [f"{n} {v} because{p}" for n in (*MALE_NAMES, *FEMALE_NAMES) for v in VERBS for p in PRONOUNS]
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=[EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    backend.train_from_iterator(sentences, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=EOS, eos_token=EOS, pad_token=EOS)
+    return byte_level_bpe(sentences, 1000, bos_token=EOS, eos_token=EOS, pad_token=EOS)
 
 
 def _ids(tokenizer) -> dict:
@@ -73,19 +56,7 @@ def _ids(tokenizer) -> dict:
             "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
 
 
-BUILDERS = {
-    "gpt_neox": lambda ids: GPTNeoXForCausalLM(GPTNeoXConfig(
-        hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=16, **ids)),
-    "llama": lambda ids: LlamaForCausalLM(LlamaConfig(
-        hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=2, num_key_value_heads=1,
-        intermediate_size=32, max_position_embeddings=16, **ids)),
-    "gpt2": lambda ids: GPT2LMHeadModel(GPT2Config(n_embd=HIDDEN, n_layer=LAYERS, n_head=2, n_positions=16, **ids)),
-    # no table lists "phi": its table is discovered from model.layers
-    "phi": lambda ids: PhiForCausalLM(PhiConfig(
-        hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=16, **ids)),
-}
+BUILDERS = TINY_LM_FAMILIES  # phi: no table lists it; its table is discovered from model.layers
 
 
 def save_checkpoint(folder, model, tokenizer=None):
@@ -96,8 +67,7 @@ def save_checkpoint(folder, model, tokenizer=None):
 
 
 def build(arch, tokenizer):
-    torch.manual_seed(0)
-    return BUILDERS[arch](_ids(tokenizer)).eval()
+    return tiny_causal_lm(arch, tokenizer, max_positions=16, hidden=HIDDEN, layers=LAYERS)
 
 
 @pytest.fixture

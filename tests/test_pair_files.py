@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from conftest import EOS, byte_level_bpe
 from transformers import PreTrainedTokenizerFast
 
 from das_train.data.pair_contract import (
@@ -40,14 +40,7 @@ CORPUS = ["John walked because he", "Mary walked because she", "John ran because
 def bpe_tokenizer(padding_side: str = "left") -> PreTrainedTokenizerFast:
     """A byte-level BPE over CORPUS: "John", " walked", " because", " he" are one token each;
     unseen words fall apart into bytes. No pad token: padding must use eos (id 0)."""
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.ByteLevel(trim_offsets=True)
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    backend.train_from_iterator(CORPUS * 50, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
+    tokenizer = byte_level_bpe(CORPUS * 50, 300, trim_offsets=True, eos_token=EOS)
     tokenizer.padding_side = padding_side
     return tokenizer
 

@@ -15,17 +15,7 @@ import csv
 import json
 
 import pytest
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    GPTNeoXConfig,
-    GPTNeoXForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-)
+from conftest import EOS, byte_level_bpe, tiny_causal_lm
 
 from das_train import cli
 from das_train.data.pair_contract import BASE_IDS, BASE_POSITIONS, SOURCE_IDS, SOURCE_POSITIONS
@@ -38,7 +28,6 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:.*ModelCheckpoint with manual optimization.*",
 )
 
-EOS = "<|endoftext|>"
 HIDDEN, LAYERS = 16, 2
 EXAMPLE = "pkg://das_train.recipes/data/animal_sounds.jsonl"
 ANIMALS = ("cat", "cow", "dog", "duck")
@@ -59,34 +48,14 @@ def bpe():
     """A GPT-2-style byte-level BPE (no prefix space; end-of-text as bos, eos and pad) trained
     on every prompt of the example with its answer."""
     texts = sorted({row[side] + row[f"{side}_label"] for row in example_rows() for side in ("base", "source")})
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCABULARY, special_tokens=[EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    backend.train_from_iterator([*texts, *[ANSWER_STEMS] * 100], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=EOS, eos_token=EOS, pad_token=EOS)
+    return byte_level_bpe([*texts, *[ANSWER_STEMS] * 100], VOCABULARY, bos_token=EOS, eos_token=EOS, pad_token=EOS)
 
 
-def _ids(tokenizer) -> dict:
-    return {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
-
-
-BUILDERS = {
-    "gpt_neox": lambda ids: GPTNeoXForCausalLM(GPTNeoXConfig(
-        hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=32, **ids)),
-    "llama": lambda ids: LlamaForCausalLM(LlamaConfig(
-        hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=2, num_key_value_heads=1,
-        intermediate_size=32, max_position_embeddings=32, **ids)),
-    "gpt2": lambda ids: GPT2LMHeadModel(GPT2Config(n_embd=HIDDEN, n_layer=LAYERS, n_head=2, n_positions=32, **ids)),
-}
+FAMILIES = ("gpt2", "gpt_neox", "llama")
 
 
 def saved_checkpoint(folder, arch, tokenizer):
-    torch.manual_seed(0)
-    BUILDERS[arch](_ids(tokenizer)).save_pretrained(folder)
+    tiny_causal_lm(arch, tokenizer, max_positions=32, hidden=HIDDEN, layers=LAYERS).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

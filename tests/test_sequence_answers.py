@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from conftest import EOS, byte_level_bpe
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from das_train import cli
@@ -64,14 +64,7 @@ PROMPT = "{city} is the capital of"
 
 def bpe_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE over the prompts: the countries are never seen, so each is bytes."""
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.ByteLevel(trim_offsets=True)
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    backend.train_from_iterator([PROMPT.format(city=c) for c in CITIES] * 50, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
+    return byte_level_bpe([PROMPT.format(city=c) for c in CITIES] * 50, 300, trim_offsets=True, eos_token=EOS)
 
 
 def rows() -> list[dict]:
