@@ -30,6 +30,11 @@ PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
 PAIR_FORMATS = ("auto", "plain", "causalgym", "mib", "ravel", "pyvene")
 PAIR_SPAN_TOKENS = ("first", "last")
 ANSWER_SCORES = ("first_token", "sequence")
+SWEEP_METHODS = ("das", "boundless", "probe_direction", "diff_means", "pca", "full_vector", "random_subspace")
+"""The featurizers a sweep can measure side by side (README "The validity card"): the trained
+intervention (``das``: ``intervention.type`` at ``intervention.low_rank_dimension``), a Boundless
+DAS sweep next to it, and five fixed subspaces that cost no training."""
+UNTRAINED_METHODS = ("probe_direction", "diff_means", "pca", "full_vector", "random_subspace")
 T = TypeVar("T")
 
 
@@ -58,6 +63,10 @@ class ModelConfig:
     """Attention heads of a tiny model."""
     max_steps: int = option(3000, positive=True)
     """Upper bound on the steps that train a model on the spot (it stops once perfect)."""
+    random_init: bool = False
+    """Re-initialise the model's weights (seeded by ``seed``) once the pairs are filtered with the
+    trained model, so the sweep runs on the same pairs with an untrained network: the control
+    ``sweep.random_init_control`` runs for you."""
 
 
 @dataclass
@@ -225,6 +234,19 @@ class SweepConfig:
     (measured on a batch), the bound of a per-site loop; a number fixes it; null puts all of a
     layer's sites in one pass (fastest on small models, most memory). Gradients are accumulated
     over a step's passes, so results do not depend on it."""
+    methods: list[str] = field(default_factory=lambda: ["das", *UNTRAINED_METHODS])
+    """Featurizers measured at every site on the same test pairs (any of ``SWEEP_METHODS``, ``das``
+    first): ``das``; ``boundless`` (a second sweep with Boundless DAS, in run_dir/boundless);
+    ``probe_direction`` (the probe's weight directions, in activation space), ``diff_means``
+    (difference of class means), ``pca`` (top-k principal directions, k = the intervention's
+    rank), ``full_vector`` (the whole site, vanilla interchange) and ``random_subspace`` (a
+    seeded random subspace of rank k). The last five are not trained: they read the
+    activations the probes collect and cost one test pass each."""
+    random_init_control: bool = False
+    """Also run the ``das`` sweep on a copy of the model with re-initialised weights (one more
+    sweep, in run_dir/random_init) and report its IIA beside the real model's."""
+    bootstrap: int = option(1000, positive=True)
+    """Resamples of the test pairs for the table's 95% interval of each IIA."""
     skip_shared_prefix: bool = True
     """Test untrained, rather than train, the sites where every pair's base and source agree on
     all positions up to the site's (a BOS token, a template's fixed opening): there an

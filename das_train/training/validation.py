@@ -16,7 +16,7 @@ import typing
 from typing import Any
 
 from das_train.training.iit_checks import iit_problems
-from das_train.training.schema import RunConfig
+from das_train.training.schema import SWEEP_METHODS, RunConfig
 
 
 def _floats_in(value: Any) -> list[float]:
@@ -108,6 +108,15 @@ def sweep_setting_problems(data: dict[str, Any]) -> list[str]:
     per_pass = sweep.get("sites_per_pass", "auto")
     if isinstance(per_pass, str) and per_pass != "auto" or isinstance(per_pass, int) and per_pass <= 0:
         problems.append(f"'sweep.sites_per_pass' = {per_pass!r} must be a positive number, auto or null")
+    methods = sweep.get("methods", ["das"])
+    if isinstance(methods, list):
+        unknown = [m for m in methods if m not in SWEEP_METHODS]
+        if unknown:
+            problems.append(f"'sweep.methods' holds {unknown}; allowed: {list(SWEEP_METHODS)}")
+        if not methods or methods[0] != "das":
+            problems.append(f"'sweep.methods' = {methods} must start with das (the sweep's trained intervention)")
+        if len(set(methods)) != len(methods):
+            problems.append(f"'sweep.methods' = {methods} names a method twice")
     shard, shards = sweep.get("shard", 0), sweep.get("num_shards", 1)
     if isinstance(shard, int) and isinstance(shards, int) and not 0 <= shard < max(shards, 1):
         problems.append(f"'sweep.shard' = {shard} must be in 0..{shards - 1} (sweep.num_shards = {shards})")
