@@ -33,6 +33,7 @@ from das_train.training import run as run_module
 from das_train.training import run_dir as run_dir_state
 from das_train.training.schema import ConfigError, RunConfig
 from das_train.training.sweep import das_sweep
+from das_train.training.validity import columns as card_columns
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*LeafSpec.*", "ignore:.*does not have many workers.*", "ignore:.*val_dataloader.*"
@@ -200,7 +201,10 @@ def test_a_run_directory_from_before_configs_held_their_defaults_resumes_without
 
 
 def _row(layer, iia="0.916", probe="1.0", seed=0, fingerprint="0123456789ab"):
-    return [str(layer), "block_output", "3", "last", str(seed), iia, probe, "0.5", "0.5", "", "1.5", "32", fingerprint]
+    """A results.csv record in ROW_FIELDS' order, the validity card's fields left empty."""
+    card = [""] * len(card_columns.FIELDS)
+    return [str(layer), "block_output", "3", "last", str(seed), iia, probe, "0.5", "0.5", *card, "", "1.5", "32",
+            fingerprint]
 
 
 def test_bad_rows_are_dropped_with_file_and_line_and_duplicates_kept_once(tmp_path, caplog):

@@ -21,6 +21,7 @@ import numpy as np
 
 from das_train.core.fault_points import fault_point
 from das_train.core.files import atomic_write, atomic_write_text
+from das_train.training.validity import columns as card_columns
 
 log = logging.getLogger("das_train")
 
@@ -34,13 +35,14 @@ ROW_FIELDS = (
     "probe_accuracy",
     "control_accuracy",
     "selectivity",
+    *card_columns.FIELDS,
     "intervention_size",
     "train_seconds",
     "test_pairs",
     "config_fingerprint",
 )
 METRICS = ("iia", "probe_accuracy", "control_accuracy", "selectivity")
-LATER_FIELDS = ("test_pairs", "config_fingerprint")
+LATER_FIELDS = ("test_pairs", "config_fingerprint", *card_columns.FIELDS)
 """Columns that files written by earlier versions lack; such rows are read without them."""
 INTEGER_FIELDS = ("layer", "position", "seed")
 FINITE_FIELDS = (*METRICS, "train_seconds")
@@ -65,6 +67,7 @@ def _parsed(record: dict[Any, Any], header: Sequence[str]) -> dict[str, Any]:
         row[name] = _number(row, name, int)
     for name in FINITE_FIELDS:
         row[name] = _number(row, name, float)
+    card_columns.parse_fields(row)
     if row["intervention_size"] != "":
         row["intervention_size"] = _number(row, "intervention_size", float)
     if "test_pairs" in row:
@@ -125,7 +128,7 @@ def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow(row)
+        writer.writerow(card_columns.written_fields(row))
     atomic_write_text(path, buffer.getvalue())
 
 
