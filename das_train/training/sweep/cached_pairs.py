@@ -18,6 +18,7 @@ from das_train.data.pair_contract import (
     BASE_CONTROL,
     BASE_EMBEDS,
     BASE_IDS,
+    BASE_LABEL,
     BASE_MASK,
     BASE_POSITION_IDS,
     BASE_POSITIONS,
@@ -72,10 +73,10 @@ def whole_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 PAIR_COLUMNS = (BASE_IDS, BASE_MASK, BASE_EMBEDS, BASE_POSITION_IDS, BASE_POSITIONS, COUNTERFACTUAL_LABEL,
-                BASE_VARIABLE, BASE_CONTROL, SOURCE_IDS, SOURCE_MASK, SOURCE_EMBEDS, SOURCE_POSITION_IDS,
-                SOURCE_POSITIONS)
+                BASE_LABEL, BASE_VARIABLE, BASE_CONTROL, SOURCE_IDS, SOURCE_MASK, SOURCE_EMBEDS,
+                SOURCE_POSITION_IDS, SOURCE_POSITIONS)
 """The columns of a split the batched path reads: inputs and per-row positions (for the caches),
-labels (for training and the probes)."""
+labels (for training, the probes, and which test pairs should change)."""
 TRAINING_COLUMNS = (BASE_IDS, BASE_MASK, BASE_EMBEDS, BASE_POSITION_IDS, BASE_POSITIONS, COUNTERFACTUAL_LABEL)
 """The columns a training batch carries next to the cache: the base's inputs and per-row
 positions (where each row's intervention writes), no source inputs (the cache holds what the
