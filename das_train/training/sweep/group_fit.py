@@ -40,6 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from das_train.core.devices import input_device
+from das_train.core.sites import resolve_site
 from das_train.data.pair_contract import TaskSpec
 from das_train.data.pair_datamodule import PairDataModule
 from das_train.data.pair_inputs import model_inputs
@@ -62,6 +63,10 @@ from das_train.training.sweep.probes import ProbeKey
 from das_train.training.sweep.site_cache import collect_layer, starts_after_block
 from das_train.training.sweep.sites import SweepSite
 from das_train.training.trainers import make_trainer
+from das_train.training.validity.columns import outcome_fields
+from das_train.training.validity.job_bases import job_bases
+from das_train.training.validity.outcome_store import outcomes_path, save_outcomes
+from das_train.training.validity.outcomes import group_outcomes
 
 log = logging.getLogger("das_train")
 
@@ -197,6 +202,7 @@ def fit_group(sweep: Sweep, jobs: Sequence[Job], batched: bool) -> list[dict[str
     iias = fit.iias(tested)
     test_pairs = int(tested[0]["test/pairs"]) if tested else 0
     members = fit.members
+    cards = card_fields(sweep, jobs, members, trainer.is_global_zero)
     if trainer.is_global_zero:
         for (site, seed), member in zip(jobs, members):
             member.intervenable.save(str(sweep.run_dir / "interventions" / f"{site.key}-s{seed}"))
@@ -206,9 +212,29 @@ def fit_group(sweep: Sweep, jobs: Sequence[Job], batched: bool) -> list[dict[str
     gc.collect()
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # the rows are about to be written
     seconds = round((time.perf_counter() - start) / len(jobs), 2)
-    return [result_row(site, seed, iia, sweep.probes[(site.layer, site.component, site.position, seed)],
-                       member.intervention, test_pairs, seconds)
-            for (site, seed), member, iia in zip(jobs, members, iias)]
+    return [{**result_row(site, seed, iia, sweep.probes[(site.layer, site.component, site.position, seed)],
+                          member.intervention, test_pairs, seconds), **card}
+            for (site, seed), member, iia, card in zip(jobs, members, iias, cards)]
+
+
+def card_fields(sweep: Sweep, jobs: Sequence[Job], members: Sequence[DASModule], writes: bool) -> list[dict[str, Any]]:
+    """Each job's validity-card fields: its trained intervention and the untrained featurizers
+    of ``sweep.methods`` tested on every test pair (each rank the whole split, so no rank
+    waits for another); ``writes`` (rank 0) also saves the per-pair outcomes."""
+    config = sweep.config
+    bases = []
+    for site, seed in jobs:
+        probe = sweep.probes[(site.layer, site.component, site.position, seed)]
+        width = resolve_site(sweep.model, site.layer, site.component, "pos").width
+        bases.append(job_bases(config.sweep.methods, getattr(probe, "bases", {}), width, config.intervention.low_rank_dimension,
+                               seed, site.key))
+    fields = []
+    for (site, seed), outcome in zip(jobs, group_outcomes(sweep, jobs, members, bases)):
+        if writes:
+            path = outcomes_path(sweep.run_dir, site.component, site.layer, site.position_name, seed)
+            save_outcomes(path, outcome.changing, outcome.correct)
+        fields.append(outcome_fields(outcome.changing, outcome.correct))
+    return fields
 
 
 def result_row(site: SweepSite, seed: int, iia: float, probe: ProbeResult, intervention: nn.Module,
@@ -225,4 +251,4 @@ def result_row(site: SweepSite, seed: int, iia: float, probe: ProbeResult, inter
     }
 
 
-__all__ = ["BatchedFit", "OneSiteFit", "Sweep", "build_member", "fit_group", "result_row"]
+__all__ = ["BatchedFit", "OneSiteFit", "Sweep", "build_member", "card_fields", "fit_group", "result_row"]
