@@ -281,10 +281,8 @@ def train_probes(
     logger: Logger | bool = False,
     rows: torch.Tensor | None = None,
 ) -> tuple[LinearProbes, list[float]]:
-    """Trains one probe per site on ``activations`` ``(S, N, D)`` with shared ``labels`` ``(N,)``
-    and returns the fitted probes (in eval mode) with each probe's held-out accuracy: the
-    probes themselves are kept for what they read (their weight directions, which a sweep
-    interchanges as a featurizer of its own).
+    """One probe per site trained on ``activations`` ``(S, N, D)`` with shared ``labels`` ``(N,)``:
+    the probes (eval mode; kept for their weight directions) and their held-out accuracies.
 
     With ``rows`` ``(N,)``, ``activations`` is a table ``(S, U, D)`` of distinct inputs and
     example ``i`` is ``activations[:, rows[i]]``: batches are gathered from the table, so a
