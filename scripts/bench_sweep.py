@@ -92,7 +92,8 @@ def run_loop(args: argparse.Namespace, run_dir: Path, pv, steps: int,
 
     from das_train.data.pair_datamodule import PairDataModule
     from das_train.training import model_loading, outputs, task_loading
-    from das_train.training.probe import collect_activations, probe_with_control
+    from das_train.training.probe import collect_activations
+    from das_train.training.probe_results import probe_with_control
     from das_train.training.sweep import group_fit
     from das_train.training.sweep import sites as sweep_sites
 

@@ -16,7 +16,8 @@ from conftest import random_pair_rows
 from torch.utils.data import DataLoader
 
 from das_train.training.das_module import DASModule
-from das_train.training.probe import collect_activations, fit_probe, fit_probes, probe_with_control
+from das_train.training.probe import collect_activations, fit_probe, fit_probes
+from das_train.training.probe_results import probe_with_control
 from das_train.training.sweep import cached_pairs as sweep_pairs
 from das_train.training.sweep import group_fit
 from das_train.training.sweep.multi_site import (

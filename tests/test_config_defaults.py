@@ -12,7 +12,7 @@ import yaml
 
 from das_train.training import schema
 from das_train.training.das_module import DASModule
-from das_train.training.probe import fit_probes
+from das_train.training.probe import train_probes
 from das_train.training.sweep.group_fit import build_member
 from das_train.training.sweep.sites import SweepSite
 
@@ -64,7 +64,7 @@ def test_das_module_takes_its_defaults_from_the_schema_and_a_run_its_config():
 
 
 def test_probes_take_their_defaults_from_the_schema():
-    defaults = inspect.signature(fit_probes).parameters
+    defaults = inspect.signature(train_probes).parameters
     probe = schema.ProbeConfig()
     assert (defaults["lr"].default, defaults["max_epochs"].default, defaults["weight_decay"].default) == (
         probe.lr, probe.max_epochs, probe.weight_decay)

@@ -22,11 +22,8 @@ from das_train.training.callbacks import TemperatureAnnealing
 from das_train.training.das_loop import boundless_temperature, counterfactual_loss
 from das_train.training.das_module import DASModule
 from das_train.training.metrics import CountingAccuracy, InterchangeInterventionAccuracy
-from das_train.training.probe import (
-    collect_activations,
-    fit_probe,
-    probe_with_control,
-)
+from das_train.training.probe import collect_activations, fit_probe
+from das_train.training.probe_results import probe_with_control
 
 pytestmark = [
     # Tiny in-memory datasets: worker processes would only add start-up time.

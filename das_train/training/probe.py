@@ -4,10 +4,9 @@ The pyvene paper's second case study sets DAS next to probing: a probe that deco
 from a site shows the information is *there*, not that the model *uses* it there. A sweep
 reports both at every site. This module gathers a site's activations with a
 :class:`~das_train.interventions.static.CollectIntervention` (the same site definition DAS uses,
-so the two columns of the table describe the same tensor), trains a linear probe with Lightning,
-and runs the control task of Hewitt & Liang (2019): the same probe on labels that are a random
-function of the word, whose accuracy measures what the probe can memorise. Selectivity = probe
-accuracy - control accuracy; a probe is only informative where it is selective.
+so the two columns of the table describe the same tensor) and trains linear probes with
+Lightning, many sites in one fit; :mod:`~das_train.training.probe_results` sets each next to
+its control task.
 
 Everything is seeded without touching torch's global RNG, so a sweep's probe figures are
 reproducible and independent of what ran before.
@@ -17,7 +16,6 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 
 import lightning
 import torch
@@ -268,7 +266,7 @@ def checked_rows(activations: torch.Tensor, labels: torch.Tensor, n_classes: int
     return rows
 
 
-def fit_probes(
+def train_probes(
     activations: torch.Tensor,
     labels: torch.Tensor,
     n_classes: int,
@@ -282,9 +280,9 @@ def fit_probes(
     enable_progress_bar: bool = False,
     logger: Logger | bool = False,
     rows: torch.Tensor | None = None,
-) -> list[float]:
-    """Trains one probe per site on ``activations`` ``(S, N, D)`` with shared ``labels`` ``(N,)``
-    and returns each probe's held-out accuracy.
+) -> tuple[LinearProbes, list[float]]:
+    """One probe per site trained on ``activations`` ``(S, N, D)`` with shared ``labels`` ``(N,)``:
+    the probes (eval mode; kept for their weight directions) and their held-out accuracies.
 
     With ``rows`` ``(N,)``, ``activations`` is a table ``(S, U, D)`` of distinct inputs and
     example ``i`` is ``activations[:, rows[i]]``: batches are gathered from the table, so a
@@ -327,7 +325,12 @@ def fit_probes(
     # next allocation.
     del trainer, train, held_out
     gc.collect()
-    return accuracies
+    return probes, accuracies
+
+
+def fit_probes(activations: torch.Tensor, labels: torch.Tensor, n_classes: int, **options) -> list[float]:
+    """Each probe's held-out accuracy: :func:`train_probes` (same options) without the probes."""
+    return train_probes(activations, labels, n_classes, **options)[1]
 
 
 def fit_probe(activations: torch.Tensor, labels: torch.Tensor, n_classes: int, **options) -> float:
@@ -337,60 +340,14 @@ def fit_probe(activations: torch.Tensor, labels: torch.Tensor, n_classes: int, *
     return fit_probes(activations[None], labels, n_classes, **options)[0]
 
 
-@dataclass(frozen=True)
-class ProbeResult:
-    """A probe's held-out accuracy next to its control task's (Hewitt & Liang, 2019)."""
-
-    accuracy: float
-    """Held-out accuracy on the variable."""
-    control_accuracy: float
-    """Held-out accuracy of the same probe, same split, on the control labels."""
-
-    @property
-    def selectivity(self) -> float:
-        """``accuracy - control_accuracy``: how much of the accuracy memorising cannot explain."""
-        return self.accuracy - self.control_accuracy
-
-
-def probes_with_control(
-    activations: torch.Tensor,
-    variables: torch.Tensor,
-    controls: torch.Tensor,
-    n_classes: int,
-    n_control_classes: int | None = None,
-    **options,
-) -> list[ProbeResult]:
-    """Fits each site's probe on ``variables`` and, with identical settings, on ``controls``.
-
-    ``activations`` is ``(S, N, D)``, one slice per site, or a table read through ``rows``;
-    ``options`` are :func:`fit_probes`'s. ``n_control_classes`` defaults to ``controls.max() + 1``.
-    """
-    if n_control_classes is None:
-        n_control_classes = max(int(controls.max()) + 1, 2)
-    accuracy = fit_probes(activations, variables, n_classes, **options)
-    control = fit_probes(activations, controls, n_control_classes, **options)
-    return [ProbeResult(a, c) for a, c in zip(accuracy, control)]
-
-
-def probe_with_control(activations: torch.Tensor, variables: torch.Tensor, controls: torch.Tensor,
-                       n_classes: int, n_control_classes: int | None = None, **options) -> ProbeResult:
-    """:func:`probes_with_control` for one site's activations ``(N, D)``."""
-    if activations.dim() != 2:
-        raise ValueError(f"need activations (N, D), got {tuple(activations.shape)}")
-    return probes_with_control(activations[None], variables, controls, n_classes, n_control_classes,
-                               **options)[0]
-
-
 __all__ = [
     "LinearProbes",
-    "ProbeResult",
     "TableRows",
     "collect_activations",
     "collected_rows",
     "fit_probe",
     "fit_probes",
-    "probe_with_control",
-    "probes_with_control",
     "site_collector",
     "split_indices",
+    "train_probes",
 ]

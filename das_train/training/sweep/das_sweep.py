@@ -83,7 +83,8 @@ def start_sweep(config: RunConfig, model, datamodule, run_dir: Path, jobs: Seque
     untrained = (untrained_positions(config.sweep, config.intervention, model,
                                      (splits.columns(s) for s in ("train", "test")), lm,
                                      [site.position for site in sites]) if todo else {})
-    probes = sweep_probes(config.sweep.probe, model, spec, todo, splits)
+    probes = sweep_probes(config.sweep.probe, model, spec, todo, splits, methods=config.sweep.methods,
+                          rank=config.intervention.low_rank_dimension)
     return Sweep(config, model, datamodule, spec, run_dir, splits, probes, costs, untrained)
 
 

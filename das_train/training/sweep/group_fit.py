@@ -47,7 +47,7 @@ from das_train.data.pair_inputs import model_inputs
 from das_train.data.samplers import workers_generator
 from das_train.training.checkpoints import fit_resuming
 from das_train.training.das_module import DASModule
-from das_train.training.probe import ProbeResult
+from das_train.training.probe_results import ProbeResult
 from das_train.training.samplers import (
     distributed_eval_loader,
     distributed_train_loader,
