@@ -226,7 +226,7 @@ def card_fields(sweep: Sweep, jobs: Sequence[Job], members: Sequence[DASModule],
     for site, seed in jobs:
         probe = sweep.probes[(site.layer, site.component, site.position, seed)]
         width = resolve_site(sweep.model, site.layer, site.component, "pos").width
-        bases.append(job_bases(config.sweep.methods, getattr(probe, "bases", {}), width, config.intervention.low_rank_dimension,
+        bases.append(job_bases(config.sweep.methods, probe.bases, width, config.intervention.low_rank_dimension,
                                seed, site.key))
     fields = []
     for (site, seed), outcome in zip(jobs, group_outcomes(sweep, jobs, members, bases)):
