@@ -157,7 +157,7 @@ def run_loop(args: argparse.Namespace, run_dir: Path, pv, steps: int,
                                                                            "probe": probe.accuracy}
         rows.append(group_fit.result_row(site, cfg.seed, right / total, probe, None, total, 0.0))
     # The same table and heatmaps as the recipe writes, so every variant ends with the same work.
-    outputs.write_outputs(cfg.recipe, run_dir, rows, spec.variable)
+    outputs.write_outputs(cfg, run_dir, rows, spec.variable)
     return results
 
 

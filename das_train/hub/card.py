@@ -26,6 +26,7 @@ from das_train.core.serialization import CONFIG_NAME, WEIGHTS_NAME
 
 CARD_NAME = "README.md"
 HEATMAP_NAME = "heatmaps.png"
+VALIDITY_HEATMAP_NAME = "validity_heatmaps.png"
 DEFAULT_TAGS = ("das_train", "interpretability", "das", "causal-abstraction", "interventions")
 
 
@@ -71,6 +72,9 @@ class ModelCard:
     """The IIA / probe table, in Markdown (a sweep's ``table.md``)."""
     heatmap: Path | None = None
     """An image of the results; copied into the repo as ``heatmaps.png``."""
+    validity_heatmap: Path | None = None
+    """The validity card's image (each featurizer's IIA on the changing pairs); copied into the
+    repo as ``validity_heatmaps.png``."""
     das_train_version: str = field(default_factory=_das_train_version)
     """The das_train version that wrote the files."""
     config_yaml: str | None = None
@@ -200,6 +204,8 @@ class ModelCard:
             parts.append(f"## Results\n\n{self.results_table.strip()}\n")
         if self.heatmap is not None:
             parts.append(f"## Heatmap\n\n![IIA and probe accuracy per site]({HEATMAP_NAME})\n")
+        if self.validity_heatmap is not None:
+            parts.append(f"## Validity card\n\n![IIA on the changing pairs, per featurizer]({VALIDITY_HEATMAP_NAME})\n")
         if self.config_yaml:
             parts.append(f"## Config\n\nThe resolved config of the run:\n\n```yaml\n{self.config_yaml.strip()}\n```\n")
         return "\n".join(parts)

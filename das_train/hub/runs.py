@@ -10,13 +10,13 @@ import yaml
 
 from das_train.core.files import atomic_write_text
 from das_train.core.serialization import CONFIG_NAME
-from das_train.hub.card import CARD_NAME, HEATMAP_NAME, ModelCard
+from das_train.hub.card import CARD_NAME, HEATMAP_NAME, VALIDITY_HEATMAP_NAME, ModelCard
 from das_train.hub.push import DEFAULT_COMMIT_MESSAGE, upload
 
 RUN_INFO_NAME = "run_info.json"
 """Optional file of a run directory: ``{"das_train_version": ..., "dataset": {"task": ...,
 "seed": ..., "fingerprint": ..., "kept": {...}, "dropped": {...}}}``, read into the card."""
-RUN_FILES = ("config.yaml", "table.md", "table.csv", "results.csv", HEATMAP_NAME, RUN_INFO_NAME)
+RUN_FILES = ("config.yaml", "table.md", "table.csv", "results.csv", HEATMAP_NAME, VALIDITY_HEATMAP_NAME, RUN_INFO_NAME)
 """What :func:`publish_run` uploads from a run directory, besides the card and interventions/."""
 
 
@@ -38,8 +38,11 @@ def run_card(run_dir: str | os.PathLike[str]) -> ModelCard:
     info_path = run_dir / RUN_INFO_NAME
     run_info = json.loads(info_path.read_text()) if info_path.is_file() else None
     heatmap = run_dir / HEATMAP_NAME
-    return ModelCard.from_run(config, table_path.read_text(), heatmap if heatmap.is_file() else None,
+    card = ModelCard.from_run(config, table_path.read_text(), heatmap if heatmap.is_file() else None,
                               subfolders, run_info, config_yaml)
+    validity = run_dir / VALIDITY_HEATMAP_NAME
+    card.validity_heatmap = validity if validity.is_file() else None
+    return card
 
 
 def publish_run(run_dir: str | os.PathLike[str], repo_id: str, token: str | None = None,

@@ -9,7 +9,7 @@ from pathlib import Path
 from das_train.core.files import atomic_write, atomic_write_text, temporary_folder
 from das_train.core.model import IntervenableModel
 from das_train.core.serialization import CONFIG_NAME, WEIGHTS_NAME, save_intervenable
-from das_train.hub.card import CARD_NAME, HEATMAP_NAME, ModelCard
+from das_train.hub.card import CARD_NAME, HEATMAP_NAME, VALIDITY_HEATMAP_NAME, ModelCard
 
 
 def _atomic_copy(source: Path, path: Path) -> None:
@@ -19,12 +19,12 @@ def _atomic_copy(source: Path, path: Path) -> None:
 
 
 def write_card(directory: Path, card: ModelCard, repo_id: str | None) -> None:
-    """README.md (and heatmaps.png when the card has an image), each written atomically."""
-    if card.heatmap is not None:
-        image = Path(card.heatmap)
-        if not image.is_file():
-            raise FileNotFoundError(f"the card's heatmap {image} does not exist")
-        _atomic_copy(image, directory / HEATMAP_NAME)
+    """README.md (and the card's images: heatmaps.png, validity_heatmaps.png), each written atomically."""
+    for image, name in ((card.heatmap, HEATMAP_NAME), (card.validity_heatmap, VALIDITY_HEATMAP_NAME)):
+        if image is not None:
+            if not Path(image).is_file():
+                raise FileNotFoundError(f"the card's heatmap {image} does not exist")
+            _atomic_copy(Path(image), directory / name)
     atomic_write_text(directory / CARD_NAME, card.render(repo_id))
 
 

@@ -1,18 +1,21 @@
 """What a run prints and writes besides its results: the console setup, the recorded config,
-where a shard's rows go, and the final table and heatmaps."""
+where a shard's rows go, and the final table, validity card and heatmaps."""
 
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
 from das_train.training import reports
+from das_train.training.reports import VALIDITY_HEATMAP
 from das_train.training.ranks import is_global_zero
 from das_train.training.schema import RunConfig, SweepConfig
+from das_train.training.validity.card import METHOD_LABELS, card_columns, card_markdown, card_sites, measured_methods
 
 
 def setup_output(config: RunConfig, run_dir: Path) -> None:
@@ -48,13 +51,23 @@ def results_path(run_dir: Path, sweep: SweepConfig) -> Path:
     return run_dir / f"results.shard-{sweep.shard}-of-{sweep.num_shards}.csv"
 
 
-def write_outputs(recipe: str, run_dir: Path, rows: list[dict[str, Any]], variable: str) -> None:
-    """The finished sweep's table (csv and markdown) and heatmaps, printed and written; the
-    heatmaps are titled with the ``recipe`` and the ``variable``."""
-    sites_table = reports.write_tables(run_dir, rows)
-    image = reports.write_heatmaps(run_dir, sites_table, f"{recipe}: {variable} (DAS vs probe)")
-    print("\n" + reports.markdown_table(sites_table), flush=True)
-    print(f"wrote {run_dir / 'table.csv'}, {run_dir / 'table.md'} and {image}", flush=True)
+def write_outputs(config: RunConfig, run_dir: Path, rows: list[dict[str, Any]], variable: str,
+                  companions: Mapping[str, tuple[Path, list[dict[str, Any]]]] | None = None) -> None:
+    """The finished sweep's table (csv and markdown, the validity card under the main table)
+    and heatmaps (IIA and probe; each featurizer's IIA on the changing pairs), printed and
+    written, titled with the recipe and the ``variable``. ``companions``: the run directory and
+    rows of each companion sweep (``boundless``, ``random_init``) that ran beside this one."""
+    companions = dict(companions or {})
+    figures = card_sites(run_dir, rows, companions, config.sweep.bootstrap, config.seed)
+    methods = measured_methods(rows, companions)
+    sites = reports.write_tables(run_dir, rows, figures, card_columns(methods), lambda s: card_markdown(s, methods))
+    image = reports.write_heatmaps(run_dir, sites, f"{config.recipe}: {variable} (DAS vs probe)")
+    panels = [(f"{m}_iia_changing", METHOD_LABELS[m]) for m in methods] + [("probe_accuracy", "probe accuracy")]
+    card_image = reports.write_heatmaps(run_dir, sites, f"{config.recipe}: {variable}, IIA on the pairs that should change",
+                                        panels, VALIDITY_HEATMAP)
+    print("\n" + reports.markdown_table(sites), flush=True)
+    print("Validity card: " + card_markdown(sites, methods), flush=True)
+    print(f"wrote {run_dir / 'table.csv'}, {run_dir / 'table.md'}, {image} and {card_image}", flush=True)
 
 
 __all__ = ["results_path", "setup_output", "write_outputs"]

@@ -13,7 +13,7 @@ import logging
 import math
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,25 +186,43 @@ def markdown_table(sites: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(run_dir: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Writes table.csv (aggregated per site) and table.md; returns the aggregated sites."""
+def write_tables(run_dir: Path, rows: Sequence[dict[str, Any]], card: Mapping[tuple, Mapping[str, float]] | None = None,
+                 card_fields: Sequence[str] = (), card_text: Callable[[list[dict[str, Any]]], str] | None = None,
+                 ) -> list[dict[str, Any]]:
+    """Writes table.csv (aggregated per site) and table.md; returns the aggregated sites.
+
+    ``card`` adds the validity card's figures of each site (keyed ``(layer, component,
+    position, position_name)``) as the columns ``card_fields``, and ``card_text`` renders the
+    card's own Markdown table, written under the main one."""
     sites = aggregate(rows)
+    for site in sites:
+        site.update((card or {}).get((site["layer"], site["component"], site["position"], site["position_name"]), {}))
     buffer = io.StringIO()
     fields = ["layer", "component", "position", "position_name", "seeds"] + [
         name for metric in METRICS for name in (metric, f"{metric}_std")
-    ]
+    ] + list(card_fields)
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     for site in sites:
-        writer.writerow({k: site[k] for k in fields})
+        writer.writerow({k: site.get(k, math.nan) for k in fields})
     atomic_write_text(run_dir / "table.csv", buffer.getvalue())
     fault_point("write_table")
-    atomic_write_text(run_dir / "table.md", markdown_table(sites))
+    text = markdown_table(sites)
+    if card_text is not None:
+        text += "\n## Validity card\n\n" + card_text(sites)
+    atomic_write_text(run_dir / "table.md", text)
     return sites
 
 
-def write_heatmaps(run_dir: Path, sites: Sequence[dict[str, Any]], title: str) -> Path:
-    """IIA and probe accuracy side by side: positions (token labels) across, layers down."""
+VALIDITY_HEATMAP = "validity_heatmaps.png"
+"""The validity card's heatmaps: each featurizer's IIA on the changing pairs, and the probe."""
+HEATMAP_PANELS = (("iia", "IIA (DAS)"), ("probe_accuracy", "probe accuracy"))
+
+
+def write_heatmaps(run_dir: Path, sites: Sequence[dict[str, Any]], title: str,
+                   panels: Sequence[tuple[str, str]] = HEATMAP_PANELS, name: str = "heatmaps.png") -> Path:
+    """One heatmap per ``(metric, title)`` of ``panels`` (by default IIA and probe accuracy)
+    side by side: positions (token labels) across, layers down; written to ``run_dir / name``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,21 +232,24 @@ def write_heatmaps(run_dir: Path, sites: Sequence[dict[str, Any]], title: str) -
     row_labels = [r[2] for r in rows]
     positions = sorted({(s["position"], s["position_name"]) for s in sites})
     col_labels = [name for _, name in positions]
-    panels = (("iia", "IIA (DAS)"), ("probe_accuracy", "probe accuracy"))
-    fig, axes = plt.subplots(1, 2, figsize=(3 + 1.1 * len(col_labels) * 2, 1.5 + 0.45 * len(row_labels)),
-                             squeeze=False)
-    for ax, (metric, name) in zip(axes[0], panels):
+    columns = min(len(panels), 4)
+    lines = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(3 + 1.1 * len(col_labels) * columns,
+                                                       (1.5 + 0.45 * len(row_labels)) * lines), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (metric, panel_title) in zip(axes.flat, panels):
         grid = np.full((len(rows), len(positions)), np.nan)
         for s in sites:
             r = row_labels.index(site_label(s["layer"], s["component"]))
             c = positions.index((s["position"], s["position_name"]))
-            grid[r, c] = s[metric]
+            grid[r, c] = s.get(metric, np.nan)
         image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
         ax.set_xticks(range(len(col_labels)), col_labels)
         ax.set_yticks(range(len(row_labels)), row_labels)
         ax.set_xlabel("position")
         ax.set_ylabel("layer")
-        ax.set_title(name)
+        ax.set_title(panel_title)
         for r in range(grid.shape[0]):
             for c in range(grid.shape[1]):
                 if not np.isnan(grid[r, c]):
@@ -237,7 +258,7 @@ def write_heatmaps(run_dir: Path, sites: Sequence[dict[str, Any]], title: str) -
         fig.colorbar(image, ax=ax, fraction=0.046)
     fig.suptitle(title)
     fig.tight_layout()
-    path = run_dir / "heatmaps.png"
+    path = run_dir / name
     try:
         atomic_write(path, lambda tmp: (fig.savefig(tmp, format="png", dpi=120), fault_point("write_heatmaps")))
     finally:

@@ -73,7 +73,8 @@ def _load_stored(path: Path) -> dict[str, Any]:
     return data
 
 
-RESULT_PATTERNS = ("results*.csv", "table.csv", "table.md", "heatmaps.png", "tracing.*", "steering.*",
+RESULT_PATTERNS = ("results*.csv", "table.csv", "table.md", "heatmaps.png", "validity_heatmaps.png", "outcomes",
+                   "random_init", "boundless", "tracing.*", "steering.*",
                    "interventions", "checkpoints")
 """What a run leaves that a run of another config must not be mixed with (checkpoints too: a
 cut-off fit resumes from them)."""

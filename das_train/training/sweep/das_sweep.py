@@ -132,7 +132,7 @@ def finish(config: RunConfig, run_dir: Path, fingerprint: str, every_job: Sequen
               "shards still running. The last shard to finish writes the table, or run again with "
               "sweep.merge=true.", flush=True)
         return run_dir
-    write_outputs(config.recipe, run_dir, everything, variable)
+    write_outputs(config, run_dir, everything, variable)
     publish(config.publish, run_dir)
     return run_dir
 
@@ -145,7 +145,7 @@ def merge_shards(config: RunConfig, run_dir: Path, fingerprint: str) -> Path:
     problems = run_dir_state.merge_problems(run_dir, fingerprint, rows)
     if problems:
         raise ConfigError(problems)
-    write_outputs(config.recipe, run_dir, rows, config.task.name)
+    write_outputs(config, run_dir, rows, config.task.name)
     publish(config.publish, run_dir)
     return run_dir
 

@@ -49,8 +49,9 @@ def _site(row: Mapping[str, Any]) -> SiteKey:
     return row["layer"], row["component"], row["position"], row["position_name"]
 
 
-def _finite(values: Sequence[float]) -> list[float]:
-    return [float(v) for v in values if v is not None and not math.isnan(float(v))]
+def _finite(values: Sequence[float | str | None]) -> list[float]:
+    """The figures among ``values``: a row's empty field (``""``, ``None``) or ``nan`` is none."""
+    return [float(v) for v in values if v not in ("", None) and not math.isnan(float(v))]
 
 
 def _method_values(row: Mapping[str, Any], method: str) -> tuple[float, float]:
