@@ -88,7 +88,8 @@ def train_model(config: RunConfig, run_dir: Path, subject: Subject, data: IITDat
     ckpt_dir = run_dir / "checkpoints" / training
     trainer = make_trainer(fit_config, run_dir, training, ckpt_dir)
     curve = IIACurve(data.test, iit.eval_every)
-    trainer.callbacks.append(curve)
+    # First, so a step's point is recorded before the checkpoint of that step saves the curve.
+    trainer.callbacks.insert(0, curve)
     rows = loader(variable_rows(data.train), iit.batch_size, shuffle_seed=config.seed)
     with torch_threads(ONE_THREAD):
         fit_resuming(trainer, module, distributed_train_loader(fit_config.trainer, rows), ckpt_dir, training,
