@@ -15,7 +15,7 @@ from torch import nn
 from das_train import cli
 from das_train.core.builtin_models import MLPClassifier, MLPConfig, create_mlp_classifier
 from das_train.training import run as run_module
-from das_train.training.iit_job import iit_data, train_model
+from das_train.training.iit_job import iit_subject, train_model
 from das_train.training.iit_module import IITModule
 from das_train.training.schema import ConfigError, RunConfig
 
@@ -31,8 +31,8 @@ def random_batch(n: int = 5) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
     batch = {}
     for v in BLOCKS:
-        batch[f"{v}.base"] = torch.randn(n, 4, generator=gen)
-        batch[f"{v}.source"] = torch.randn(n, 4, generator=gen)
+        batch[f"{v}.base_inputs_embeds"] = torch.randn(n, 4, generator=gen)
+        batch[f"{v}.source_inputs_embeds"] = torch.randn(n, 4, generator=gen)
         batch[f"{v}.base_label"] = torch.randint(0, 2, (n,), generator=gen)
         batch[f"{v}.counterfactual_label"] = torch.randint(0, 2, (n,), generator=gen)
     return batch
@@ -46,7 +46,7 @@ def hand_iit_loss(model: nn.Module, batch: dict[str, torch.Tensor], layer: int =
     for v, (start, stop) in BLOCKS.items():
         kept = {}
         handle = block.register_forward_hook(lambda m, i, out, kept=kept: kept.setdefault("source", out))
-        model(inputs_embeds=batch[f"{v}.source"])
+        model(inputs_embeds=batch[f"{v}.source_inputs_embeds"])
         handle.remove()
 
         def patch(module, inputs, out, start=start, stop=stop, kept=kept):
@@ -55,7 +55,7 @@ def hand_iit_loss(model: nn.Module, batch: dict[str, torch.Tensor], layer: int =
             return out
 
         handle = block.register_forward_hook(patch)
-        logits = model(inputs_embeds=batch[f"{v}.base"]).logits
+        logits = model(inputs_embeds=batch[f"{v}.base_inputs_embeds"]).logits
         handle.remove()
         losses.append(nn.functional.cross_entropy(logits, batch[f"{v}.counterfactual_label"]))
     return torch.stack(losses).mean()
@@ -83,7 +83,7 @@ def test_iit_loss_matches_plain_hooks_and_its_gradients_reach_every_weight():
 def test_task_loss_and_the_weights_of_the_two_losses():
     batch = random_batch()
     module = IITModule(tiny_mlp(), BLOCKS, task_weight=0.5, iit_weight=2.0)
-    bases = torch.cat([batch["WX.base"], batch["YZ.base"]])
+    bases = torch.cat([batch["WX.base_inputs_embeds"], batch["YZ.base_inputs_embeds"]])
     labels = torch.cat([batch["WX.base_label"], batch["YZ.base_label"]])
     task = nn.functional.cross_entropy(tiny_mlp()(inputs_embeds=bases).logits, labels)
     torch.testing.assert_close(module.task_loss(batch), task)
@@ -107,9 +107,10 @@ def small_config(tmp_path, **iit) -> RunConfig:
 
 def test_a_short_iit_run_moves_neuron_aligned_iia_up_where_plain_training_does_not(tmp_path):
     config = small_config(tmp_path)
-    data = iit_data(config)
-    with_iit, curve = train_model(config, tmp_path, data, "iit")
-    without, _ = train_model(config, tmp_path, data, "no_iit")
+    subject = iit_subject(config)
+    data = subject.data(config)
+    with_iit, curve = train_model(config, tmp_path, subject, data, "iit")
+    without, _ = train_model(config, tmp_path, subject, data, "no_iit")
     after, before = with_iit.neuron_iia(data.test), without.neuron_iia(data.test)
     for v in ("WX", "YZ"):
         assert after[v] >= 0.85 and after[v] > before[v] + 0.2, (after, before)
@@ -148,7 +149,7 @@ BAD = {
                 ["'iit.variables' holds unknown variable 'AB'; allowed: ['WX', 'YZ']",
                  "'iit.blocks.AB': unknown variable 'AB'"]),
     "all at once": (["iit.variables=[WX,YZ,AB]", "iit.blocks={WX:[0,16],AB:[16,32]}", "iit.layer=7"],
-                    ["variable 'YZ' has no block", "unknown variable 'AB'", "'iit.layer' = 7 is not a hidden layer"]),
+                    ["variable 'YZ' has no block", "unknown variable 'AB'", "'iit.layer' = 7 is not a layer of the model; allowed: 0..2"]),
 }
 
 

@@ -27,10 +27,12 @@ SHORTER_STEPS = {
     "hierarchical_equality": ["trainer.max_steps=5", "sweep.probe.max_epochs=1"],
     "iit_hierarchical_equality": ["iit.steps=20", "iit.eval_every=10", "iit.train_pairs=2000", "iit.eval_pairs=200",
                                   "trainer.max_steps=5"],
+    "iit_gender_tiny": ["iit.steps=10", "iit.eval_every=5", "iit.train_pairs=512", "iit.eval_pairs=100",
+                        "trainer.max_steps=5"],
 }
 WRITES = {"gender_tiny": "table.csv", "pairs_file": "table.csv", "hierarchical_equality": "table.csv", "causal_tracing": "tracing.csv",
           "steering_tiny": "steering.csv",
-          "iit_hierarchical_equality": "iit.csv"}
+          "iit_hierarchical_equality": "iit.csv", "iit_gender_tiny": "iit.csv"}
 
 
 def test_every_offline_recipe_is_covered():

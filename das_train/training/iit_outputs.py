@@ -1,53 +1,57 @@
 """What the IIT job writes into its run directory, each file atomically: the table (csv and
-markdown), the curve of neuron-aligned IIA over training steps (PNG) and the trained models.
-
-A model is written as ``model.safetensors`` (its weights) and ``config.json`` (the
-:class:`~das_train.core.builtin_models.MLPConfig` it was built from): loading it back runs no
-code, ``MLPClassifier(MLPConfig(**json))`` and the weights rebuild it.
+markdown) and the curve of neuron-aligned IIA over training steps (PNG and csv). The trained
+models and each training's finished row are written by :mod:`das_train.training.iit_stages`.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
-
-from safetensors.torch import save_file
-from torch import nn
 
 from das_train.core.files import atomic_write, atomic_write_text
 
 TRAININGS = {"iit": "with IIT", "no_iit": "without IIT"}
 """Each trained model's folder name and its label in the table and the plot."""
+REFERENCE = "reference"
+"""Suffix of the DAS IIA columns at the reference site (``das_iia_gender_reference``)."""
 
 
-def columns(variables: Sequence[str]) -> list[str]:
-    return (["training", "task_accuracy"] + [f"neuron_iia_{v}" for v in variables]
-            + [f"das_iia_{v}" for v in variables])
+def site_label(layer: int, position: str | None) -> str:
+    """``L0 last`` for a language model's site, ``layer 0`` for the MLP's."""
+    return f"layer {layer}" if position is None else f"L{layer} {position}"
 
 
-def markdown(rows: Sequence[dict], variables: Sequence[str]) -> str:
-    """The table as markdown: one row per training, IIA over all held-out pairs."""
+def columns(variables: Sequence[str], reference: bool = False) -> list[str]:
+    """The csv's columns: per variable, neuron-aligned IIA, DAS IIA at the site and, with a
+    reference site, DAS IIA there."""
+    das = [f"das_iia_{v}" for v in variables] + ([f"das_iia_{v}_{REFERENCE}" for v in variables] if reference else [])
+    return ["training", "task_accuracy"] + [f"neuron_iia_{v}" for v in variables] + das
+
+
+def markdown(rows: Sequence[dict], variables: Sequence[str], sites: Sequence[str] = ()) -> str:
+    """The table as markdown: one row per training, IIA over all held-out pairs. ``sites``
+    labels the DAS columns: the IIT site, then the reference site, when there is one; without
+    labels the headers name the variable alone."""
+    at = [f" at {s}" for s in sites] or [""]
     head = (["training", "task accuracy"] + [f"neuron-aligned IIA {v}" for v in variables]
-            + [f"DAS IIA {v}" for v in variables])
+            + [f"DAS IIA {v}{where}" for where in at for v in variables])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [TRAININGS[row["training"]]] + [f"{row[c]:.3f}" for c in columns(variables)[1:]]
+        cells = [TRAININGS[row["training"]]] + [f"{row[c]:.3f}" for c in columns(variables, len(sites) > 1)[1:]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_table(run_dir: Path, rows: Sequence[dict], variables: Sequence[str]) -> str:
+def write_table(run_dir: Path, rows: Sequence[dict], variables: Sequence[str], sites: Sequence[str] = ()) -> str:
     """``iit.csv`` and ``iit.md``; returns the markdown."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns(variables), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns(variables, len(sites) > 1), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(run_dir / "iit.csv", buffer.getvalue())
-    text = markdown(rows, variables)
+    text = markdown(rows, variables, sites)
     atomic_write_text(run_dir / "iit.md", text)
     return text
 
@@ -78,12 +82,4 @@ def write_curve(run_dir: Path, curves: dict[str, list[tuple[int, str, float]]], 
     return path
 
 
-def save_model(model: nn.Module, directory: Path) -> None:
-    """The model's weights and config, each written atomically."""
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(directory / "model.safetensors", lambda tmp: save_file(state, tmp))
-    atomic_write_text(directory / "config.json", json.dumps(dataclasses.asdict(model.config), indent=2))
-
-
-__all__ = ["TRAININGS", "columns", "markdown", "save_model", "write_curve", "write_table"]
+__all__ = ["REFERENCE", "TRAININGS", "columns", "markdown", "site_label", "write_curve", "write_table"]

@@ -31,7 +31,7 @@ from das_train.training.schema import ConfigError, ModelConfig, RunConfig
 log = logging.getLogger("das_train")
 
 OFFLINE_RECIPES = ("gender_tiny", "pairs_file", "hierarchical_equality", "iit_hierarchical_equality",
-                   "causal_tracing", "steering_tiny")
+                   "iit_gender_tiny", "causal_tracing", "steering_tiny")
 
 
 def load_hub_model(config: RunConfig):

@@ -98,13 +98,26 @@ class MibConfig:
 class IITConfig:
     variables: list[str] = field(default_factory=lambda: ["WX", "YZ"])
     """Causal variables the model is trained to hold, from the task's causal model (hierarchical
-    equality: ``WX``, ``YZ``); each step interchanges every one of them, with a source of its own."""
+    equality: ``WX``, ``YZ``; a text task: its one variable, e.g. ``gender``); each step
+    interchanges every one of them, with a source of its own."""
     blocks: dict[str, list[int]] = field(default_factory=dict)
     """Each variable's neurons at the site, ``[start, stop)`` among the layer's units, e.g.
     ``{WX: [0, 16], YZ: [16, 32]}`` (the recipe's); the blocks must be disjoint. Given on the
     command line the map replaces the recipe's whole: ``iit.blocks={WX:[0,8],YZ:[8,16]}``."""
     layer: int = option(0, non_negative=True)
-    """Hidden layer whose output (``block_output``) holds the variables."""
+    """Layer whose output (``block_output``) holds the variables: a hidden layer of the MLP, or a
+    block of the tiny language model (its residual stream after that block)."""
+    position: str | None = None
+    """Named token position of the site on a text task (one of the task's positions, e.g.
+    ``last``); required there, and left unset for the MLP, whose layers have no positions."""
+    reference_layer: int | None = None
+    """A second site where DAS is also fitted on both models (with ``reference_position`` on a
+    text task), e.g. where ordinary training puts the variable; unset: none."""
+    reference_position: str | None = None
+    """Named token position of the reference site (text tasks)."""
+    das_rank: int | None = option(None, positive=True)
+    """Rotated coordinates the DAS fits interchange (the rank of a low-rank rotation); unset: as
+    many as the variable's block has units."""
     steps: int = option(1000, positive=True)
     """Optimizer steps that train the model from scratch (the same for the run without IIT)."""
     batch_size: int = option(256, positive=True)
