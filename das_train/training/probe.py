@@ -132,11 +132,11 @@ class LinearProbes(lightning.LightningModule):
         if n_probes < 1:
             raise ValueError(f"n_probes must be >= 1, got {n_probes}")
         self.save_hyperparameters()
-        # Every probe starts from the same draw of nn.Linear's initialization, as S separate
-        # probes seeded alike would.
-        first = nn.Linear(input_dim, n_classes)
-        self.weight = nn.Parameter(first.weight.detach().T.repeat(n_probes, 1, 1))  # (S, D, C)
-        self.bias = nn.Parameter(first.bias.detach().repeat(n_probes, 1))  # (S, C)
+        # Zero, as logistic regression starts: the weights hold only what the labels put there,
+        # so the probe's direction (what it reads, a featurizer of the validity card) is not
+        # the random start's direction on features the labels never move.
+        self.weight = nn.Parameter(torch.zeros(n_probes, input_dim, n_classes))  # (S, D, C)
+        self.bias = nn.Parameter(torch.zeros(n_probes, n_classes))  # (S, C)
         self.register_buffer("mean", torch.zeros(n_probes, input_dim))
         self.register_buffer("std", torch.ones(n_probes, input_dim))
         self.val_accuracy = CountingAccuracy()
