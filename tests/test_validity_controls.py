@@ -16,6 +16,7 @@ from das_train.core.builtin_models import MLPClassifier, MLPConfig
 from das_train.training import config_fingerprint as fingerprints
 from das_train.training import model_loading, task_loading
 from das_train.training import run as run_module
+from das_train.training import run_dir as run_dir_state
 from das_train.training.reinit import ReinitError, reinitialize
 from das_train.training.schema import ConfigError
 from das_train.training.sweep import das_sweep
@@ -213,12 +214,12 @@ def test_companion_sweeps_run_in_their_folders_and_resume(tmp_path, monkeypatch)
     config = _config(tmp_path, *small)
     seen = _models_seen(monkeypatch)
     run_dir = run_module.run(cli.check("gender_tiny", _overrides(tmp_path, *small)))
-    main = {das_sweep.run_dir_state.site_key(r) for r in das_sweep.run_dir_state.finished_rows(
+    main = {run_dir_state.site_key(r) for r in run_dir_state.finished_rows(
         run_dir, fingerprints.config_fingerprint(config))}
     assert len(main) == 4
     for name in COMPANIONS:
         rows = companion_rows(config, name)
-        assert {das_sweep.run_dir_state.site_key(r) for r in rows} == main, name
+        assert {run_dir_state.site_key(r) for r in rows} == main, name
         assert (run_dir / name / "config.yaml").is_file() and (run_dir / name / "table.csv").is_file()
     assert [random_init for random_init, _ in seen] == [False, False, True]
     # The random-init sweep's probes and fits read the trained model re-initialised with the seed.

@@ -44,11 +44,23 @@ log = logging.getLogger("das_train")
 
 
 def run_das_sweep(config: RunConfig, run_dir: Path) -> Path:
-    """Runs (or resumes) this shard's jobs of the sweep, then, once every shard's rows are in,
-    writes the table and heatmaps and publishes; with ``sweep.merge`` only the last part."""
+    """Runs (or resumes) this shard's jobs of the sweep and of its companion sweeps
+    (:func:`run_companions`), then, once every shard's rows are in, writes the table and
+    heatmaps and publishes; with ``sweep.merge`` only the last part."""
     fingerprint = fingerprints.config_fingerprint(config)
     if config.sweep.merge:
+        run_companions(config)  # each merges its own shards' rows
         return merge_shards(config, run_dir, fingerprint)
+    every_job, variable = fit_sweep(config, run_dir, fingerprint)
+    run_companions(config)  # once the main sweep's model is freed: one model in memory at a time
+    if not is_global_zero():
+        return run_dir
+    return finish(config, run_dir, fingerprint, every_job, variable)
+
+
+def fit_sweep(config: RunConfig, run_dir: Path, fingerprint: str) -> tuple[list[Job], str]:
+    """Fits (or resumes) this shard's jobs; returns every (site, seed) of the sweep and the
+    variable's name, for :func:`finish`."""
     lightning.seed_everything(config.seed, verbose=False)
     task = load_task(config.task.name, config.task)
     model, tokenizer = build_model(config, task)
@@ -71,10 +83,7 @@ def run_das_sweep(config: RunConfig, run_dir: Path) -> Path:
     sweep = start_sweep(config, model, datamodule, run_dir, jobs, todo, sites)
     fault_point("probes")
     fit_jobs(sweep, todo, rows, fingerprint)
-    run_companions(config)
-    if not is_global_zero():
-        return run_dir
-    return finish(config, run_dir, fingerprint, every_job, spec.variable)
+    return every_job, spec.variable
 
 
 def run_companions(config: RunConfig) -> None:
@@ -168,4 +177,4 @@ def merge_shards(config: RunConfig, run_dir: Path, fingerprint: str) -> Path:
     return run_dir
 
 
-__all__ = ["finish", "fit_jobs", "merge_shards", "run_companions", "run_das_sweep", "start_sweep"]
+__all__ = ["finish", "fit_jobs", "fit_sweep", "merge_shards", "run_companions", "run_das_sweep", "start_sweep"]
