@@ -24,10 +24,11 @@ from das_train.training import config_fingerprint as fingerprints
 from das_train.training import preflight, reports
 from das_train.training import run_dir as run_dir_state
 from das_train.training.model_loading import build_model, number_of_layers
-from das_train.training.outputs import results_path, write_outputs
+from das_train.training.outputs import results_path, setup_output, write_outputs
 from das_train.training.pair_data import prepare_pairs
 from das_train.training.publishing import publish
 from das_train.training.ranks import is_global_zero
+from das_train.training.reinit import reinitialize
 from das_train.training.schema import ConfigError, RunConfig
 from das_train.training.sweep.cached_pairs import SplitReader
 from das_train.training.sweep.group_fit import Sweep, fit_group
@@ -37,22 +38,37 @@ from das_train.training.sweep.probes import sweep_probes
 from das_train.training.sweep.shared_prefix import untrained_positions
 from das_train.training.sweep.sites import SweepSite, build_sites
 from das_train.training.task_loading import load_task
+from das_train.training.validity.companions import companion_configs
 
 log = logging.getLogger("das_train")
 
 
 def run_das_sweep(config: RunConfig, run_dir: Path) -> Path:
-    """Runs (or resumes) this shard's jobs of the sweep, then, once every shard's rows are in,
-    writes the table and heatmaps and publishes; with ``sweep.merge`` only the last part."""
+    """Runs (or resumes) this shard's jobs of the sweep and of its companion sweeps
+    (:func:`run_companions`), then, once every shard's rows are in, writes the table and
+    heatmaps and publishes; with ``sweep.merge`` only the last part."""
     fingerprint = fingerprints.config_fingerprint(config)
     if config.sweep.merge:
+        run_companions(config)  # each merges its own shards' rows
         return merge_shards(config, run_dir, fingerprint)
+    every_job, variable = fit_sweep(config, run_dir, fingerprint)
+    run_companions(config)  # once the main sweep's model is freed: one model in memory at a time
+    if not is_global_zero():
+        return run_dir
+    return finish(config, run_dir, fingerprint, every_job, variable)
+
+
+def fit_sweep(config: RunConfig, run_dir: Path, fingerprint: str) -> tuple[list[Job], str]:
+    """Fits (or resumes) this shard's jobs; returns every (site, seed) of the sweep and the
+    variable's name, for :func:`finish`."""
     lightning.seed_everything(config.seed, verbose=False)
     task = load_task(config.task.name, config.task)
     model, tokenizer = build_model(config, task)
     if config.model.kind == "hub":
         preflight.check_loaded_model(config, model, preflight.task_spec(task, tokenizer))
     datamodule = prepare_pairs(config, task, tokenizer, model, run_dir)
+    if config.model.random_init:  # after the filter: the same pairs as the trained model's sweep
+        reinitialize(model, config.seed)
     spec = datamodule.spec()
     sites = build_sites(config.sweep, spec, number_of_layers(model))
     every_job = [(s, seed) for s in sites for seed in config.sweep.seeds]
@@ -67,9 +83,21 @@ def run_das_sweep(config: RunConfig, run_dir: Path) -> Path:
     sweep = start_sweep(config, model, datamodule, run_dir, jobs, todo, sites)
     fault_point("probes")
     fit_jobs(sweep, todo, rows, fingerprint)
-    if not is_global_zero():
-        return run_dir
-    return finish(config, run_dir, fingerprint, every_job, spec.variable)
+    return every_job, spec.variable
+
+
+def run_companions(config: RunConfig) -> None:
+    """Runs (or resumes) the companion sweeps ``config`` asks for (the validity card's Boundless
+    DAS and random-init columns), each in its own folder of the run directory, which is
+    prepared, locked and recorded as a run directory of its own."""
+    for name, companion in companion_configs(config).items():
+        companion_dir = Path(companion.run_dir)
+        companion_dir.mkdir(parents=True, exist_ok=True)
+        log.info("companion sweep %s: %s", name, companion_dir)
+        results_file = results_path(companion_dir, companion.sweep)
+        with run_dir_state.prepared(companion, companion_dir, results_file, writer=is_global_zero()):
+            setup_output(companion, companion_dir)
+            run_das_sweep(companion, companion_dir)
 
 
 def start_sweep(config: RunConfig, model, datamodule, run_dir: Path, jobs: Sequence[Job], todo: Sequence[Job],
@@ -150,4 +178,4 @@ def merge_shards(config: RunConfig, run_dir: Path, fingerprint: str) -> Path:
     return run_dir
 
 
-__all__ = ["finish", "fit_jobs", "merge_shards", "run_das_sweep", "start_sweep"]
+__all__ = ["finish", "fit_jobs", "fit_sweep", "merge_shards", "run_companions", "run_das_sweep", "start_sweep"]
