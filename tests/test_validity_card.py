@@ -13,7 +13,12 @@ import torch
 
 from das_train.training import reports
 from das_train.training.validity import columns, intervals
-from das_train.training.validity.card import card_columns, card_markdown, card_sites, measured_methods
+from das_train.training.validity.card import (
+    card_columns,
+    card_markdown,
+    card_sites,
+    measured_methods,
+)
 from das_train.training.validity.job_bases import job_bases, random_subspace_seed
 from das_train.training.validity.outcome_store import load_outcomes, outcomes_path, save_outcomes
 

@@ -12,10 +12,16 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from das_train.training import reports
-from das_train.training.reports import VALIDITY_HEATMAP
 from das_train.training.ranks import is_global_zero
+from das_train.training.reports import VALIDITY_HEATMAP
 from das_train.training.schema import RunConfig, SweepConfig
-from das_train.training.validity.card import METHOD_LABELS, card_columns, card_markdown, card_sites, measured_methods
+from das_train.training.validity.card import (
+    METHOD_LABELS,
+    card_columns,
+    card_markdown,
+    card_sites,
+    measured_methods,
+)
 
 
 def setup_output(config: RunConfig, run_dir: Path) -> None:

@@ -38,7 +38,7 @@ from das_train.training.sweep.probes import sweep_probes
 from das_train.training.sweep.shared_prefix import untrained_positions
 from das_train.training.sweep.sites import SweepSite, build_sites
 from das_train.training.task_loading import load_task
-from das_train.training.validity.companions import companion_configs
+from das_train.training.validity.companions import companion_configs, companion_rows
 
 log = logging.getLogger("das_train")
 
@@ -155,14 +155,25 @@ def finish(config: RunConfig, run_dir: Path, fingerprint: str, every_job: Sequen
     finished = {run_dir_state.site_key(r) for r in everything}
     missing = [(s, seed) for s, seed in every_job
                if (s.layer, s.component, s.table_position, seed) not in finished]
+    companions = companion_tables(config)
+    for _, their_rows in companions.values():
+        theirs = {run_dir_state.site_key(r) for r in their_rows}
+        missing += [(s, seed) for s, seed in every_job
+                    if (s.layer, s.component, s.table_position, seed) not in theirs]
     if missing:
-        print(f"shard {config.sweep.shard} of {config.sweep.num_shards} is done; {len(missing)} site runs belong to "
-              "shards still running. The last shard to finish writes the table, or run again with "
-              "sweep.merge=true.", flush=True)
+        print(f"shard {config.sweep.shard} of {config.sweep.num_shards} is done; {len(missing)} site runs (of the "
+              "sweep or its companions) belong to shards still running. The last shard to finish writes the table, "
+              "or run again with sweep.merge=true.", flush=True)
         return run_dir
-    write_outputs(config, run_dir, everything, variable)
+    write_outputs(config, run_dir, everything, variable, companions)
     publish(config.publish, run_dir)
     return run_dir
+
+
+def companion_tables(config: RunConfig) -> dict[str, tuple[Path, list[dict[str, Any]]]]:
+    """Each companion sweep's run directory and finished rows, for the validity card."""
+    return {name: (Path(companion.run_dir), companion_rows(config, name))
+            for name, companion in companion_configs(config).items()}
 
 
 def merge_shards(config: RunConfig, run_dir: Path, fingerprint: str) -> Path:
@@ -173,9 +184,9 @@ def merge_shards(config: RunConfig, run_dir: Path, fingerprint: str) -> Path:
     problems = run_dir_state.merge_problems(run_dir, fingerprint, rows)
     if problems:
         raise ConfigError(problems)
-    write_outputs(config, run_dir, rows, config.task.name)
+    write_outputs(config, run_dir, rows, config.task.name, companion_tables(config))
     publish(config.publish, run_dir)
     return run_dir
 
 
-__all__ = ["finish", "fit_jobs", "fit_sweep", "merge_shards", "run_companions", "run_das_sweep", "start_sweep"]
+__all__ = ["companion_tables", "finish", "fit_jobs", "fit_sweep", "merge_shards", "run_companions", "run_das_sweep", "start_sweep"]
