@@ -42,7 +42,7 @@ from das_train.data.pair_datamodule import PairDataModule
 from das_train.data.pair_inputs import model_inputs
 from das_train.tasks.pairs import PairsTask
 from das_train.training import run as run_module
-from das_train.training.probe import ProbeResult
+from das_train.training.probe_results import ProbeResult
 from das_train.training.sweep import group_fit
 from das_train.training.sweep.cached_pairs import SplitReader
 from das_train.training.sweep.group_fit import Sweep, build_member
