@@ -12,6 +12,8 @@ import torch
 import transformers
 from transformers.utils import logging as hf_logging
 
+import das_train as pv
+
 hf_logging.set_verbosity_error()
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -211,3 +213,19 @@ def tiny_causal_lm(family: str, tokenizer, max_positions: int, hidden: int = 16,
         "phi": lambda: transformers.PhiForCausalLM(transformers.PhiConfig(**shared)),
     }
     return _seeded(configs[family])
+
+
+def planted_readout_mlp(u: torch.Tensor) -> torch.nn.Module:
+    """A 2-layer identity MLP then logits ``(-5 u.h, 5 u.h)``: its class is the sign of ``u.h``, so a
+    variable planted along ``u`` is the only thing it reads (the validity card's planted-direction tests)."""
+    width = u.shape[0]
+    _, _, model = pv.create_mlp_classifier(
+        pv.MLPConfig(h_dim=width, n_layer=2, input_dim=width, num_classes=2, pdrop=0.0, activation_function="linear"),
+        seed=0)
+    with torch.no_grad():
+        for block in model.mlp.h:
+            block.ff1.weight.copy_(torch.eye(width))
+            block.ff1.bias.zero_()
+        model.score.weight.copy_(torch.stack([-u, u]) * 5)
+        model.score.bias.zero_()
+    return model.eval()

@@ -19,12 +19,14 @@ import sys
 import pytest
 import torch
 
+from das_train.training.validity import columns as card_columns
+
 COMMON = ("progress=false", "logger=none", "trainer.max_steps=12", "task.n_train=192", "task.n_val=32",
           "task.n_test=63", "sweep.probe.max_epochs=2", "trainer.accelerator=cpu", "trainer.shuffle=false")
 ONE = ("trainer.devices=1", "trainer.batch_size=16")
 TWO = ("trainer.devices=2", "trainer.strategy=ddp", "trainer.batch_size=8")
 TABLE_COLUMNS = ("layer", "component", "position", "seed", "iia", "probe_accuracy", "control_accuracy",
-                 "selectivity", "intervention_size", "test_pairs")
+                 "selectivity", *card_columns.FIELDS, "intervention_size", "test_pairs")
 
 
 def _run(run_dir, cache, recipe, *overrides):
@@ -35,13 +37,16 @@ def _run(run_dir, cache, recipe, *overrides):
 
 
 def _outcome(run_dir):
-    """(the results' table columns, per row; every saved intervention's tensors)."""
+    """(the results' table columns, per row, the main sweep's and its companions'; every saved
+    intervention's tensors)."""
     from safetensors.torch import load_file
 
-    with (run_dir / "results.csv").open() as handle:
-        rows = [tuple(row[key] for key in TABLE_COLUMNS) for row in csv.DictReader(handle)]
-    weights = {p.name: load_file(str(p / "interventions.safetensors"))
-               for p in sorted((run_dir / "interventions").iterdir())}
+    rows, weights = [], {}
+    for directory in (run_dir, *(run_dir / name for name in ("boundless", "random_init") if (run_dir / name).is_dir())):
+        with (directory / "results.csv").open() as handle:
+            rows += [(directory.name, *(row[key] for key in TABLE_COLUMNS)) for row in csv.DictReader(handle)]
+        weights.update({f"{directory.name}/{p.name}": load_file(str(p / "interventions.safetensors"))
+                        for p in sorted((directory / "interventions").iterdir())})
     return rows, weights
 
 
@@ -54,6 +59,8 @@ def assert_same_in_two_processes(tmp_path, *shape, expected_rows, atol=1e-5, rec
     assert len(rows_one) == expected_rows
     assert rows_two == rows_one
     assert weights_two.keys() == weights_one.keys() and len(weights_one) == expected_rows
+    # The validity card's figures, intervals over seeds and pairs included, are the same too.
+    assert (tmp_path / "two" / "table.csv").read_text() == (tmp_path / "one" / "table.csv").read_text()
     for name in weights_one:
         for key in weights_one[name]:
             torch.testing.assert_close(weights_two[name][key], weights_one[name][key], atol=atol, rtol=0,
@@ -80,6 +87,11 @@ SHAPES = {
     # copy of the model (before it had one, the two runs learned different rotations).
     "iit_per_site": (("intervention.iit=true", "sweep.layers=[1]", "sweep.include_embeddings=false",
                       "sweep.positions=[bos,last]"), 2),
+    # The validity card's companion sweeps (Boundless DAS, the re-initialised model) beside the main one,
+    # each in its own folder: 2 sites x 3 sweeps.
+    "card_companions": (("sweep.layers=[1]", "sweep.include_embeddings=false", "sweep.positions=[name,last]",
+                         "sweep.random_init_control=true",
+                         "sweep.methods=[das,boundless,probe_direction,diff_means,pca,full_vector,random_subspace]"), 6),
     # Shuffled training: the ranks deal one shuffle between them (RankShuffleSampler), so within
     # the first epoch (8 of about 11 steps) two ranks of 8 train on one process's batches of 16.
     "shuffled_first_epoch": (("trainer.shuffle=true", "trainer.max_steps=8", "sweep.layers=[1]",

@@ -18,7 +18,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make_gpt2
+from conftest import make_gpt2, planted_readout_mlp
 
 import das_train as pv
 from das_train.data.pair_contract import RowPosition
@@ -240,20 +240,6 @@ def test_a_row_position_interchanges_each_sources_own_index_into_each_bases():
 D = 16
 
 
-def planted_model(u):
-    """Two identity layers, then logits ``(-5 u.h, 5 u.h)``: the class is the sign of ``u.h``."""
-    _, _, model = pv.create_mlp_classifier(
-        pv.MLPConfig(h_dim=D, n_layer=2, input_dim=D, num_classes=2, pdrop=0.0, activation_function="linear"),
-        seed=0)
-    with torch.no_grad():
-        for block in model.mlp.h:
-            block.ff1.weight.copy_(torch.eye(D))
-            block.ff1.bias.zero_()
-        model.score.weight.copy_(torch.stack([-u, u]) * 5)
-        model.score.bias.zero_()
-    return model.eval()
-
-
 def planted_pairs(model, u, n=400, seed=0):
     """Activations ``(2 y - 1) u + 0.5 noise`` for a planted variable ``y`` (the probes' target).
     The labels are the planted model's causal model: the sign of ``u.h``, so the counterfactual
@@ -285,7 +271,7 @@ def test_planted_direction_is_found_by_u_probe_diff_means_and_pca_not_by_a_rando
     gen = torch.Generator().manual_seed(5)
     u = torch.randn(D, generator=gen)
     u /= u.norm()
-    model = planted_model(u)
+    model = planted_readout_mlp(u)
     columns = planted_pairs(model, u)
     cache = collect_layer(model, 0, "block_output", [None], [columns], is_language_model_task=False)
     acts, labels = cache.base[:, 0], columns["base_variable"]  # the site's activations on the bases

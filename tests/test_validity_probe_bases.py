@@ -21,10 +21,9 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import make_neox
+from conftest import make_neox, planted_readout_mlp
 from torch.utils.data import DataLoader
 
-import das_train as pv
 from das_train.data.pair_contract import TaskSpec
 from das_train.training.das_module import DASModule
 from das_train.training.probe import train_probes
@@ -222,20 +221,6 @@ def planted_basis() -> torch.Tensor:
     return basis
 
 
-def planted_model(u: torch.Tensor) -> torch.nn.Module:
-    """Two identity layers, then logits ``(-5 u.h, 5 u.h)``: the prediction reads ``u`` only."""
-    _, _, model = pv.create_mlp_classifier(
-        pv.MLPConfig(h_dim=D, n_layer=2, input_dim=D, num_classes=2, pdrop=0.0, activation_function="linear"),
-        seed=0)
-    with torch.no_grad():
-        for block in model.mlp.h:
-            block.ff1.weight.copy_(torch.eye(D))
-            block.ff1.bias.zero_()
-        model.score.weight.copy_(torch.stack([-u, u]) * 5)
-        model.score.bias.zero_()
-    return model.eval()
-
-
 def planted_split(model, u, v, n: int, seed: int) -> dict[str, torch.Tensor]:
     """Pairs of activations ``(2 y - 1) u + 2 z v + 0.5 noise``, ``y`` the planted variable (the
     probes' target), ``z`` a standard normal independent of it: off ``u``, every direction is
@@ -287,7 +272,7 @@ def readout_accuracy(train, test, view) -> float:
 def test_planted_direction_is_found_by_das_the_sweeps_probe_and_diff_means_not_by_pca_or_a_random_subspace():
     basis = planted_basis()
     u, v = basis[:, 0], basis[:, 1]
-    model = planted_model(u)
+    model = planted_readout_mlp(u)
     train, test = planted_split(model, u, v, 1024, seed=0), planted_split(model, u, v, 400, seed=1)
     spec = TaskSpec(name="planted", positions={}, variable="y", variable_values=2, is_language_model_task=False)
     rows = [{name: column[i] for name, column in train.items() if name != "base_label"} for i in range(1024)]
