@@ -132,6 +132,13 @@ class TaskConfig:
     the candidate (a MIB row's ``choices``, else the file's distinct answers) with the highest
     summed log-probability; one forward per candidate, and every site is fitted on its own (no
     batched one-pass fit). Needs text answers of a pair file (task=pairs)."""
+    score_among: str = option("vocabulary", allowed=("vocabulary", "answers"))
+    """What a language model's prediction is chosen among (DAS sweeps): ``vocabulary`` (the
+    argmax over every token, as pyvene's tutorials score IIA) or ``answers`` (the task's output
+    labels only, as CausalGym and MIB score: which answer the model prefers). With
+    ``answers`` an untrained network (the random-init control) is not at 0 by construction.
+    The frozen-model filter, training, IIA and every featurizer read the same scores. Not with
+    ``answer_score=sequence`` (it scores among its candidates already)."""
     counterfactual: str | None = None
     """MIB: which ``<name>_counterfactual`` column gives the source (needed when there are several)."""
     where: dict[str, Any] = field(default_factory=dict)

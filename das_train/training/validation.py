@@ -108,6 +108,10 @@ def sweep_setting_problems(data: dict[str, Any]) -> list[str]:
     per_pass = sweep.get("sites_per_pass", "auto")
     if isinstance(per_pass, str) and per_pass != "auto" or isinstance(per_pass, int) and per_pass <= 0:
         problems.append(f"'sweep.sites_per_pass' = {per_pass!r} must be a positive number, auto or null")
+    task = _section(data, "task")
+    if task.get("score_among") == "answers" and task.get("answer_score") == "sequence":
+        problems.append("'task.score_among' = 'answers' does not go with task.answer_score=sequence, which scores "
+                        "among its candidate answers already; leave score_among at vocabulary")
     methods = sweep.get("methods", ["das"])
     if isinstance(methods, list):
         unknown = [m for m in methods if m not in SWEEP_METHODS]
