@@ -98,6 +98,10 @@ def override_problems(recipe: str, overrides: list[str]) -> tuple[list[str], lis
     keys = schema_keys()
     for override in overrides:
         if "=" not in override:
+            if override.startswith("~") and override[1:] in map_keys():
+                # The delete half of a map set whole: what whole_maps hands a DDP process's command line.
+                usable.append(override)
+                continue
             problems.append(f"cannot read override {override!r}; write key=value")
             continue
         key, value = override.split("=", 1)

@@ -13,8 +13,10 @@ stream at one token position, and the prediction is the next token at the last p
 
 The model is a registered submodule, so its weights are in the optimizer, the checkpoint and
 DDP's synchronization, as in :class:`~das_train.training.das_module.DASModule` with ``iit=True``;
-every rank computes the loss on its own rows. With ``iit_weight=0`` the module trains on the
-task loss alone: the same model, seed and steps without IIT, the job's baseline.
+every rank computes the loss on its own rows, and logs (and checks for finiteness) the mean
+over the ranks: the loss one process would have on the whole batch. With ``iit_weight=0`` the
+module trains on the task loss alone: the same model, seed and steps without IIT, the job's
+baseline.
 
 Batches are :func:`~das_train.training.iit_data.variable_rows` batches: each variable's pair
 contract columns under ``"<variable>."`` (``"WX.base_inputs_embeds"``, ``"gender.base_input_ids"``,
@@ -38,6 +40,7 @@ from das_train.training.das_module import prediction_logits, unit_locations
 from das_train.training.finite import check_finite
 from das_train.training.iit_checks import block_problems
 from das_train.training.iit_data import Pairs, batch_pairs
+from das_train.training.ranks import rank_and_world
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -131,15 +134,19 @@ class IITModule(lightning.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         size = int(batch[f"{self.variables[0]}.{COUNTERFACTUAL_LABEL}"].shape[0])
-        task = self.task_loss(batch)
-        loss = self.task_weight * task
-        self.log("train/task_loss", task.detach(), on_step=True, on_epoch=False, batch_size=size)
+        losses = {"task_loss": self.task_loss(batch)}
+        loss = self.task_weight * losses["task_loss"]
         if self.iit_weight:
-            interchange = self.iit_loss(batch)
-            loss = loss + self.iit_weight * interchange
-            self.log("train/iit_loss", interchange.detach(), on_step=True, on_epoch=False, batch_size=size)
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
-        self._step_loss = loss.detach()
+            losses["iit_loss"] = self.iit_loss(batch)
+            loss = loss + self.iit_weight * losses["iit_loss"]
+        losses["loss"] = loss
+        # The means over the ranks, each over as many rows: one process's losses on the whole
+        # batch. Every rank checks the same loss for finiteness, so none stops alone while the
+        # others wait for it in the next all-reduce.
+        means = mean_over_ranks(torch.stack(list(losses.values())).detach())
+        for name, mean in zip(losses, means, strict=True):
+            self.log(f"train/{name}", mean, on_step=True, on_epoch=False, prog_bar=name == "loss", batch_size=size)
+        self._step_loss = means[-1]
         return loss
 
     def optimizer_step(self, *args, **kwargs) -> None:
@@ -211,6 +218,17 @@ class eval_mode:
             module.training = mode
 
 
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """``values`` averaged over the ranks of a multi-process job (one all-reduce); as they are
+    in one process."""
+    world = rank_and_world()[1]
+    if world == 1:
+        return values
+    values = values.clone()
+    torch.distributed.all_reduce(values)
+    return values / world
+
+
 def _on(pairs: Pairs, device: torch.device) -> Pairs:
     return {key: value.to(device) for key, value in pairs.items()}
 
@@ -219,4 +237,4 @@ def _share(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(-1).cpu() == labels.cpu()).float().mean())
 
 
-__all__ = ["IIACurve", "IITModule", "eval_mode", "interchange_logits", "neuron_interchange"]
+__all__ = ["IIACurve", "IITModule", "eval_mode", "interchange_logits", "mean_over_ranks", "neuron_interchange"]
