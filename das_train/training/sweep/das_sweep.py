@@ -23,6 +23,7 @@ from das_train.core.fault_points import fault_point
 from das_train.training import config_fingerprint as fingerprints
 from das_train.training import preflight, reports
 from das_train.training import run_dir as run_dir_state
+from das_train.training.answer_scoring import restrict_to_answers
 from das_train.training.model_loading import build_model, number_of_layers
 from das_train.training.outputs import results_path, setup_output, write_outputs
 from das_train.training.pair_data import prepare_pairs
@@ -66,6 +67,10 @@ def fit_sweep(config: RunConfig, run_dir: Path, fingerprint: str) -> tuple[list[
     model, tokenizer = build_model(config, task)
     if config.model.kind == "hub":
         preflight.check_loaded_model(config, model, preflight.task_spec(task, tokenizer))
+    if config.task.score_among == "answers":  # before the filter: it scores as the sweep will
+        spec = preflight.task_spec(task, tokenizer)
+        if spec.is_language_model_task:
+            restrict_to_answers(model, spec.label_names)
     datamodule = prepare_pairs(config, task, tokenizer, model, run_dir)
     if config.model.random_init:  # after the filter: the same pairs as the trained model's sweep
         reinitialize(model, config.seed)
