@@ -42,10 +42,11 @@ def _outcome(run_dir):
     from safetensors.torch import load_file
 
     rows, weights = [], {}
-    for directory in (run_dir, *(run_dir / name for name in ("boundless", "random_init") if (run_dir / name).is_dir())):
+    for sweep in ("", *(name for name in ("boundless", "random_init") if (run_dir / name).is_dir())):
+        directory = run_dir / sweep
         with (directory / "results.csv").open() as handle:
-            rows += [(directory.name, *(row[key] for key in TABLE_COLUMNS)) for row in csv.DictReader(handle)]
-        weights.update({f"{directory.name}/{p.name}": load_file(str(p / "interventions.safetensors"))
+            rows += [(sweep, *(row[key] for key in TABLE_COLUMNS)) for row in csv.DictReader(handle)]
+        weights.update({f"{sweep}/{p.name}": load_file(str(p / "interventions.safetensors"))
                         for p in sorted((directory / "interventions").iterdir())})
     return rows, weights
 
