@@ -338,6 +338,7 @@ def fake_run_dir(root: Path, model: torch.nn.Module) -> tuple[Path, pv.Intervena
     reports.write_rows(run_dir / "results.csv", rows)
     sites = reports.write_tables(run_dir, rows)
     small_png(run_dir / "heatmaps.png")
+    small_png(run_dir / "validity_heatmaps.png")
     (run_dir / "run_info.json").write_text(
         f'{{"das_train_version": "0.1.0", "dataset": {{"task": "gender", "seed": 0, "fingerprint": "{FINGERPRINT}"}}}}'
     )
@@ -359,8 +360,8 @@ def test_publish_run_uploads_the_sweep_and_loads_back(tmp_path, fake_hub, base_s
 
     assert url.startswith("https://huggingface.co/someone/gender-sweep")
     assert fake_hub.uploaded("someone/gender-sweep") == {
-        "README.md", "config.yaml", "table.md", "table.csv", "results.csv", "heatmaps.png", "run_info.json",
-        "interventions/block_output-L1-last-s0/config.json",
+        "README.md", "config.yaml", "table.md", "table.csv", "results.csv", "heatmaps.png", "validity_heatmaps.png",
+        "run_info.json", "interventions/block_output-L1-last-s0/config.json",
         "interventions/block_output-L1-last-s0/interventions.safetensors",
     }
     readme = (run_dir / "README.md").read_text()
@@ -368,7 +369,7 @@ def test_publish_run_uploads_the_sweep_and_loads_back(tmp_path, fake_hub, base_s
     assert front_matter(readme)["base_model"] == "EleutherAI/pythia-6.9b"
     for expected in ("`gender_pythia`", "at revision `step143000`", "| task | `gender` |", "| dataset seed | 0 |",
                      FINGERPRINT, "`block_output-L1-last`", (run_dir / "table.md").read_text().strip(),
-                     "](heatmaps.png)", "AutoModelForCausalLM.from_pretrained('EleutherAI/pythia-6.9b'",
+                     "](heatmaps.png)", "](validity_heatmaps.png)", "AutoModelForCausalLM.from_pretrained('EleutherAI/pythia-6.9b'",
                      "subfolder='interventions/block_output-L1-last-s0'", "low_rank_dimension: 1"):
         assert expected in readme, expected
 
