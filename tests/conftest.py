@@ -13,6 +13,9 @@ import transformers
 from transformers.utils import logging as hf_logging
 
 import das_train as pv
+from das_train import cli
+from das_train.training import run as run_module
+from das_train.training.schema import ConfigError
 
 hf_logging.set_verbosity_error()
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -229,3 +232,13 @@ def planted_readout_mlp(u: torch.Tensor) -> torch.nn.Module:
         model.score.weight.copy_(torch.stack([-u, u]) * 5)
         model.score.bias.zero_()
     return model.eval()
+
+
+def assert_refused_before_any_work(recipe: str, overrides: list[str], expected: list[str], run_dir) -> None:
+    """Running ``recipe`` with ``overrides`` raises one ConfigError holding every ``expected``
+    text, and leaves no ``run_dir`` behind (nothing was started)."""
+    with pytest.raises(ConfigError) as err:
+        run_module.run(cli.compose(recipe, [f"run_dir={run_dir}", *overrides]))
+    for text in expected:
+        assert text in str(err.value)
+    assert not run_dir.exists()

@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from conftest import assert_refused_before_any_work
 from safetensors.torch import load_file
 from torch import nn
 
@@ -17,7 +18,7 @@ from das_train.core.builtin_models import MLPClassifier, MLPConfig, create_mlp_c
 from das_train.training import run as run_module
 from das_train.training.iit_job import iit_subject, train_model
 from das_train.training.iit_module import IITModule
-from das_train.training.schema import ConfigError, RunConfig
+from das_train.training.schema import RunConfig
 
 BLOCKS = {"WX": [0, 3], "YZ": [3, 6]}
 
@@ -156,12 +157,7 @@ BAD = {
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_a_bad_iit_config_is_refused_before_any_work_naming_the_key(case, tmp_path):
     overrides, expected = BAD[case]
-    run_dir = tmp_path / "run"
-    with pytest.raises(ConfigError) as err:
-        run_module.run(cli.compose("iit_hierarchical_equality", [f"run_dir={run_dir}", *overrides]))
-    for text in expected:
-        assert text in str(err.value)
-    assert not run_dir.exists()
+    assert_refused_before_any_work("iit_hierarchical_equality", overrides, expected, tmp_path / "run")
 
 
 def test_a_module_built_in_code_refuses_overlapping_blocks():

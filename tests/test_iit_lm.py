@@ -9,6 +9,7 @@ import csv
 
 import pytest
 import torch
+from conftest import assert_refused_before_any_work
 from torch import nn
 from transformers import GPTNeoXForCausalLM
 
@@ -112,12 +113,7 @@ BAD = {
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_a_bad_site_is_refused_before_any_work_naming_the_key(case, tmp_path):
     overrides, expected = BAD[case]
-    run_dir = tmp_path / "run"
-    with pytest.raises(ConfigError) as err:
-        run_module.run(cli.compose("iit_gender_tiny", [f"run_dir={run_dir}", *overrides]))
-    for text in expected:
-        assert text in str(err.value)
-    assert not run_dir.exists()
+    assert_refused_before_any_work("iit_gender_tiny", overrides, expected, tmp_path / "run")
 
 
 def test_the_mlp_takes_no_position():
