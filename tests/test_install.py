@@ -60,7 +60,9 @@ def test_the_wheel_holds_recipes_and_tasks_and_runs_from_another_directory(wheel
     (elsewhere / "tasks.py").write_text("raise RuntimeError('the user module was imported')\n")
     result = _run(python, elsewhere, "recipe=gender_tiny", "run_dir=out", "cache_dir=cache", *SHORT)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (elsewhere / "out" / "table.md").read_text().count("| L0 |") == 1
+    main_table, card = (elsewhere / "out" / "table.md").read_text().split("## Validity card")
+    assert main_table.count("| L0 |") == 1 and card.count("| L0 |") == 1  # the site, in both tables
+    assert (elsewhere / "out" / "validity_heatmaps.png").is_file()
 
 
 def test_a_users_own_recipe_folder_and_recipe_file(wheel_env):
