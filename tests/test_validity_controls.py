@@ -180,6 +180,15 @@ def test_random_init_changes_the_fingerprint(tmp_path):
     assert fingerprints.config_fingerprint(redrawn) != fingerprints.config_fingerprint(config)
 
 
+def test_adding_the_random_init_control_or_resamples_keeps_the_main_sweeps_fingerprint(tmp_path):
+    """Both only add to what a finished sweep has (a companion of its own, the table's
+    intervals), so its sites are resumed rather than trained again."""
+    main = fingerprints.config_fingerprint(_config(tmp_path))
+    assert fingerprints.config_fingerprint(_config(tmp_path, "sweep.random_init_control=true")) == main
+    assert fingerprints.config_fingerprint(_config(tmp_path, "sweep.bootstrap=50")) == main
+    assert fingerprints.config_fingerprint(_config(tmp_path, "sweep.methods=[das,pca]")) != main
+
+
 def test_companions_only_when_asked(tmp_path):
     assert companion_configs(_config(tmp_path, "sweep.methods=[das,pca]")) == {}
     boundless_main = _config(tmp_path, "intervention=boundless", "sweep.methods=[das,boundless]")

@@ -22,11 +22,13 @@ NEUTRAL_KEYS = (
     "recipe", "progress", "logger", "publish", "cache_dir", "run_dir", "resume",
     "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.accelerator",
     "sweep.shard", "sweep.num_shards", "sweep.merge", "sweep.batched", "sweep.sites_per_pass",
-    "sweep.probe.tables_mib",
+    "sweep.probe.tables_mib", "sweep.random_init_control", "sweep.bootstrap",
 )
 """Settings (or whole sections) that change where and how a run goes, not its results: a run
 directory may be resumed with other values of these. DDP gives the table of one process, and
-the batched sweep that of one site at a time."""
+the batched sweep that of one site at a time. The random-init control only adds a companion
+sweep (with a fingerprint of its own) and the bootstrap only the table's intervals, so a
+finished sweep takes them on without training its sites again."""
 OTHER_JOBS_SECTIONS = {"das_sweep": ("tracing", "steering", "iit"), "causal_tracing": ("steering", "iit"),
                        "steering": ("tracing", "iit"), "iit": ("tracing", "steering", "sweep", "mib")}
 """Sections a job never reads, so that changing them cannot change its results (and a section
